@@ -1,0 +1,139 @@
+"""Paged attention over one flattened batch that mixes prefill chunks and decodes.
+
+Core owns the KV block tables and builds one :class:`AttentionMetadata` per step; the backend owns
+the layout of the KV cache and the kernels that write and read it.
+
+Conventions, for every backend:
+
+* ``query`` is ``[num_tokens, num_heads, head_size]``; ``key``/``value`` are
+  ``[num_tokens, num_kv_heads, head_size]``; ``out`` is like ``query`` and is written in place.
+* Tokens are grouped by sequence: sequence ``i`` owns rows ``query_start_loc[i]:query_start_loc[i+1]``.
+  Its query tokens are the *last* ``q_len`` positions of its ``seq_lens[i]`` tokens of context, so a
+  prefill chunk on top of cached blocks and a one-token decode are the same case.
+* Attention is causal: query token at context position ``p`` sees positions ``0..p``.
+* ``slot_mapping[t]`` is ``block_id * block_size + offset`` of token ``t``; a negative slot means
+  "do not write" (padding).
+* ``block_tables[i, j]`` is the physical block holding positions ``j*block_size .. (j+1)*block_size-1``
+  of sequence ``i``.
+* Grouped-query attention: query head ``h`` reads KV head ``h // (num_heads // num_kv_heads)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(slots=True, kw_only=True)
+class AttentionMetadata:
+    """Everything an attention kernel learns about the batch; built once per step by core.
+
+    Integer tensors live on the device of the batch; ``query_start_loc``, ``seq_lens`` and
+    ``block_tables`` are int32, ``slot_mapping`` is int64. The ``*_cpu`` twins let a backend plan
+    work without a device-to-host copy; they may be ``None`` on CPU backends where they are the
+    same tensors.
+    """
+
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_tables: torch.Tensor
+    slot_mapping: torch.Tensor
+    max_query_len: int
+    max_seq_len: int
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    num_seqs: int
+    query_start_loc_cpu: torch.Tensor | None = None
+    seq_lens_cpu: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttentionLayerSpec:
+    """The shape of one attention layer, fixed when the model is built."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    scale: float
+    block_size: int
+    dtype: str
+    """torch dtype name of queries and of the KV cache (``"float32"``, ``"bfloat16"``)."""
+
+
+class AttentionBackend(ABC):
+    """One instance per attention layer; holds no per-step state.
+
+    Required: :meth:`kv_cache_shape`, :meth:`write_kv`, :meth:`forward`. The default
+    :meth:`kv_views` assumes a ``[2, num_blocks, block_size, num_kv_heads, head_size]`` cache; a
+    backend with another layout overrides it so that tests and tools can read the cache back.
+    """
+
+    name: str = "abstract"
+
+    def __init__(self, spec: AttentionLayerSpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    def supported_block_sizes(cls) -> Sequence[int]:
+        return (16,)
+
+    @classmethod
+    def supported_head_sizes(cls) -> Sequence[int] | None:
+        """``None`` means any head size."""
+        return None
+
+    @classmethod
+    def check_support(cls, spec: AttentionLayerSpec) -> list[str]:
+        """Reasons this backend cannot run ``spec``; empty means it can."""
+        reasons = []
+        if spec.block_size not in cls.supported_block_sizes():
+            reasons.append(
+                f"block_size {spec.block_size} is not one of {list(cls.supported_block_sizes())}"
+            )
+        heads = cls.supported_head_sizes()
+        if heads is not None and spec.head_size not in heads:
+            reasons.append(f"head size {spec.head_size} is not one of {list(heads)}")
+        if spec.num_heads % spec.num_kv_heads:
+            reasons.append(
+                f"num_heads {spec.num_heads} is not a multiple of num_kv_heads {spec.num_kv_heads}"
+            )
+        return reasons
+
+    @classmethod
+    @abstractmethod
+    def kv_cache_shape(
+        cls, num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
+    ) -> tuple[int, ...]:
+        """Shape of one layer's KV cache tensor; core allocates it with the layer's dtype."""
+
+    @classmethod
+    def kv_views(cls, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key and value caches as (possibly strided) ``[num_blocks, block_size, kv_heads, head]``."""
+        return kv_cache[0], kv_cache[1]
+
+    @abstractmethod
+    def write_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        """Store each token's key and value at its slot (negative slots are skipped)."""
+
+    @abstractmethod
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
+        """Write ``key``/``value`` into the cache, attend, write into ``out`` and return it."""

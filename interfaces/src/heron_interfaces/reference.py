@@ -1,0 +1,85 @@
+"""Plain-torch definitions of the attention kernels: the oracle every backend is tested against.
+
+Written for clarity, not speed: a loop over sequences, float32 math. Core's reference backend runs on
+these, and :mod:`heron_interfaces.testing` compares every backend's kernels with them. Importing this
+module imports torch; ``import heron_interfaces`` does not.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from heron_interfaces.attention import AttentionMetadata
+
+
+def write_kv(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Store token ``t`` at ``slot_mapping[t]`` of caches viewed as ``[blocks, block_size, kv_heads, head]``."""
+    block_size = key_cache.shape[1]
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    blocks, offsets = slots // block_size, slots % block_size
+    key_cache[blocks, offsets] = key[keep].to(key_cache.dtype)
+    value_cache[blocks, offsets] = value[keep].to(value_cache.dtype)
+
+
+def gather_context(
+    cache: torch.Tensor, block_table: torch.Tensor, length: int
+) -> torch.Tensor:
+    """The first ``length`` positions of one sequence as ``[length, kv_heads, head]``."""
+    block_size = cache.shape[1]
+    num_blocks = (length + block_size - 1) // block_size
+    blocks = cache[block_table[:num_blocks].long()]
+    return blocks.reshape(-1, *cache.shape[2:])[:length]
+
+
+def paged_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    metadata: AttentionMetadata,
+    scale: float,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """Causal attention of each sequence's query tokens over its cached context (written already)."""
+    num_heads = query.shape[1]
+    num_kv_heads = key_cache.shape[2]
+    group = num_heads // num_kv_heads
+    starts = metadata.query_start_loc.tolist()
+    lengths = metadata.seq_lens.tolist()
+    for i in range(metadata.num_seqs):
+        q_start, q_end, context = starts[i], starts[i + 1], lengths[i]
+        q_len = q_end - q_start
+        if q_len == 0:
+            continue
+        q = query[q_start:q_end].float()
+        k = gather_context(key_cache, metadata.block_tables[i], context).float()
+        v = gather_context(value_cache, metadata.block_tables[i], context).float()
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+        q_pos = torch.arange(context - q_len, context).unsqueeze(1)
+        k_pos = torch.arange(context).unsqueeze(0)
+        scores.masked_fill_(k_pos > q_pos, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[q_start:q_end] = torch.einsum("hqk,khd->qhd", probs, v).to(out.dtype)
+    return out
+
+
+def dense_causal_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention of one whole sequence without a cache: the oracle of the oracle."""
+    group = query.shape[1] // key.shape[1]
+    k = key.float().repeat_interleave(group, dim=1)
+    v = value.float().repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", query.float(), k) * scale
+    n = query.shape[0]
+    mask = torch.ones(n, n, dtype=torch.bool).triu(1)
+    scores.masked_fill_(mask, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v).to(query.dtype)
