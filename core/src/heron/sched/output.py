@@ -1,0 +1,70 @@
+"""What the scheduler hands the runner each step, and what the runner hands back.
+
+Uniprocess execution passes the ``Request`` objects themselves (as nano-vllm does); the runner only
+reads them. A multi-process executor would send ``ScheduledRequest`` snapshots instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from heron.engine.request import Request
+
+
+@dataclass(slots=True, kw_only=True)
+class ScheduledRequest:
+    request: Request
+    num_new_tokens: int
+    """Tokens computed this step, starting at ``request.num_computed_tokens``."""
+
+    @property
+    def start(self) -> int:
+        return self.request.num_computed_tokens
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the end of the known tokens, so a new token is sampled."""
+        return self.start + self.num_new_tokens >= self.request.num_tokens
+
+
+@dataclass(slots=True, kw_only=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    """Decodes first, then prefills (in scheduling order)."""
+    preempted_ids: list[str] = field(default_factory=list)
+    num_scheduled_tokens: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+@dataclass(slots=True, kw_only=True)
+class TokenLogprobs:
+    """Logprob of the chosen token plus the top-k alternatives (token id -> logprob, rank)."""
+
+    token_id: int
+    logprob: float
+    rank: int
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True, kw_only=True)
+class RunnerOutput:
+    sampled: dict[str, int] = field(default_factory=dict)
+    """request_id -> new token, for requests whose step ended in a sample."""
+    logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)
+    prompt_logprobs: dict[str, list[TokenLogprobs | None]] = field(default_factory=dict)
+    """request_id -> logprobs of the prompt tokens covered this step (None for the first token)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class RequestUpdate:
+    """What one step changed for one request, as the scheduler reports it to the engine."""
+
+    request: Request
+    new_token_ids: list[int] = field(default_factory=list)
+    new_logprobs: list[TokenLogprobs] = field(default_factory=list)
+    """Parallel to ``new_token_ids`` when the request asked for logprobs, else empty."""
+    prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    finished: bool = False
