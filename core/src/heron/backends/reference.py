@@ -1,0 +1,161 @@
+"""Core's pure-torch backend: always available, slow, and the oracle of the conformance suite.
+
+It registers through the same ``heron_register_backends`` hook as any out-of-tree backend, with the
+lowest score, so that any real backend wins when installed and Heron still runs anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from typing import TYPE_CHECKING
+
+from heron_interfaces import (
+    API_VERSION,
+    AttentionBackend,
+    AttentionMetadata,
+    BackendRegistry,
+    BackendSpec,
+    Capabilities,
+    MemoryProfiler,
+    MemorySnapshot,
+    Platform,
+    hookimpl,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+REFERENCE_SCORE = 1
+DEFAULT_KV_SPACE_GIB = 1.0
+
+
+class ReferenceAttention(AttentionBackend):
+    """Paged attention through :mod:`heron_interfaces.reference` (a loop over sequences)."""
+
+    name = "reference"
+
+    @classmethod
+    def supported_block_sizes(cls) -> tuple[int, ...]:
+        return (8, 16, 32, 64, 128)
+
+    @classmethod
+    def kv_cache_shape(
+        cls, num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
+    ) -> tuple[int, ...]:
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
+
+    def write_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        from heron_interfaces import reference
+
+        reference.write_kv(key, value, kv_cache[0], kv_cache[1], slot_mapping)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
+        from heron_interfaces import reference
+
+        self.write_kv(key, value, kv_cache, metadata.slot_mapping)
+        return reference.paged_attention(
+            query, kv_cache[0], kv_cache[1], metadata, self.spec.scale, out
+        )
+
+
+class HostMemoryProfiler(MemoryProfiler):
+    """Host RAM from ``/proc/meminfo``; the KV budget is ``HERON_KVCACHE_SPACE`` GiB (default 1)."""
+
+    def snapshot(self) -> MemorySnapshot:
+        info = _meminfo()
+        total = info.get("MemTotal", 0)
+        free = info.get("MemAvailable", info.get("MemFree", 0))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        allocated = _rss_bytes()
+        space = os.environ.get("HERON_KVCACHE_SPACE", str(DEFAULT_KV_SPACE_GIB))
+        try:
+            gib = float(space)
+        except ValueError:
+            raise ValueError(f"HERON_KVCACHE_SPACE must be a number of GiB, got {space!r}") from None
+        if gib <= 0:
+            raise ValueError(f"HERON_KVCACHE_SPACE must be > 0 GiB, got {space!r}")
+        return MemorySnapshot(
+            free=free, total=total, allocated=allocated, peak=max(peak, allocated),
+            kv_budget=int(gib * 2**30),
+        )
+
+
+class ReferencePlatform(Platform):
+    name = "reference"
+    device_type = "cpu"
+    dist_backend = "gloo"
+
+    @classmethod
+    def device_count(cls) -> int:
+        return 1
+
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        return Capabilities(
+            dtypes=("float32", "bfloat16", "float16"),
+            kv_cache_dtypes=("float32", "bfloat16", "float16"),
+            block_sizes=(16, 8, 32, 64, 128),
+            default_dtype="float32",
+        )
+
+    @classmethod
+    def attention_backend(cls) -> type[AttentionBackend]:
+        return ReferenceAttention
+
+    @classmethod
+    def memory_profiler(cls) -> MemoryProfiler:
+        return HostMemoryProfiler()
+
+    @classmethod
+    def memory_budget_hint(cls) -> str:
+        return "set HERON_KVCACHE_SPACE (GiB) higher, or lower max_model_len / max_num_seqs"
+
+
+def _meminfo() -> dict[str, int]:
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts:
+                    values[key] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    return values
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+@hookimpl
+def heron_register_backends(registry: BackendRegistry) -> None:
+    registry.register(
+        BackendSpec(
+            name="reference",
+            api_version=API_VERSION,
+            platform=ReferencePlatform,
+            probe=lambda: REFERENCE_SCORE,
+            dist_name="heron-core",
+        )
+    )
