@@ -1,0 +1,142 @@
+"""``AsyncLLM``: the engine for asyncio applications (the server), stepping in a background thread.
+
+The engine loop runs in one thread so that the event loop stays free to accept and stream requests;
+torch releases the GIL inside its kernels. Validation runs in the caller, so bad input raises right
+away at the ``generate`` call and never reaches the loop that serves everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from heron.config import EngineArgs, make_engine_args
+from heron.engine.input_processor import ChatMessages, ProcessedPrompt, PromptType
+from heron.engine.llm_engine import LLMEngine
+from heron.engine.output_processor import RequestOutputKind
+from heron.outputs import RequestOutput
+from heron.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop stopped on an error; every pending request gets this."""
+
+
+class AsyncLLM:
+    def __init__(self, args: EngineArgs | None = None, **kwargs: Any) -> None:
+        self.engine_args = args or make_engine_args(**kwargs)
+        self.engine = LLMEngine(self.engine_args)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._stopped = False
+        self.dead_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="heron-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> AsyncLLM:
+        return cls(args)
+
+    # -- facts the server needs ----------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def is_running(self) -> bool:
+        return self.dead_error is None and not self._stopped
+
+    def stats(self) -> Any:
+        with self._lock:
+            return self.engine.stats()
+
+    def process_prompt(self, prompt: PromptType) -> ProcessedPrompt:
+        return self.engine.input_processor.process_prompt(prompt)
+
+    def render_chat(self, messages: ChatMessages, **kwargs: Any) -> ProcessedPrompt:
+        return self.engine.input_processor.render_chat(messages, **kwargs)
+
+    # -- requests ---------------------------------------------------------------------------------
+    async def generate(
+        self,
+        prompt: PromptType | ProcessedPrompt,
+        sampling_params: SamplingParams | None = None,
+        request_id: str | None = None,
+        *,
+        output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield outputs as tokens arrive; leaving the loop early aborts the request."""
+        if self.dead_error is not None:
+            raise EngineDeadError("the engine has stopped") from self.dead_error
+        if not isinstance(prompt, ProcessedPrompt):
+            prompt = self.process_prompt(prompt)
+        queue: asyncio.Queue = asyncio.Queue()
+        with self._wake:
+            rid = request_id or self.engine.next_request_id()
+            if rid in self._queues:
+                raise ValueError(f"request_id {rid!r} is already in use")
+            self.engine.add_request(rid, prompt, sampling_params, output_kind)
+            self._queues[rid] = (asyncio.get_running_loop(), queue)
+            self._wake.notify()
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise EngineDeadError(str(item)) from item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self.abort(rid)
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            if self._queues.pop(request_id, None) is not None:
+                self.engine.abort_request(request_id)
+
+    def shutdown(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not self._stopped and not self.engine.has_unfinished_requests():
+                        self._wake.wait()
+                    if self._stopped:
+                        return
+                    outputs = self.engine.step()
+                    deliveries = [(self._queues.get(o.request_id), o) for o in outputs]
+                    for output in outputs:
+                        if output.finished:
+                            self._queues.pop(output.request_id, None)
+                for target, output in deliveries:
+                    if target is not None:
+                        loop, queue = target
+                        loop.call_soon_threadsafe(queue.put_nowait, output)
+        except BaseException as exc:  # surface to every waiter instead of hanging them
+            logger.exception("The engine loop stopped")
+            self.dead_error = exc
+            with self._lock:
+                targets, self._queues = list(self._queues.values()), {}
+            for loop, queue in targets:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)

@@ -1,0 +1,133 @@
+"""``LLM``: offline batched generation, the vLLM-shaped Python API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from heron.config import make_engine_args
+from heron.engine.input_processor import ChatMessages, PromptType
+from heron.engine.llm_engine import LLMEngine
+from heron.outputs import RequestOutput
+from heron.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class LLM:
+    """Generate for many prompts at once; every request joins one continuously batched loop.
+
+    ``LLM(model=None)`` loads the bundled SmolLM2-135M-Instruct. Keyword arguments are the engine
+    arguments (:class:`heron.config.EngineArgs`), validated with their names in the error.
+    """
+
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        self.engine_args = make_engine_args(model=model, **kwargs)
+        self.llm_engine = LLMEngine(self.engine_args)
+
+    def get_tokenizer(self) -> Any:
+        return self.llm_engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Outputs in the order of ``prompts``. A single string or token-id list is one prompt."""
+        prompt_list = _as_prompt_list(prompts)
+        params_list = _broadcast_params(sampling_params, len(prompt_list))
+        engine = self.llm_engine
+        return self._run([
+            (engine.input_processor.process_prompt(p), sp)
+            for p, sp in zip(prompt_list, params_list)
+        ], use_tqdm)
+
+    def chat(
+        self,
+        messages: ChatMessages | Sequence[ChatMessages],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> list[RequestOutput]:
+        """One conversation (a list of messages) or many (a list of such lists)."""
+        conversations = (
+            [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        )
+        params_list = _broadcast_params(sampling_params, len(conversations))
+        render = self.llm_engine.input_processor.render_chat
+        return self._run([
+            (
+                render(
+                    conv,
+                    chat_template=chat_template,
+                    add_generation_prompt=add_generation_prompt,
+                    continue_final_message=continue_final_message,
+                ),
+                sp,
+            )
+            for conv, sp in zip(conversations, params_list)
+        ], use_tqdm)
+
+    def _run(self, items: list[tuple[Any, SamplingParams | None]], use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        ids = []
+        try:
+            for prompt, params in items:
+                rid = engine.next_request_id()
+                engine.add_request(rid, prompt, params)
+                ids.append(rid)
+            return self._drain(ids, use_tqdm)
+        except BaseException:
+            for rid in ids:
+                engine.abort_request(rid)
+            raise
+
+    def _drain(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        results: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(ids), desc="Generating", unit="req", disable=not use_tqdm)
+        generated = 0
+        try:
+            while engine.has_unfinished_requests():
+                for output in engine.step():
+                    if output.finished:
+                        results[output.request_id] = output
+                        bar.update(1)
+                        generated += sum(len(o.token_ids) for o in output.outputs)
+                        elapsed = bar.format_dict.get("elapsed") or 0.0
+                        if elapsed:
+                            bar.set_postfix_str(f"{generated / elapsed:.1f} output tok/s")
+        finally:
+            bar.close()
+        return [results[rid] for rid in ids]
+
+
+def _as_prompt_list(prompts: Any) -> list[PromptType]:
+    if isinstance(prompts, (str, dict)):
+        return [prompts]
+    prompts = list(prompts)
+    if prompts and all(isinstance(t, int) and not isinstance(t, bool) for t in prompts):
+        return [prompts]
+    return prompts
+
+
+def _broadcast_params(
+    params: SamplingParams | Sequence[SamplingParams] | None, count: int
+) -> list[SamplingParams | None]:
+    if params is None or isinstance(params, SamplingParams):
+        return [params] * count
+    params = list(params)
+    if len(params) != count:
+        raise ValueError(
+            f"sampling_params: got {len(params)} SamplingParams for {count} prompts; "
+            "pass one, or one per prompt"
+        )
+    return params

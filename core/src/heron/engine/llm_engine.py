@@ -1,0 +1,91 @@
+"""A synchronous engine: input processing, the engine core, and output processing in one object.
+
+``LLM`` drives it to completion; ``AsyncLLM`` drives it from a background thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+from heron.config import EngineArgs
+from heron.engine.engine_core import EngineCore
+from heron.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
+from heron.engine.output_processor import OutputProcessor, RequestOutputKind
+from heron.engine.request import RequestStatus
+from heron.outputs import RequestOutput
+from heron.plugins import PluginHost
+from heron.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    def __init__(self, args: EngineArgs, *, host: PluginHost | None = None) -> None:
+        self.args = args
+        self.core = EngineCore(args, host=host)
+        self.tokenizer = self.core.source.tokenizer
+        self.max_model_len = self.core.max_model_len
+        self.input_processor = InputProcessor(
+            self.tokenizer,
+            max_model_len=self.max_model_len,
+            vocab_size=self.core.runner.vocab_size,
+            generation_config=self.core.source.generation_config,
+            use_generation_defaults=args.generation_config == "auto",
+        )
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self._ids = itertools.count()
+
+    @property
+    def model_name(self) -> str:
+        return self.core.source.name
+
+    def next_request_id(self) -> str:
+        return str(next(self._ids))
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType | ProcessedPrompt,
+        params: SamplingParams | None = None,
+        output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY,
+    ) -> None:
+        """Validate and queue one request; raises (and queues nothing) on bad input."""
+        processed = (
+            prompt if isinstance(prompt, ProcessedPrompt)
+            else self.input_processor.process_prompt(prompt)
+        )
+        params = self.input_processor.sampling_params(params)
+        requests = self.input_processor.make_requests(request_id, processed, params)
+        for request in requests:
+            self.core.scheduler.check_request(request)
+        self.output_processor.add_request(
+            request_id,
+            processed.prompt,
+            processed.prompt_token_ids,
+            params,
+            [r.request_id for r in requests],
+            output_kind,
+        )
+        for request in requests:
+            self.core.add_request(request)
+
+    def abort_request(self, request_id: str) -> None:
+        child_ids = self.output_processor.abort(request_id)
+        self.core.abort_requests(child_ids)
+
+    def step(self) -> list[RequestOutput]:
+        updates = self.core.step()
+        if not updates:
+            return []
+        processed = self.output_processor.process(updates)
+        if processed.to_abort:
+            self.core.finish_requests(processed.to_abort, RequestStatus.FINISHED_STOPPED)
+        return processed.request_outputs
+
+    def has_unfinished_requests(self) -> bool:
+        return self.core.has_unfinished_requests()
+
+    def stats(self) -> Any:
+        return self.core.stats()
