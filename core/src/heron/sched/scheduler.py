@@ -1,0 +1,349 @@
+"""Continuous batching under a per-step token budget, with prefix caching and preemption by
+recompute.
+
+There are no prefill and decode phases (vLLM V1's design): every request has
+``num_computed_tokens``, which catches up with ``num_tokens`` under a budget of
+``max_num_batched_tokens`` per step. Running requests go first, so decodes are never starved by a
+burst of long prompts; waiting requests fill what is left, a long prompt in chunks. When the KV
+cache runs out, the newest running request is preempted: its blocks are freed and it is recomputed
+later (its own blocks often survive in the prefix cache). The scheduler knows tokens and blocks,
+never tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from heron.engine.request import Request, RequestStatus
+from heron.kv.kv_cache_manager import KVCacheManager
+from heron.sched.output import (
+    RequestUpdate,
+    RunnerOutput,
+    ScheduledRequest,
+    SchedulerOutput,
+    TokenLogprobs,
+)
+from heron.sched.queue import RequestQueue
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 2048
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            # A preempted request is recomputed in one piece (prompt and outputs so far); without
+            # chunking it could then outgrow the budget and never be scheduled again.
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than "
+                f"max_model_len ({self.max_model_len}) with chunked prefill disabled; enable "
+                "chunked prefill or raise max_num_batched_tokens"
+            )
+
+
+@dataclass
+class SchedulerStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+
+class Scheduler:
+    """Decides which requests compute how many tokens each step; applies the runner's results."""
+
+    def __init__(self, config: SchedulerConfig, kv_manager: KVCacheManager) -> None:
+        if kv_manager.block_size != config.block_size:
+            raise ValueError(
+                f"block_size mismatch: scheduler {config.block_size}, "
+                f"KV cache manager {kv_manager.block_size}"
+            )
+        if kv_manager.enable_prefix_caching != config.enable_prefix_caching:
+            raise ValueError(
+                f"enable_prefix_caching mismatch: scheduler {config.enable_prefix_caching}, "
+                f"KV cache manager {kv_manager.enable_prefix_caching}"
+            )
+        self.config = config
+        self.kv = kv_manager
+        self.requests: dict[str, Request] = {}
+        """Unfinished requests by id (waiting, preempted and running)."""
+        self.waiting = RequestQueue()
+        self.running: list[Request] = []
+        """In admission order, so the tail is the newest: the one preempted first."""
+        self.num_preemptions = 0
+        self._prompt_logprobs_done: dict[str, int] = {}
+        """request_id -> prompt positions already reported (a recompute would repeat them)."""
+
+    # -- admission -------------------------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        """Queue a request, or raise ValueError if it could never be served under this
+        configuration.
+
+        Checked here, once, rather than discovered in ``schedule`` where it would stall the queue:
+        like vLLM, the prompt must be shorter than ``max_model_len`` (generation then stops at
+        ``max_model_len`` with finish reason "length"); and the request's longest possible KV must
+        fit in the whole cache, or it would preempt itself forever.
+        """
+        cfg = self.config
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        num_prompt = request.num_prompt_tokens
+        if num_prompt == 0:
+            raise ValueError("the prompt is empty: at least one token is needed")
+        if num_prompt >= cfg.max_model_len:
+            raise ValueError(
+                f"the prompt has {num_prompt} tokens, but max_model_len is {cfg.max_model_len}: "
+                f"it must be shorter than max_model_len to leave room for output"
+            )
+        if not cfg.enable_chunked_prefill and num_prompt > cfg.max_num_batched_tokens:
+            raise ValueError(
+                f"the prompt has {num_prompt} tokens, more than max_num_batched_tokens "
+                f"({cfg.max_num_batched_tokens}) with chunked prefill disabled"
+            )
+        max_len = cfg.max_model_len
+        if request.sampling_params.max_tokens is not None:
+            max_len = min(max_len, request.num_tokens + request.sampling_params.max_tokens)
+        # The last sampled token is never fed back, so at most max_len - 1 tokens need KV.
+        blocks_needed = self.kv.num_blocks_for(max_len - 1)
+        if blocks_needed > self.kv.num_blocks:
+            raise ValueError(
+                f"the request may need {max_len - 1} tokens of KV ({blocks_needed} blocks of "
+                f"{self.kv.block_size}), but the whole KV cache has {self.kv.num_blocks} blocks "
+                f"({self.kv.num_blocks * self.kv.block_size} tokens); give the KV cache more "
+                f"memory, or lower max_model_len ({cfg.max_model_len}) or max_tokens"
+            )
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    # -- one step --------------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's work: running requests first, then waiting ones in FIFO order.
+
+        Each running request asks for all its uncomputed tokens, capped by the remaining budget;
+        when the KV cache cannot hold them, the newest running request is preempted and the
+        allocation retried. Waiting requests are admitted only in steps that preempted nothing,
+        since a step short of blocks should not take on more work.
+        """
+        cfg = self.config
+        budget = cfg.max_num_batched_tokens
+        decodes: list[ScheduledRequest] = []
+        prefills: list[ScheduledRequest] = []
+        preempted: list[str] = []
+
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if num_new <= 0:
+                index += 1
+                continue
+            while self.kv.allocate_slots(request, num_new) is None:
+                victim = self.running.pop()
+                self._preempt(victim)
+                preempted.append(victim.request_id)
+                if victim is request:
+                    break
+            if request.status is not RequestStatus.RUNNING:
+                break  # it preempted itself: everything older is already scheduled
+            (decodes if num_new == 1 else prefills).append(
+                ScheduledRequest(request=request, num_new_tokens=num_new)
+            )
+            budget -= num_new
+            index += 1
+
+        if not preempted:
+            budget = self._schedule_waiting(budget, decodes, prefills)
+
+        scheduled = decodes + prefills
+        return SchedulerOutput(
+            scheduled=scheduled,
+            preempted_ids=preempted,
+            num_scheduled_tokens=cfg.max_num_batched_tokens - budget,
+        )
+
+    def _schedule_waiting(
+        self, budget: int, decodes: list[ScheduledRequest], prefills: list[ScheduledRequest]
+    ) -> int:
+        """Admit waiting requests while budget, sequence slots and blocks last; the budget left."""
+        cfg = self.config
+        while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
+            request = self.waiting.peek()
+            computed_blocks, num_cached = self.kv.get_computed_blocks(request)
+            num_new = request.num_tokens - num_cached
+            if num_new > budget:
+                if not cfg.enable_chunked_prefill:
+                    break  # FIFO: it waits for a step with enough budget, and so do those behind it
+                num_new = budget
+            if self.kv.allocate_slots(request, num_new, computed_blocks, num_cached) is None:
+                break
+            self.waiting.popleft()
+            request.num_computed_tokens = num_cached
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_cached
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            (decodes if num_new == 1 else prefills).append(
+                ScheduledRequest(request=request, num_new_tokens=num_new)
+            )
+            budget -= num_new
+        return budget
+
+    def _preempt(self, request: Request) -> None:
+        """Free the request's KV and queue it first in line, to be recomputed from scratch."""
+        self.kv.free(request)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    # -- results ---------------------------------------------------------------------------------
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, runner_output: RunnerOutput
+    ) -> list[RequestUpdate]:
+        """Advance each scheduled request, append its sampled token, and finish those that stop.
+
+        Only requests that produced something (a token or prompt logprobs) get an update; a prefill
+        chunk that is not the last produces nothing. Requests finished while the step ran (an abort)
+        are skipped.
+        """
+        updates: list[RequestUpdate] = []
+        any_finished = False
+        for item in scheduler_output.scheduled:
+            request = item.request
+            if request.is_finished:
+                continue
+            samples = item.samples  # depends on num_computed_tokens: read it before advancing
+            request.num_computed_tokens += item.num_new_tokens
+            request_id = request.request_id
+            update: RequestUpdate | None = None
+
+            prompt_logprobs = runner_output.prompt_logprobs.get(request_id)
+            if prompt_logprobs:
+                new_prompt_logprobs = self._new_prompt_logprobs(request_id, item, prompt_logprobs)
+                if new_prompt_logprobs:
+                    update = RequestUpdate(request=request, prompt_logprobs=new_prompt_logprobs)
+
+            if samples:
+                token = runner_output.sampled.get(request_id)
+                if token is None:
+                    raise RuntimeError(
+                        f"the runner returned no sampled token for request {request_id!r}, "
+                        "whose step reached the end of its known tokens"
+                    )
+                request.output_token_ids.append(token)
+                if update is None:
+                    update = RequestUpdate(request=request)
+                update.new_token_ids.append(token)
+                logprobs = runner_output.logprobs.get(request_id)
+                if logprobs is not None:
+                    update.new_logprobs.append(logprobs)
+                status = self._check_stop(request, token)
+                if status is not None:
+                    self._finish(request, status)
+                    update.finished = True
+                    any_finished = True
+
+            if update is not None:
+                updates.append(update)
+
+        if any_finished:
+            self.running = [r for r in self.running if not r.is_finished]
+        return updates
+
+    def _new_prompt_logprobs(
+        self, request_id: str, item: ScheduledRequest, logprobs: list[TokenLogprobs | None]
+    ) -> list[TokenLogprobs | None]:
+        """Drop prompt positions already reported: a preempted request recomputes its prompt."""
+        start = item.request.num_computed_tokens - item.num_new_tokens
+        done = self._prompt_logprobs_done.get(request_id, 0)
+        self._prompt_logprobs_done[request_id] = max(done, start + len(logprobs))
+        return logprobs[max(0, done - start) :]
+
+    def _check_stop(self, request: Request, token: int) -> RequestStatus | None:
+        """vLLM's order: eos, then stop token ids (both held back by min_tokens), then length.
+
+        Unlike vLLM, min_tokens never defers the length checks, so no request outgrows
+        ``max_model_len`` or ``max_tokens`` whatever its min_tokens.
+        """
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            if not params.ignore_eos and token in request.eos_token_ids:
+                request.stop_reason = None
+                return RequestStatus.FINISHED_STOPPED
+            if token in (params.stop_token_ids or ()):
+                request.stop_reason = token
+                return RequestStatus.FINISHED_STOPPED
+        if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        if request.num_tokens >= self.config.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        """Mark finished, free its blocks and forget it; the caller removes it from ``running``."""
+        request.status = status
+        self.kv.free(request)
+        self.requests.pop(request.request_id, None)
+        self._prompt_logprobs_done.pop(request.request_id, None)
+
+    # -- control from outside --------------------------------------------------------------------
+    def finish_requests(self, request_ids: str | Iterable[str], status: RequestStatus) -> None:
+        """Finish requests from outside the step (abort, or a stop string seen by detokenization).
+
+        Unknown and already finished ids are ignored: an abort may race with a natural finish.
+        """
+        if not status.is_finished:
+            raise ValueError(f"finish_requests needs a finished status, got {status}")
+        if isinstance(request_ids, str):
+            request_ids = (request_ids,)
+        any_running = False
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is None:
+                continue
+            if request.status is RequestStatus.RUNNING:
+                any_running = True
+            else:
+                self.waiting.remove(request_id)
+            self._finish(request, status)
+        if any_running:
+            self.running = [r for r in self.running if not r.is_finished]
+
+    # -- queries ---------------------------------------------------------------------------------
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running) or bool(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def get_request(self, request_id: str) -> Request | None:
+        """The unfinished request with this id, or None."""
+        return self.requests.get(request_id)
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            num_running=len(self.running),
+            num_waiting=len(self.waiting),
+            kv_cache_usage=self.kv.usage,
+            prefix_cache_queries=self.kv.prefix_cache_queries,
+            prefix_cache_hits=self.kv.prefix_cache_hits,
+            num_preemptions=self.num_preemptions,
+        )
