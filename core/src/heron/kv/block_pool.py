@@ -110,8 +110,7 @@ class BlockPool:
                     self._free.move_to_end(block_id, last=False)
 
     def cache_full_blocks(self, block_ids: Sequence[int], block_hashes: Sequence[bytes]) -> None:
-        """Record that ``block_ids[i]`` holds the full block whose chained hash is
-        ``block_hashes[i]``.
+        """Record that ``block_ids[i]`` holds the full block hashed ``block_hashes[i]``.
 
         Blocks that already carry a hash are skipped (a prefix hit, or cached on an earlier step).
         When another block already holds the same hash (two requests computed the same prefix at

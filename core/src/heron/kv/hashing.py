@@ -24,8 +24,7 @@ _EXTRA_SEPARATOR = b"\xff"
 
 
 def hash_block(parent: bytes | None, tokens: Sequence[int], extra: tuple | None = None) -> bytes:
-    """The 32-byte hash of one full block, chained onto ``parent`` (None for a request's first
-    block).
+    """The 32-byte hash of one full block, chained onto ``parent`` (None for a first block).
 
     ``tokens`` are encoded as signed 64-bit integers in native byte order (the engine's processes
     run on one kind of machine); ``extra`` must be a tuple of ``str``/``int``/``None`` values, whose

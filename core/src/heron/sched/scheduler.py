@@ -1,5 +1,4 @@
-"""Continuous batching under a per-step token budget, with prefix caching and preemption by
-recompute.
+"""Continuous batching under a per-step token budget, prefix caching, preemption by recompute.
 
 There are no prefill and decode phases (vLLM V1's design): every request has
 ``num_computed_tokens``, which catches up with ``num_tokens`` under a budget of
@@ -87,13 +86,20 @@ class Scheduler:
 
     # -- admission -------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
-        """Queue a request, or raise ValueError if it could never be served under this
-        configuration.
+        """Queue a request after ``check_request``; raises ValueError (and queues nothing)."""
+        self.check_request(request)
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
 
-        Checked here, once, rather than discovered in ``schedule`` where it would stall the queue:
-        like vLLM, the prompt must be shorter than ``max_model_len`` (generation then stops at
-        ``max_model_len`` with finish reason "length"); and the request's longest possible KV must
-        fit in the whole cache, or it would preempt itself forever.
+    def check_request(self, request: Request) -> None:
+        """Raise ValueError if the request could never be served under this configuration.
+
+        Separate from ``add_request`` so that a caller can check every sequence of an ``n > 1``
+        request before queueing any. Checked here, once, rather than discovered in ``schedule``
+        where it would stall the queue: like vLLM, the prompt must be shorter than ``max_model_len``
+        (generation then stops at ``max_model_len`` with finish reason "length"); and the request's
+        longest possible KV must fit in the whole cache, or it would preempt itself forever.
         """
         cfg = self.config
         if request.request_id in self.requests:
@@ -123,9 +129,6 @@ class Scheduler:
                 f"({self.kv.num_blocks * self.kv.block_size} tokens); give the KV cache more "
                 f"memory, or lower max_model_len ({cfg.max_model_len}) or max_tokens"
             )
-        request.status = RequestStatus.WAITING
-        self.requests[request.request_id] = request
-        self.waiting.append(request)
 
     # -- one step --------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
