@@ -1,0 +1,188 @@
+"""Conformance tests of a platform's :class:`~heron_interfaces.Communicator` on two processes.
+
+One pair of spawned processes runs every collective once (starting processes that import torch is
+the slow part) and reports a verdict per collective; each verdict is then its own test, so a broken
+``reduce_scatter`` does not hide a working ``broadcast``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import tempfile
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from heron_interfaces.platform import Platform
+from heron_interfaces.testing.loader import platform_ref, resolve_ref
+
+WORLD_SIZE = 2
+COLLECTIVES = (
+    "all_reduce",
+    "all_reduce_default_dtype",
+    "all_gather",
+    "reduce_scatter",
+    "gather",
+    "broadcast",
+    "send_recv",
+    "barrier",
+)
+TIMEOUT_S = 120.0
+
+
+def _checks(comm: Any, rank: int, device: Any, default_dtype: Any) -> dict[str, Callable[[], None]]:
+    """The collective checks; every rank runs all of them in the same order."""
+    import torch
+
+    world = WORLD_SIZE
+    eq = torch.testing.assert_close
+
+    def all_reduce() -> None:
+        x = torch.arange(6, dtype=torch.float32, device=device) * (rank + 1)
+        before = x.clone()
+        eq(comm.all_reduce(x), torch.arange(6, dtype=torch.float32, device=device) * 3)
+        eq(x, before, msg="all_reduce must not modify its input")
+
+    def all_reduce_default_dtype() -> None:
+        x = torch.full((4, 8), float(rank + 1), dtype=default_dtype, device=device)
+        eq(comm.all_reduce(x), torch.full((4, 8), 3.0, dtype=default_dtype, device=device))
+
+    def all_gather() -> None:
+        x = torch.full((2, 3), float(rank), device=device)
+        parts = [torch.full((2, 3), float(r), device=device) for r in range(world)]
+        eq(comm.all_gather(x, dim=-1), torch.cat(parts, dim=-1))
+        eq(comm.all_gather(x, dim=0), torch.cat(parts, dim=0))
+
+    def reduce_scatter() -> None:
+        x = torch.arange(2 * 4 * world, dtype=torch.float32, device=device).view(2, -1) + rank
+        total = torch.arange(2 * 4 * world, dtype=torch.float32, device=device).view(2, -1) * 2 + 1
+        eq(comm.reduce_scatter(x, dim=-1), total.chunk(world, dim=-1)[rank])
+
+    def gather() -> None:
+        x = torch.full((3,), float(rank), device=device)
+        got = comm.gather(x, dst=0, dim=0)
+        if rank == 0:
+            eq(got, torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0], device=device))
+        else:
+            assert got is None, "gather must return None on ranks other than dst"
+
+    def broadcast() -> None:
+        x = torch.full((5,), float(rank + 10), device=device)
+        eq(comm.broadcast(x, src=1), torch.full((5,), 11.0, device=device))
+        eq(x, torch.full((5,), 11.0, device=device), msg="broadcast works in place")
+
+    def send_recv() -> None:
+        payload = torch.arange(12, dtype=torch.float32, device=device).view(3, 4)
+        if rank == 0:
+            comm.send(payload, dst=1)
+            eq(comm.recv((3, 4), torch.float32, src=1), payload * 2)
+        else:
+            got = comm.recv((3, 4), torch.float32, src=0)
+            eq(got, payload)
+            comm.send(got * 2, dst=0)
+
+    def barrier() -> None:
+        comm.barrier()
+
+    return {name: fn for name, fn in locals().items() if name in COLLECTIVES}
+
+
+def _worker(rank: int, ref: str, init_file: str, results: Any) -> None:
+    """Body of one spawned rank: set up the process group, run every check, report verdicts."""
+    verdicts: dict[str, str | None] = {}
+    try:
+        import torch
+        import torch.distributed as dist
+
+        from heron_interfaces.communicator import CommContext
+
+        platform: type[Platform] = resolve_ref(ref)  # type: ignore[assignment]
+        index = rank if platform.device_count() >= WORLD_SIZE else 0
+        platform.set_device(index)
+        device = torch.device(platform.device_type, index)
+        dist.init_process_group(
+            platform.dist_backend,
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=WORLD_SIZE,
+        )
+        comm = platform.communicator(CommContext(world_size=WORLD_SIZE, rank=rank, device=device))
+        default_dtype = getattr(torch, platform.capabilities().default_dtype)
+        for name, check in _checks(comm, rank, device, default_dtype).items():
+            try:
+                check()
+                verdicts[name] = None
+            except Exception:
+                verdicts[name] = traceback.format_exc(limit=4)
+        comm.destroy()
+        dist.destroy_process_group()
+    except Exception:
+        verdicts["setup"] = traceback.format_exc()
+    results.put((rank, verdicts))
+
+
+def run_collectives(platform: type[Platform]) -> dict[str, list[str]]:
+    """Spawn two ranks of ``platform`` and return the errors per collective (empty: passed)."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        procs = [
+            ctx.Process(target=_worker, args=(r, platform_ref(platform), init_file, results))
+            for r in range(WORLD_SIZE)
+        ]
+        for p in procs:
+            p.start()
+        errors: dict[str, list[str]] = {name: [] for name in (*COLLECTIVES, "setup")}
+        try:
+            for _ in procs:
+                rank, verdicts = results.get(timeout=TIMEOUT_S)
+                for name, err in verdicts.items():
+                    if err is not None:
+                        errors[name].append(f"rank {rank}: {err}")
+                    elif name not in errors:
+                        errors[name] = []
+                for name in COLLECTIVES:
+                    if name not in verdicts:
+                        errors[name].append(f"rank {rank}: did not run")
+        except Exception as exc:  # queue.Empty on a hang
+            errors["setup"].append(f"a rank did not report within {TIMEOUT_S}s: {exc!r}")
+        finally:
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
+    return errors
+
+
+@pytest.fixture(scope="session")
+def collective_errors(backend_platform: type[Platform]) -> dict[str, list[str]]:
+    if backend_platform.device_type != "cpu" and backend_platform.device_count() < WORLD_SIZE:
+        pytest.skip(f"needs {WORLD_SIZE} {backend_platform.device_type} devices")
+    return run_collectives(backend_platform)
+
+
+@pytest.mark.parametrize("collective", COLLECTIVES)
+def test_collective(collective_errors: dict[str, list[str]], collective: str) -> None:
+    """Each collective gives the mathematically expected result on every rank."""
+    if collective_errors["setup"]:
+        pytest.fail("process group setup failed:\n" + "\n".join(collective_errors["setup"]))
+    assert not collective_errors[collective], "\n".join(collective_errors[collective])
+
+
+def test_single_process_communicator_is_identity(backend_platform: type[Platform]) -> None:
+    """With world size 1 no process group exists; every collective must return its input."""
+    import torch
+
+    from heron_interfaces.communicator import CommContext
+
+    comm = backend_platform.communicator(CommContext(world_size=1, rank=0))
+    x = torch.arange(4, dtype=torch.float32)
+    torch.testing.assert_close(comm.all_reduce(x), x)
+    torch.testing.assert_close(comm.all_gather(x, dim=0), x)
+    torch.testing.assert_close(comm.reduce_scatter(x, dim=0), x)
+    torch.testing.assert_close(comm.broadcast(x, src=0), x)
+    comm.barrier()

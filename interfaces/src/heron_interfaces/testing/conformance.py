@@ -1,0 +1,58 @@
+"""The Heron backend conformance suite, as one collectable test module.
+
+Run with ``pytest --pyargs heron_interfaces.testing.conformance --heron-backend NAME`` (see
+:mod:`heron_interfaces.testing.plugin`), or star-import it into a backend's own test module. The
+tests live in the ``*_suite`` modules next to this one; pytest collects the imported names here.
+"""
+
+from __future__ import annotations
+
+from heron_interfaces.testing.attention_suite import (
+    attention_backend_cls,
+    capabilities,
+    test_forward_block_boundaries,
+    test_forward_fresh_prefill_matches_dense,
+    test_forward_long_context,
+    test_forward_matches_reference,
+    test_forward_strided_qkv,
+    test_kv_cache_layout,
+    test_write_kv_matches_reference,
+)
+from heron_interfaces.testing.comm_suite import (
+    collective_errors,
+    test_collective,
+    test_single_process_communicator_is_identity,
+)
+from heron_interfaces.testing.memory_suite import (
+    profiler,
+    test_peak_follows_allocation_and_resets,
+    test_snapshot_is_sane,
+)
+from heron_interfaces.testing.platform_suite import (
+    test_attention_backend_agrees_with_capabilities,
+    test_backend_spec,
+    test_capabilities_are_consistent,
+    test_platform_identity,
+)
+
+__all__ = [
+    "attention_backend_cls",
+    "capabilities",
+    "collective_errors",
+    "profiler",
+    "test_attention_backend_agrees_with_capabilities",
+    "test_backend_spec",
+    "test_capabilities_are_consistent",
+    "test_collective",
+    "test_forward_block_boundaries",
+    "test_forward_fresh_prefill_matches_dense",
+    "test_forward_long_context",
+    "test_forward_matches_reference",
+    "test_forward_strided_qkv",
+    "test_kv_cache_layout",
+    "test_peak_follows_allocation_and_resets",
+    "test_platform_identity",
+    "test_single_process_communicator_is_identity",
+    "test_snapshot_is_sane",
+    "test_write_kv_matches_reference",
+]
