@@ -51,6 +51,7 @@ class EngineCore:
         registry = builtin_registry()
         host.register_models(registry)
         model_cls = registry.resolve(list(getattr(hf_config, "architectures", None) or []))
+        self._check_attention_support(hf_config)
 
         self.runner = TorchModelRunner(
             platform=self.platform,
@@ -114,6 +115,29 @@ class EngineCore:
                 f"choose one of {sorted(caps.block_sizes)}"
             )
         return size
+
+    def _check_attention_support(self, hf_config: Any) -> None:
+        """Fail at start-up, naming the backend and the reasons, when its kernels cannot run the model."""
+        from heron_interfaces import AttentionLayerSpec
+
+        from heron.plugins import resolve_reference
+
+        heads = int(hf_config.num_attention_heads)
+        head_size = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+        spec = AttentionLayerSpec(
+            num_heads=heads,
+            num_kv_heads=int(getattr(hf_config, "num_key_value_heads", None) or heads),
+            head_size=int(head_size),
+            scale=float(head_size) ** -0.5,
+            block_size=self.block_size,
+            dtype=_dtype_name(self.dtype),
+        )
+        reasons = resolve_reference(self.platform.attention_backend()).check_support(spec)
+        if reasons:
+            raise EngineConfigError(
+                f"backend {self.platform.name!r} cannot run this model: {'; '.join(reasons)}. "
+                "Choose another backend with HERON_BACKEND (e.g. HERON_BACKEND=reference)."
+            )
 
     @staticmethod
     def _resolve_max_model_len(requested: int | None, hf_config: Any) -> int:
