@@ -1,0 +1,113 @@
+"""The causal-LM wrapper every built-in architecture shares: decoder, LM head, weight loading."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heron.layers import Linear, rope_parameters
+from heron.models.context import ModelContext
+from heron.models.decoder import DecoderModel, DecoderOptions
+from heron.models.weights import load_checkpoint
+from heron_interfaces import AttentionMetadata
+
+logger = logging.getLogger(__name__)
+
+
+class DecoderForCausalLM(nn.Module):
+    """A decoder-only LM over flattened tokens; subclasses set the architecture switches.
+
+    Subclasses override :meth:`qkv_bias` / :attr:`qk_norm` (and anything else in
+    :meth:`options`) rather than re-implementing layers.
+    """
+
+    qk_norm: bool = False
+
+    def __init__(self, hf_config: Any, ctx: ModelContext) -> None:
+        super().__init__()
+        self.config = hf_config
+        self.ctx = ctx
+        self.opts = self.options(hf_config)
+        self.num_layers = self.opts.num_layers
+        self.num_kv_heads = self.opts.num_kv_heads
+        self.head_size = self.opts.head_size
+        self.num_heads = self.opts.num_heads
+        self.vocab_size = self.opts.vocab_size
+        self.hidden_size = self.opts.hidden_size
+        self._check_sliding_window(hf_config)
+        with torch.device(ctx.device):
+            self.model = DecoderModel(self.opts, ctx)
+            self.lm_head: Linear | None = None
+            if not self.opts.tie_word_embeddings:
+                self.lm_head = Linear(
+                    self.opts.hidden_size, self.opts.vocab_size, bias=False, dtype=ctx.dtype
+                )
+
+    @classmethod
+    def qkv_bias(cls, hf_config: Any) -> bool:
+        """Whether q/k/v projections carry a bias (``attention_bias`` in Llama-style configs)."""
+        return bool(getattr(hf_config, "attention_bias", False))
+
+    @classmethod
+    def options(cls, hf_config: Any) -> DecoderOptions:
+        """Read the switches of the shared decoder from ``hf_config``."""
+        num_heads = hf_config.num_attention_heads
+        num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+        head_size = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+        return DecoderOptions(
+            hidden_size=hf_config.hidden_size,
+            intermediate_size=hf_config.intermediate_size,
+            num_layers=hf_config.num_hidden_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_size=head_size,
+            vocab_size=hf_config.vocab_size,
+            rms_norm_eps=hf_config.rms_norm_eps,
+            max_position=getattr(hf_config, "max_position_embeddings", None) or 4096,
+            rope=rope_parameters(hf_config),
+            qkv_bias=cls.qkv_bias(hf_config),
+            o_bias=bool(getattr(hf_config, "attention_bias", False)),
+            mlp_bias=bool(getattr(hf_config, "mlp_bias", False)),
+            qk_norm=cls.qk_norm,
+            tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+        )
+
+    def _check_sliding_window(self, hf_config: Any) -> None:
+        """Sliding-window attention is not implemented: say so when it would change results."""
+        window = getattr(hf_config, "sliding_window", None)
+        if getattr(hf_config, "use_sliding_window", True) is False or window is None:
+            return
+        if window < self.opts.max_position:
+            logger.warning(
+                "%s: sliding_window=%d is smaller than max_position_embeddings=%d; Heron attends "
+                "to the full context, so outputs differ from the reference beyond %d tokens",
+                type(self).__name__,
+                window,
+                self.opts.max_position,
+                window,
+            )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Final hidden states ``[num_tokens, hidden_size]`` of the flattened batch."""
+        return self.model(input_ids, positions, kv_caches, metadata)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits ``[N, vocab_size]`` of the rows of ``hidden`` the sampler needs."""
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors; a tied model ignores a checkpoint's ``lm_head.weight``."""
+        skip = frozenset({"lm_head.weight"}) if self.lm_head is None else frozenset()
+        load_checkpoint(self, weights, skip=skip)

@@ -1,0 +1,26 @@
+"""What a model needs to know about where and how it runs, fixed at build time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from heron_interfaces import AttentionBackend
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelContext:
+    """Passed to every model constructor instead of module-global state.
+
+    Attributes:
+        dtype: dtype of the weights, activations and KV cache.
+        device: device the parameters are created on (directly, without a CPU copy first).
+        attention_cls: the selected backend's attention class; one instance per layer.
+        block_size: KV cache block size, part of each layer's :class:`AttentionLayerSpec`.
+    """
+
+    dtype: torch.dtype
+    device: torch.device
+    attention_cls: type[AttentionBackend]
+    block_size: int

@@ -1,0 +1,213 @@
+"""The pre-norm decoder shared by the Llama family (Llama, Mistral, Qwen2, Qwen3).
+
+These architectures differ only in a few switches (q/k/v biases, per-head q/k RMSNorm, how the
+head size is chosen), so one implementation is parameterised by :class:`DecoderOptions` instead of
+keeping near-identical copies that drift apart. Every module works on flattened tokens: hidden
+states are ``[num_tokens, hidden_size]`` for all sequences of a step together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heron.layers import FusedLinear, Linear, RMSNorm, RotaryEmbedding, SiluAndMul
+from heron.models.context import ModelContext
+from heron_interfaces import AttentionLayerSpec, AttentionMetadata
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecoderOptions:
+    """Per-architecture switches of the shared decoder, read from the HF config."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    max_position: int
+    rope: dict[str, Any]
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    tie_word_embeddings: bool
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class Attention(nn.Module):
+    """Fused q/k/v projection, optional q/k norm, rotary embedding, paged attention, output."""
+
+    def __init__(
+        self, opts: DecoderOptions, ctx: ModelContext, rotary_emb: RotaryEmbedding
+    ) -> None:
+        super().__init__()
+        self.num_heads = opts.num_heads
+        self.num_kv_heads = opts.num_kv_heads
+        self.head_size = opts.head_size
+        self.q_size = opts.num_heads * opts.head_size
+        self.kv_size = opts.num_kv_heads * opts.head_size
+        self.qkv_proj = FusedLinear(
+            opts.hidden_size,
+            [self.q_size, self.kv_size, self.kv_size],
+            bias=opts.qkv_bias,
+            dtype=ctx.dtype,
+        )
+        self.o_proj = Linear(self.q_size, opts.hidden_size, bias=opts.o_bias, dtype=ctx.dtype)
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
+        if opts.qk_norm:
+            self.q_norm = RMSNorm(opts.head_size, opts.rms_norm_eps, dtype=ctx.dtype)
+            self.k_norm = RMSNorm(opts.head_size, opts.rms_norm_eps, dtype=ctx.dtype)
+        self.rotary_emb = rotary_emb
+        spec = AttentionLayerSpec(
+            num_heads=opts.num_heads,
+            num_kv_heads=opts.num_kv_heads,
+            head_size=opts.head_size,
+            scale=opts.head_size**-0.5,
+            block_size=ctx.block_size,
+            dtype=_dtype_name(ctx.dtype),
+        )
+        reasons = ctx.attention_cls.check_support(spec)
+        if reasons:
+            raise ValueError(
+                f"attention backend {ctx.attention_cls.name!r} cannot run this model: "
+                + "; ".join(reasons)
+            )
+        # A plain attribute, not a submodule: backends hold no parameters.
+        self.attn = ctx.attention_cls(spec)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_size)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_size)
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_size).contiguous()
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
+        out = torch.empty_like(q)
+        self.attn.forward(q, k, v, kv_cache, metadata, out)
+        return self.o_proj(out.view(num_tokens, self.q_size))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward with gate and up fused into one matmul."""
+
+    def __init__(self, opts: DecoderOptions, ctx: ModelContext) -> None:
+        super().__init__()
+        self.gate_up_proj = FusedLinear(
+            opts.hidden_size,
+            [opts.intermediate_size, opts.intermediate_size],
+            bias=opts.mlp_bias,
+            dtype=ctx.dtype,
+        )
+        self.down_proj = Linear(
+            opts.intermediate_size, opts.hidden_size, bias=opts.mlp_bias, dtype=ctx.dtype
+        )
+        self.act = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block; the residual add is fused into the following norm."""
+
+    def __init__(
+        self,
+        opts: DecoderOptions,
+        ctx: ModelContext,
+        layer_index: int,
+        rotary_emb: RotaryEmbedding,
+    ) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.input_layernorm = RMSNorm(opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype)
+        self.self_attn = Attention(opts, ctx, rotary_emb)
+        self.post_attention_layernorm = RMSNorm(
+            opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype
+        )
+        self.mlp = MLP(opts, ctx)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        kv_caches: list[torch.Tensor],
+        metadata: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_caches[self.layer_index], metadata)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class Embedding(nn.Module):
+    """Token embedding table ``[vocab_size, hidden_size]``; also the tied output projection."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, *, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(
+            torch.empty(vocab_size, hidden_size, dtype=dtype), requires_grad=False
+        )
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.weight)
+
+
+class DecoderModel(nn.Module):
+    """Embedding, decoder layers and final norm: HF's ``model.*`` sub-tree."""
+
+    def __init__(self, opts: DecoderOptions, ctx: ModelContext) -> None:
+        super().__init__()
+        self.embed_tokens = Embedding(opts.vocab_size, opts.hidden_size, dtype=ctx.dtype)
+        # One cos/sin table shared by every layer (a shared submodule, stored once).
+        rotary_emb = RotaryEmbedding(
+            head_size=opts.head_size,
+            rotary_dim=opts.head_size,
+            max_position=opts.max_position,
+            params=opts.rope,
+            dtype=ctx.dtype,
+        )
+        self.layers = nn.ModuleList(
+            DecoderLayer(opts, ctx, i, rotary_emb) for i in range(opts.num_layers)
+        )
+        self.norm = RMSNorm(opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        residual: torch.Tensor | None = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, kv_caches, metadata)
+        if residual is None:
+            return self.norm(hidden)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden

@@ -1,0 +1,78 @@
+"""Maps ``config.architectures`` names to model classes, built-in and from plugins.
+
+Entries may be lazy ``"package.module:Class"`` strings so that registering an out-of-tree model
+costs nothing until a checkpoint of that architecture is actually loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+_BUILTIN: dict[str, str] = {
+    "LlamaForCausalLM": "heron.models.llama:LlamaForCausalLM",
+    "MistralForCausalLM": "heron.models.llama:MistralForCausalLM",
+    "Qwen2ForCausalLM": "heron.models.llama:Qwen2ForCausalLM",
+    "Qwen3ForCausalLM": "heron.models.llama:Qwen3ForCausalLM",
+}
+
+
+class UnsupportedModelError(ValueError):
+    """No registered model class implements any of a checkpoint's architectures."""
+
+
+def _import_lazy(reference: str) -> type:
+    module_name, sep, attr = reference.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"lazy model reference {reference!r} is not of the form 'pkg.mod:Class'")
+    module = importlib.import_module(module_name)
+    try:
+        cls = getattr(module, attr)
+    except AttributeError as exc:
+        raise ImportError(f"{module_name!r} has no attribute {attr!r} ({reference!r})") from exc
+    if not isinstance(cls, type):
+        raise TypeError(f"{reference!r} is not a class")
+    return cls
+
+
+class ModelRegistry:
+    """Implements :class:`heron_interfaces.ModelRegistry`; a later registration overrides."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, type | str] = {}
+
+    def register(self, architecture: str, model_cls: type | str) -> None:
+        """Map ``architecture`` to a class or a lazy ``"pkg.mod:Class"`` string."""
+        if not isinstance(model_cls, (type, str)):
+            raise TypeError(
+                f"model for {architecture!r} must be a class or a 'pkg.mod:Class' string, "
+                f"got {type(model_cls).__name__}"
+            )
+        self._entries[architecture] = model_cls
+
+    def supported(self) -> list[str]:
+        """Registered architecture names, sorted."""
+        return sorted(self._entries)
+
+    def resolve(self, architectures: Sequence[str] | None) -> type:
+        """The class of the first supported entry of ``architectures``, importing it if lazy."""
+        for arch in architectures or ():
+            entry = self._entries.get(arch)
+            if entry is None:
+                continue
+            if isinstance(entry, str):
+                entry = _import_lazy(entry)
+                self._entries[arch] = entry
+            return entry
+        raise UnsupportedModelError(
+            f"model architecture(s) {list(architectures or [])} are not supported; "
+            f"supported architectures: {', '.join(self.supported())}"
+        )
+
+
+def builtin_registry() -> ModelRegistry:
+    """A fresh registry holding Heron's own architectures (plugins add theirs after)."""
+    registry = ModelRegistry()
+    for arch, reference in _BUILTIN.items():
+        registry.register(arch, reference)
+    return registry

@@ -1,0 +1,252 @@
+"""Helpers to build tiny random Hugging Face models and run Heron models on them.
+
+Reused by engine tests: :func:`make_tiny_model_dir` writes a complete model folder (config,
+safetensors, tokenizer with a chat template, generation config) in milliseconds, and
+:class:`ReferenceAttention` / :class:`Harness` run a model over paged KV caches without core's
+engine. No network: the tokenizer is a byte-level BPE built in code (259 tokens: 256 bytes plus
+``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``), so any text round-trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heron.models import ModelContext
+from heron_interfaces import AttentionBackend, AttentionMetadata
+from heron_interfaces import reference as ref
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+TINY_VOCAB = 256 + len(SPECIAL_TOKENS)
+PAD_ID, IM_START_ID, EOS_ID = 256, 257, 258
+
+_TINY_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": TINY_VOCAB,
+    "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "bos_token_id": None,
+    "eos_token_id": EOS_ID,
+    "pad_token_id": PAD_ID,
+}
+ARCHS = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def build_tokenizer() -> Any:
+    """A byte-level BPE tokenizer without merges, special tokens and a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {char: i for i, char in enumerate(alphabet)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_config(arch: str = "llama", **overrides: Any) -> Any:
+    """A tiny config of ``arch`` (one of :data:`ARCHS`); ``overrides`` set any config field."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    classes = {
+        "llama": LlamaConfig,
+        "mistral": MistralConfig,
+        "qwen2": Qwen2Config,
+        "qwen3": Qwen3Config,
+    }
+    kwargs = dict(_TINY_DEFAULTS)
+    if arch == "mistral":
+        kwargs["sliding_window"] = None
+    if arch == "qwen3":
+        kwargs["head_dim"] = 32  # differs from hidden/heads = 16 on purpose
+    kwargs.update(overrides)
+    return classes[arch](**kwargs)
+
+
+def tiny_hf_model(config: Any, seed: int = 0) -> Any:
+    """A random HF model for ``config`` whose every weight matters (no all-ones norms, no
+    zero biases), so that a mis-mapped tensor changes the logits."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+            else:
+                param.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def make_tiny_model_dir(
+    tmp_path: Path,
+    arch: str = "llama",
+    *,
+    seed: int = 0,
+    max_shard_size: str | None = None,
+    name: str | None = None,
+    **overrides: Any,
+) -> Path:
+    """Write a tiny random ``arch`` model folder under ``tmp_path`` and return its path.
+
+    ``max_shard_size`` (e.g. ``"40KB"``) produces a sharded checkpoint with an index.
+    """
+    from transformers import GenerationConfig
+
+    folder = Path(tmp_path) / (name or f"tiny-{arch}")
+    model = tiny_hf_model(tiny_config(arch, **overrides), seed)
+    model.generation_config = GenerationConfig(eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+class ReferenceAttention(AttentionBackend):
+    """Attention backend over :mod:`heron_interfaces.reference`: slow, simple, the oracle.
+
+    KV cache layout ``[2, num_blocks, block_size, kv_heads, head_size]`` (the default views).
+    """
+
+    name = "test-reference"
+
+    @classmethod
+    def supported_block_sizes(cls) -> Sequence[int]:
+        return (1, 2, 4, 8, 16, 32)
+
+    @classmethod
+    def kv_cache_shape(
+        cls, num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
+    ) -> tuple[int, ...]:
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
+
+    def write_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        key_cache, value_cache = self.kv_views(kv_cache)
+        ref.write_kv(key, value, key_cache, value_cache, slot_mapping)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
+        self.write_kv(key, value, kv_cache, metadata.slot_mapping)
+        key_cache, value_cache = self.kv_views(kv_cache)
+        return ref.paged_attention(query, key_cache, value_cache, metadata, self.spec.scale, out)
+
+
+def make_context(
+    dtype: torch.dtype = torch.float32,
+    block_size: int = 4,
+    attention_cls: type[AttentionBackend] = ReferenceAttention,
+) -> ModelContext:
+    """A CPU :class:`ModelContext`; small blocks so that short prompts span several blocks."""
+    return ModelContext(
+        dtype=dtype, device=torch.device("cpu"), attention_cls=attention_cls, block_size=block_size
+    )
+
+
+class Harness:
+    """Runs a Heron model over paged KV caches: a minimal stand-in for core's runner.
+
+    Each sequence reserves enough consecutive blocks for ``max_len`` tokens when added; blocks of
+    different sequences are interleaved in the pool, so block-table bugs show.
+    """
+
+    def __init__(self, model: Any, ctx: ModelContext, *, num_blocks: int = 64) -> None:
+        self.model = model
+        self.block_size = ctx.block_size
+        shape = ctx.attention_cls.kv_cache_shape(
+            num_blocks, ctx.block_size, model.num_kv_heads, model.head_size
+        )
+        self.kv_caches = [torch.zeros(shape, dtype=ctx.dtype) for _ in range(model.num_layers)]
+        self.free = list(range(num_blocks - 1, -1, -1))
+        self.tables: list[list[int]] = []
+        self.lens: list[int] = []
+
+    def add(self, max_len: int) -> int:
+        """Reserve blocks for a new sequence; returns its index."""
+        needed = -(-max_len // self.block_size)
+        self.tables.append([self.free.pop() for _ in range(needed)])
+        self.lens.append(0)
+        return len(self.tables) - 1
+
+    @torch.no_grad()
+    def step(self, chunks: dict[int, list[int]]) -> dict[int, torch.Tensor]:
+        """Feed each sequence its next tokens; returns float32 logits ``[len(chunk), vocab]``."""
+        seqs = list(chunks)
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts = [0]
+        seq_lens = []
+        for s in seqs:
+            start = self.lens[s]
+            for offset, token in enumerate(chunks[s]):
+                pos = start + offset
+                ids.append(token)
+                positions.append(pos)
+                block = self.tables[s][pos // self.block_size]
+                slots.append(block * self.block_size + pos % self.block_size)
+            self.lens[s] = start + len(chunks[s])
+            starts.append(len(ids))
+            seq_lens.append(self.lens[s])
+        width = max(len(self.tables[s]) for s in seqs)
+        tables = [self.tables[s] + [0] * (width - len(self.tables[s])) for s in seqs]
+        q_lens = [len(chunks[s]) for s in seqs]
+        decode = sum(1 for q, n in zip(q_lens, seq_lens) if q == 1 and n > 1)
+        metadata = AttentionMetadata(
+            query_start_loc=torch.tensor(starts, dtype=torch.int32),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+            block_tables=torch.tensor(tables, dtype=torch.int32),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64),
+            max_query_len=max(q_lens),
+            max_seq_len=max(seq_lens),
+            num_prefill_tokens=len(ids) - decode,
+            num_decode_tokens=decode,
+            num_seqs=len(seqs),
+        )
+        hidden = self.model(
+            torch.tensor(ids, dtype=torch.long),
+            torch.tensor(positions, dtype=torch.long),
+            self.kv_caches,
+            metadata,
+        )
+        logits = self.model.compute_logits(hidden)
+        return {s: logits[starts[i] : starts[i + 1]] for i, s in enumerate(seqs)}
+
+
+@torch.no_grad()
+def hf_logits(hf_model: Any, token_ids: list[int]) -> torch.Tensor:
+    """Float32 logits ``[len(token_ids), vocab]`` of a transformers model on one sequence."""
+    return hf_model(torch.tensor([token_ids])).logits[0].float()
