@@ -3,8 +3,8 @@
 Reused by engine tests: :func:`make_tiny_model_dir` writes a complete model folder (config,
 safetensors, tokenizer with a chat template, generation config) in milliseconds, and
 :class:`ReferenceAttention` / :class:`Harness` run a model over paged KV caches without core's
-engine. No network: the tokenizer is a byte-level BPE built in code (259 tokens: 256 bytes plus
-``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``), so any text round-trips.
+engine. No network: the tokenizer is a byte-level BPE built in code (256 bytes, a few merges,
+then ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``), so any text round-trips.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-TINY_VOCAB = 256 + len(SPECIAL_TOKENS)
-PAD_ID, IM_START_ID, EOS_ID = 256, 257, 258
+# A few merges keep prompts shorter and give GGUF's BPE converter the merges it requires.
+MERGES = (("Ġ", "t"), ("h", "e"), ("i", "n"), ("e", "r"), ("Ġ", "a"), ("o", "n"), ("Ġt", "he"))
+TINY_VOCAB = 256 + len(MERGES) + len(SPECIAL_TOKENS)
+PAD_ID, IM_START_ID, EOS_ID = TINY_VOCAB - 3, TINY_VOCAB - 2, TINY_VOCAB - 1
 
 _TINY_DEFAULTS: dict[str, Any] = {
     "hidden_size": 64,
@@ -47,13 +49,13 @@ ARCHS = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def build_tokenizer() -> Any:
-    """A byte-level BPE tokenizer without merges, special tokens and a ChatML template."""
+    """A byte-level BPE tokenizer with special tokens and a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {char: i for i, char in enumerate(alphabet)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + [a + b for a, b in MERGES]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=list(MERGES)))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
@@ -250,3 +252,96 @@ class Harness:
 def hf_logits(hf_model: Any, token_ids: list[int]) -> torch.Tensor:
     """Float32 logits ``[len(token_ids), vocab]`` of a transformers model on one sequence."""
     return hf_model(torch.tensor([token_ids])).logits[0].float()
+
+
+_GGUF_BLOCK_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def _gguf_name(hf_name: str) -> str:
+    top = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+    stem, _, kind = hf_name.rpartition(".")
+    if stem in top:
+        return f"{top[stem]}.{kind}"
+    _, _, layer, module = stem.split(".", 3)
+    return f"blk.{layer}.{_GGUF_BLOCK_NAMES[module]}.{kind}"
+
+
+def _llama_cpp_permute(weights: Any, n_head: int) -> Any:
+    """``convert_hf_to_gguf.py``'s permutation of Q/K rows for the llama architecture."""
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def write_tiny_gguf(path: Path, hf_model: Any, qtypes: dict[str, Any] | None = None) -> dict:
+    """Write ``hf_model`` as a GGUF file the way llama.cpp's converter does.
+
+    ``qtypes`` maps a substring of the HF tensor name (``"q_proj"``, ``"embed_tokens"``) to a
+    ``GGMLQuantizationType``; 1-D tensors stay F32 as in llama.cpp, the rest default to F32.
+    Returns the HF state dict as the file holds it after quantization (decoded with gguf-py),
+    the reference for comparing logits. The tokenizer is :func:`build_tokenizer`'s.
+    """
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import dequantize, quantize
+
+    config = hf_model.config
+    arch = config.model_type
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer = GGUFWriter(str(path), arch)
+    writer.add_name(f"tiny-{arch}")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_vocab_size(config.vocab_size)
+    tokenizer = build_tokenizer()
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([token for token, _ in vocab])
+    writer.add_token_types([3 if token in SPECIAL_TOKENS else 1 for token, _ in vocab])
+    writer.add_token_merges([f"{a} {b}" for a, b in MERGES])
+    writer.add_eos_token_id(EOS_ID)
+    writer.add_pad_token_id(PAD_ID)
+    writer.add_chat_template(CHATML_TEMPLATE)
+    reference = {}
+    for name, tensor in hf_model.state_dict().items():
+        if config.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        data = tensor.float().numpy()
+        qtype = GGMLQuantizationType.F32
+        if data.ndim > 1:
+            qtype = next((t for key, t in (qtypes or {}).items() if key in name), qtype)
+        encoded = quantize(data, qtype) if qtype != GGMLQuantizationType.F32 else data
+        reference[name] = torch.from_numpy(np.array(dequantize(encoded, qtype), np.float32))
+        if arch == "llama" and ".q_proj." in name:
+            encoded = _llama_cpp_permute(encoded, config.num_attention_heads)
+        elif arch == "llama" and ".k_proj." in name:
+            encoded = _llama_cpp_permute(encoded, config.num_key_value_heads)
+        writer.add_tensor(_gguf_name(name), encoded, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return reference

@@ -1,0 +1,182 @@
+"""GGUF checkpoints: config, tokenizer and generation defaults from metadata, weights dequantized.
+
+transformers already turns GGUF metadata into a config and a tokenizer (``gguf_file=``); Heron uses
+that public path rather than re-implementing the conversions. Both re-parse the whole file
+(seconds for the token tables), so their result is saved once as an ordinary Hugging Face folder
+in Heron's cache, keyed by file size, mtime and transformers version; later loads read that.
+
+Tensor names are mapped to Hugging Face names, and llama.cpp's rotary permutation of Q/K (applied
+by ``convert_hf_to_gguf.py`` for the ``llama`` architecture only) is undone exactly as
+transformers' ``LlamaTensorProcessor`` does, so the same model classes serve both sources.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heron.loader.dequant import dequantize
+from heron.loader.gguf_file import read_gguf
+
+logger = logging.getLogger(__name__)
+
+# GGUF ``general.architecture`` / transformers ``model_type`` -> HF architecture class name
+_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_BLOCK_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+# Bump when the conversion below changes, so that stale cache entries are not reused.
+_CACHE_FORMAT = 1
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+# Tensors llama.cpp stores that Heron derives from the config instead.
+_DERIVED = {"rope_freqs.weight"}
+# generation_config.json key -> GGUF metadata key (config defaults would invent a bos id)
+_GEN_KEYS = {
+    "bos_token_id": "tokenizer.ggml.bos_token_id",
+    "eos_token_id": "tokenizer.ggml.eos_token_id",
+    "pad_token_id": "tokenizer.ggml.padding_token_id",
+}
+
+
+def hf_tensor_name(gguf_name: str) -> str:
+    """The Hugging Face name of a GGUF tensor (unknown names are returned unchanged)."""
+    match = _BLOCK_RE.match(gguf_name)
+    if match:
+        layer, part, kind = match.groups()
+        if part in _BLOCK_NAMES:
+            return f"model.layers.{layer}.{_BLOCK_NAMES[part]}.{kind}"
+        return gguf_name
+    stem, _, kind = gguf_name.rpartition(".")
+    if stem in _GLOBAL_NAMES:
+        return f"{_GLOBAL_NAMES[stem]}.{kind}"
+    return gguf_name
+
+
+def unpermute_rotary(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's ``permute`` of a Q or K projection (rows interleaved per head)."""
+    half = weight.shape[0] // num_heads // 2
+    rest = weight.shape[1:]
+    return weight.reshape(num_heads, half, 2, *rest).transpose(1, 2).reshape(weight.shape)
+
+
+def iter_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(hf_name, tensor)`` for each tensor of the GGUF file, dequantized on the fly."""
+    metadata, tensors = read_gguf(path)
+    permuted = metadata.get("general.architecture") == "llama"
+    num_heads = hf_config.num_attention_heads
+    num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+    for tensor in tensors:
+        if tensor.name in _DERIVED:
+            continue
+        name = hf_tensor_name(tensor.name)
+        weight = dequantize(tensor.data, tensor.tensor_type)
+        if permuted and ".self_attn.q_proj." in name:
+            weight = unpermute_rotary(weight, num_heads)
+        elif permuted and ".self_attn.k_proj." in name:
+            weight = unpermute_rotary(weight, num_kv_heads)
+        yield name, weight
+
+
+def heron_cache_dir() -> Path:
+    """``$HERON_CACHE_DIR``, else ``$XDG_CACHE_HOME/heron``, else ``~/.cache/heron``."""
+    explicit = os.environ.get("HERON_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "heron"
+
+
+def _metadata_key(path: Path) -> str:
+    import transformers
+
+    stat = path.stat()
+    return (
+        f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+        f"-tf{transformers.__version__}-v{_CACHE_FORMAT}"
+    )
+
+
+def _convert_metadata(path: Path, out_dir: Path) -> None:
+    """Write config, tokenizer and generation defaults of a GGUF file as an HF folder."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder, file_name = str(path.parent), path.name
+    config = AutoConfig.from_pretrained(folder, gguf_file=file_name)
+    model_type = getattr(config, "model_type", "")
+    if not getattr(config, "architectures", None) and model_type in _ARCHITECTURES:
+        config.architectures = [_ARCHITECTURES[model_type]]
+    # transformers maps ``rope.dimension_count`` to head_dim for llama only; the explicit
+    # per-head key length (Qwen3: head_dim != hidden / heads) is authoritative when present.
+    metadata, _ = read_gguf(str(path))
+    key_length = metadata.get(f"{metadata.get('general.architecture')}.attention.key_length")
+    if key_length:
+        config.head_dim = int(key_length)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file_name)
+    generation = {
+        key: int(metadata[gguf_key])
+        for key, gguf_key in _GEN_KEYS.items()
+        if metadata.get(gguf_key) is not None
+    }
+    config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2))
+
+
+def gguf_metadata_dir(path: Path) -> Path:
+    """An HF folder (no weights) holding the GGUF's config and tokenizer, converting once.
+
+    The folder is built in a temporary directory and renamed into place, so a concurrent or
+    interrupted conversion never leaves a half-written cache entry. If the cache is not
+    writable the conversion goes to a private temporary directory instead.
+    """
+    cache = heron_cache_dir() / "gguf"
+    target = cache / _metadata_key(path)
+    if (target / "config.json").is_file():
+        return target
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache))
+    except OSError as exc:
+        logger.warning("cannot write Heron's cache %s (%s); converting uncached", cache, exc)
+        staging = Path(tempfile.mkdtemp(prefix="heron-gguf-"))
+        _convert_metadata(path, staging)
+        return staging
+    try:
+        _convert_metadata(path, staging)
+        os.replace(staging, target)
+    except OSError:
+        # Another process won the rename; its entry is as good as ours.
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
