@@ -115,6 +115,29 @@ def test_probs_match_reference_for_mixed_random_batch() -> None:
         assert probs[i, t] > 0, "sampled a masked token"
 
 
+def test_nucleus_within_small_top_k_matches_reference() -> None:
+    """The fast path (top-p searched among the top-k only) against the same reference."""
+    rng = random.Random(6)
+    torch.manual_seed(6)
+    rows = []
+    for i in range(16):
+        if i % 4 == 0:
+            params = SamplingParams(temperature=0.8)  # neither: keeps the whole vocabulary
+        else:
+            params = SamplingParams(
+                temperature=rng.choice([0.5, 1.2]),
+                top_k=rng.choice([2, 3, 4]),
+                top_p=rng.choice([0.3, 0.8, 1.0]),
+            )
+        rows.append(row(params, rid=str(i)))
+    logits = torch.randn(len(rows), V) * 2
+    batch = SamplingBatch.build(rows, V, "cpu")
+    assert batch.top_p_within_top_k and batch.max_top_k == 4
+    probs = Sampler().sampling_probs(logits, batch)
+    for i, r in enumerate(rows):
+        torch.testing.assert_close(probs[i], reference_probs(logits[i], r), atol=1e-5, rtol=1e-4)
+
+
 def test_each_parameter_changes_the_logits_as_documented() -> None:
     logits = torch.tensor([[2.0, -2.0, 1.0, 0.5] + [0.0] * (V - 4)])
     sampler = Sampler()
@@ -128,6 +151,8 @@ def test_each_parameter_changes_the_logits_as_documented() -> None:
     assert out[0] == 1.0 and out[1] == -2.5 and out[2] == 1.0  # prompt tokens are not counted
     out = processed(SamplingParams(presence_penalty=0.5), output=[0, 0])
     assert out[0] == 1.5 and out[1] == -2.0
+    out = processed(SamplingParams(repetition_penalty=2.0, presence_penalty=1.0), prompt=[])
+    assert torch.equal(out, logits[0])  # nothing seen yet: nothing penalized
     out = processed(SamplingParams(logit_bias={1: 10.0}))
     assert out[1] == 8.0 and out.argmax() == 1
     out = processed(SamplingParams(min_tokens=2, stop_token_ids=[2]), output=[0])
@@ -159,7 +184,7 @@ def test_greedy_is_argmax_of_processed_logits_and_mixes_with_random_rows() -> No
     rows = [row(SamplingParams(temperature=0.0)) for _ in range(6)]
     out, batch = sample(logits, rows)
     assert out.token_ids == logits.argmax(-1).tolist() and out.logprobs == [None] * 6
-    assert batch.temperature is None and batch.seen_mask is None and batch.bias is None
+    assert batch.temperature is None and batch.seen_ids is None and batch.bias is None
     rows[2] = row(SamplingParams(temperature=1.0, top_k=1))
     rows[4] = row(SamplingParams(temperature=0.0, logit_bias={7: 100.0}))
     out, _ = sample(logits, rows)

@@ -83,18 +83,22 @@ class SamplingBatch:
     """[N] long in [1, V]; V where top-k is off."""
     max_top_k: int = 0
     top_p: torch.Tensor | None = None
+    top_p_within_top_k: bool = False
+    """Every row with top-p also has top-k: the nucleus can be searched among max_top_k tokens."""
     bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     """(rows, token ids, values) of every row's logit_bias."""
     min_tokens_mask: tuple[torch.Tensor, torch.Tensor] | None = None
     """(rows, token ids) set to -inf because the row has not reached min_tokens yet."""
     repetition_penalty: torch.Tensor | None = None
-    """[N, 1]; applied to tokens where ``seen_mask`` is set."""
-    seen_mask: torch.Tensor | None = None
-    """[N, V] bool: token occurs in the prompt or the output."""
+    """[N, 1]; applied once to each token of ``seen_ids``."""
+    seen_ids: torch.Tensor | None = None
+    """[N, L] prompt + output tokens of each row, padded with the row's own first token."""
     frequency_penalty: torch.Tensor | None = None
     presence_penalty: torch.Tensor | None = None
-    output_counts: torch.Tensor | None = None
-    """[N, V] float: occurrences of each token in the output."""
+    output_ids: torch.Tensor | None = None
+    """[N, L] output tokens, padded with the row's own first output token."""
+    output_valid: torch.Tensor | None = None
+    """[N, L] float: 1 for real entries of ``output_ids``, 0 for padding."""
     generators: dict[int, torch.Generator] = field(default_factory=dict)
     """Row -> its own generator, for random rows with a seed."""
     has_unseeded_random: bool = False
@@ -130,6 +134,9 @@ class SamplingBatch:
                 batch.max_top_k = max(k for k in ks if k < vocab_size)
             if any(not g and p.top_p < 1.0 for g, p in rand):
                 batch.top_p = tensor([1.0 if g else p.top_p for g, p in rand], torch.float32)
+                batch.top_p_within_top_k = all(
+                    k < vocab_size for k, (g, p) in zip(ks, rand) if not g and p.top_p < 1.0
+                )
             for i in random_rows:
                 gen = rows[i].generator
                 if gen is None:
@@ -181,41 +188,42 @@ def _build_bias_and_min_tokens(
 
 
 def _build_penalties(batch: SamplingBatch, rows: list[SamplingRow], tensor: _ToTensor) -> None:
-    params = [r.params for r in rows]
-    use_rep = [p.repetition_penalty != 1.0 for p in params]
-    use_freq = [p.frequency_penalty != 0.0 for p in params]
-    use_pres = [p.presence_penalty != 0.0 for p in params]
-    if not (any(use_rep) or any(use_freq) or any(use_pres)):
-        return
-    vocab = batch.vocab_size
-    # Only rows with a penalty contribute their tokens: building these lists is the costly part.
-    needs_output = [a or b or c for a, b, c in zip(use_rep, use_freq, use_pres)]
-    counts = _token_counts(
-        [r.output_token_ids if u else [] for r, u in zip(rows, needs_output)], vocab, tensor
-    )
-    if any(use_freq) or any(use_pres):
-        batch.output_counts = counts
-        batch.frequency_penalty = tensor([p.frequency_penalty for p in params], torch.float32)
-        batch.frequency_penalty = batch.frequency_penalty.unsqueeze(1)
-        batch.presence_penalty = tensor([p.presence_penalty for p in params], torch.float32)
-        batch.presence_penalty = batch.presence_penalty.unsqueeze(1)
-    if any(use_rep):
-        prompt = _token_counts(
-            [r.prompt_token_ids if u else [] for r, u in zip(rows, use_rep)], vocab, tensor
-        )
-        batch.seen_mask = (prompt > 0) | (counts > 0)
-        batch.repetition_penalty = tensor([p.repetition_penalty for p in params], torch.float32)
-        batch.repetition_penalty = batch.repetition_penalty.unsqueeze(1)
+    """Token lists for sparse penalties: gathers and scatters over the tokens a row has seen
+    instead of several passes over [N, V] (the vocabulary is far larger than a context)."""
+    rep: list[float] = []
+    seen: list[list[int]] = []
+    freq: list[float] = []
+    pres: list[float] = []
+    outputs: list[list[int]] = []
+    for r in rows:
+        p = r.params
+        tokens = r.prompt_token_ids + r.output_token_ids if p.repetition_penalty != 1.0 else []
+        # A row with no tokens gets a no-op penalty on a dummy token 0.
+        rep.append(p.repetition_penalty if tokens else 1.0)
+        seen.append(tokens or [0])
+        penalized = p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+        out = r.output_token_ids if penalized else []
+        freq.append(p.frequency_penalty if out else 0.0)
+        pres.append(p.presence_penalty if out else 0.0)
+        outputs.append(out or [0])
+    if any(v != 1.0 for v in rep):
+        batch.repetition_penalty = tensor(rep, torch.float32).unsqueeze(1)
+        batch.seen_ids = tensor(_pad_with_first(seen), torch.long)
+    if any(freq) or any(pres):
+        batch.frequency_penalty = tensor(freq, torch.float32).unsqueeze(1)
+        batch.presence_penalty = tensor(pres, torch.float32).unsqueeze(1)
+        batch.output_ids = tensor(_pad_with_first(outputs), torch.long)
+        lengths = tensor([len(o) for o in outputs], torch.long)
+        width = batch.output_ids.shape[1]
+        positions = torch.arange(width, device=lengths.device)
+        batch.output_valid = (positions < lengths.unsqueeze(1)).float()
 
 
-def _token_counts(lists: list[list[int]], vocab: int, tensor: _ToTensor) -> torch.Tensor:
-    """[N, V] float counts via one padded scatter-add (pad id V lands in a dropped extra column)."""
-    width = max((len(t) for t in lists), default=0)
-    padded = [t + [vocab] * (width - len(t)) for t in lists]
-    ids = tensor(padded, torch.long).clamp_(max=vocab).reshape(len(lists), width)
-    counts = torch.zeros(len(lists), vocab + 1, dtype=torch.float32, device=ids.device)
-    counts.scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.float32))
-    return counts[:, :vocab]
+def _pad_with_first(lists: list[list[int]]) -> list[list[int]]:
+    """Pad to a rectangle with each row's first token: a repeated index is harmless where the
+    same value is scattered twice, and weighted 0 where values are added."""
+    width = max(len(t) for t in lists)
+    return [t + [t[0]] * (width - len(t)) for t in lists]
 
 
 class Sampler:
@@ -229,8 +237,10 @@ class Sampler:
         # Padded vocab columns (tensor-parallel rounding) are never sampled.
         logits = logits[:, : batch.vocab_size].float()
         raw_logprobs = None
+        every_row = len(batch.logprob_rows) == batch.num_rows
         if batch.logprob_rows:
-            raw_logprobs = torch.log_softmax(logits[batch.logprob_rows], dim=-1)
+            wanted = logits if every_row else logits[batch.logprob_rows]
+            raw_logprobs = torch.log_softmax(wanted, dim=-1)
         processed = self.process_logits(logits, batch)
         if batch.all_greedy:
             tokens = processed.argmax(dim=-1)
@@ -242,7 +252,7 @@ class Sampler:
         token_ids = tokens.tolist()
         logprobs: list[TokenLogprobs | None] = [None] * batch.num_rows
         if raw_logprobs is not None:
-            chosen = tokens[batch.logprob_rows]
+            chosen = tokens if every_row else tokens[batch.logprob_rows]
             gathered = gather_logprobs(raw_logprobs, chosen, batch.logprob_ks)
             for row, entry in zip(batch.logprob_rows, gathered):
                 logprobs[row] = entry
@@ -251,20 +261,28 @@ class Sampler:
     def process_logits(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """Bias, min_tokens and penalties: everything that may change the argmax. Never in place
         on the caller's tensor."""
-        if batch.bias is not None or batch.min_tokens_mask is not None:
-            logits = logits.clone()
-            if batch.bias is not None:
-                rows, ids, values = batch.bias
-                logits.index_put_((rows, ids), values, accumulate=True)
-            if batch.min_tokens_mask is not None:
-                logits[batch.min_tokens_mask] = float("-inf")
-        if batch.seen_mask is not None and batch.repetition_penalty is not None:
-            penalty = torch.where(batch.seen_mask, batch.repetition_penalty, 1.0)
-            logits = torch.where(logits > 0, logits / penalty, logits * penalty)
-        if batch.output_counts is not None:
+        stages = (batch.bias, batch.min_tokens_mask, batch.seen_ids, batch.output_ids)
+        if all(stage is None for stage in stages):
+            return logits
+        logits = logits.clone()  # every stage below works in place on this copy
+        if batch.bias is not None:
+            rows, ids, values = batch.bias
+            logits.index_put_((rows, ids), values, accumulate=True)
+        if batch.min_tokens_mask is not None:
+            logits[batch.min_tokens_mask] = float("-inf")
+        if batch.seen_ids is not None and batch.repetition_penalty is not None:
+            seen = logits.gather(1, batch.seen_ids)
+            rp = batch.repetition_penalty
+            logits.scatter_(1, batch.seen_ids, torch.where(seen > 0, seen / rp, seen * rp))
+        if batch.output_ids is not None:
             assert batch.frequency_penalty is not None and batch.presence_penalty is not None
-            logits = logits - batch.frequency_penalty * batch.output_counts
-            logits = logits - batch.presence_penalty * (batch.output_counts > 0).float()
+            assert batch.output_valid is not None
+            # Presence: overwrite each seen token once (repeats write the same value).
+            present = logits.gather(1, batch.output_ids) - batch.presence_penalty
+            logits.scatter_(1, batch.output_ids, present)
+            # Frequency: one subtraction per occurrence; padding adds 0.
+            step = -batch.frequency_penalty * batch.output_valid
+            logits.scatter_add_(1, batch.output_ids, step)
         return logits
 
     def sampling_probs(self, processed: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
@@ -278,20 +296,26 @@ class Sampler:
             threshold = probs.amax(dim=-1, keepdim=True) * batch.min_p.unsqueeze(1)
             x = x.masked_fill(probs < threshold, float("-inf"))
         if batch.top_k is not None or batch.top_p is not None:
-            x = apply_top_k_top_p(x, batch.top_k, batch.top_p, batch.max_top_k)
+            x = apply_top_k_top_p(
+                x, batch.top_k, batch.top_p, batch.max_top_k, batch.top_p_within_top_k
+            )
         return torch.softmax(x, dim=-1)
 
     @staticmethod
     def _exponential_race(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        """argmax(p / q) with q ~ Exp(1) samples exactly from p (Gumbel-max in another guise)."""
+        """argmax(p / q) with q ~ Exp(1) samples exactly from p (Gumbel-max in another guise).
+
+        q = -log(U) with U ~ Uniform[0, 1): the same law as ``exponential_``, several times faster
+        on CPU. U = 0 gives q = inf, which only makes that token lose (p / inf = 0, never NaN).
+        """
+        q = torch.empty_like(probs)
         if batch.has_unseeded_random:
-            q = torch.empty_like(probs).exponential_()
-        else:
-            q = torch.ones_like(probs)
+            q.uniform_()
+        elif len(batch.generators) < batch.num_rows:
+            q.fill_(0.5)  # greedy rows: any finite noise, their token is replaced by the argmax
         for row, generator in batch.generators.items():
-            q[row].exponential_(generator=generator)
-        # Exp(1) may round to 0 in float32; that would turn a masked 0/0 into NaN.
-        q.clamp_(min=torch.finfo(q.dtype).tiny)
+            q[row].uniform_(generator=generator)
+        q.log_().neg_()
         return (probs / q).argmax(dim=-1)
 
 
@@ -300,20 +324,35 @@ def apply_top_k_top_p(
     top_k: torch.Tensor | None,
     top_p: torch.Tensor | None,
     max_top_k: int = 0,
+    top_p_within_top_k: bool = False,
 ) -> torch.Tensor:
-    """Mask (-inf) tokens outside each row's top-k and nucleus; ties with the k-th value are kept.
+    """Mask (-inf) tokens outside each row's top-k and nucleus.
 
     Top-p keeps the smallest set of most likely tokens whose mass reaches p, computed after top-k
-    (vLLM's order). Top-k alone avoids the full sort: one ``topk`` of the largest k in the batch.
+    (vLLM's order). A full sort of the vocabulary is the slow part, so it is avoided when possible:
+    top-k alone needs one ``topk`` of the batch's largest k, and when every top-p row also has a
+    small top-k (``top_p_within_top_k``, the common "top_k=50, top_p=0.9") the nucleus is found
+    among those k. Which of several tokens tied with the k-th value survive is unspecified.
     """
     neg_inf = float("-inf")
     vocab = logits.shape[-1]
     if top_p is None:
-        assert top_k is not None
+        if top_k is None:
+            return logits
         values = logits.topk(max(1, min(max_top_k, vocab)), dim=-1).values
         kth = values.gather(1, (top_k.clamp(max=values.shape[1]) - 1).unsqueeze(1))
         kth = kth.masked_fill((top_k >= vocab).unsqueeze(1), neg_inf)
         return logits.masked_fill(logits < kth, neg_inf)
+    if top_k is not None and top_p_within_top_k and 0 < max_top_k * 8 <= vocab:
+        values, index = logits.topk(max_top_k, dim=-1)  # descending
+        position = torch.arange(max_top_k, device=logits.device)
+        values = values.masked_fill(position >= top_k.unsqueeze(1), neg_inf)
+        probs = values.softmax(dim=-1)
+        mass_above = probs.cumsum(dim=-1) - probs
+        values = values.masked_fill(mass_above >= top_p.unsqueeze(1), neg_inf)
+        restricted = torch.full_like(logits, neg_inf).scatter_(1, index, values)
+        # Rows without top-k have no top-p either (the flag says so): they keep every token.
+        return torch.where((top_k < vocab).unsqueeze(1), restricted, logits)
     ordered, index = logits.sort(dim=-1, descending=False)
     if top_k is not None:
         kth = ordered.gather(1, (vocab - top_k).unsqueeze(1))
