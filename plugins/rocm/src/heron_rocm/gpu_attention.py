@@ -1,0 +1,1 @@
+../../../cuda/src/heron_cuda/gpu_attention.py
