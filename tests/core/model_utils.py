@@ -3,8 +3,8 @@
 Reused by engine tests: :func:`make_tiny_model_dir` writes a complete model folder (config,
 safetensors, tokenizer with a chat template, generation config) in milliseconds, and
 :class:`ReferenceAttention` / :class:`Harness` run a model over paged KV caches without core's
-engine. No network: the tokenizer is a byte-level BPE built in code (256 bytes, a few merges,
-then ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``), so any text round-trips.
+engine. No network: the tokenizer is a byte-level BPE built in code (259 tokens: 256 bytes plus
+``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``), so any text round-trips.
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-# A few merges keep prompts shorter and give GGUF's BPE converter the merges it requires.
-MERGES = (("Ġ", "t"), ("h", "e"), ("i", "n"), ("e", "r"), ("Ġ", "a"), ("o", "n"), ("Ġt", "he"))
-TINY_VOCAB = 256 + len(MERGES) + len(SPECIAL_TOKENS)
-PAD_ID, IM_START_ID, EOS_ID = TINY_VOCAB - 3, TINY_VOCAB - 2, TINY_VOCAB - 1
+TINY_VOCAB = 256 + len(SPECIAL_TOKENS)
+PAD_ID, IM_START_ID, EOS_ID = 256, 257, 258
 
 _TINY_DEFAULTS: dict[str, Any] = {
     "hidden_size": 64,
@@ -49,13 +47,12 @@ ARCHS = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def build_tokenizer() -> Any:
-    """A byte-level BPE tokenizer with special tokens and a ChatML template."""
+    """A byte-level BPE tokenizer without merges, special tokens and a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + [a + b for a, b in MERGES]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=list(MERGES)))
+    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
@@ -321,7 +318,8 @@ def write_tiny_gguf(path: Path, hf_model: Any, qtypes: dict[str, Any] | None = N
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list([token for token, _ in vocab])
     writer.add_token_types([3 if token in SPECIAL_TOKENS else 1 for token, _ in vocab])
-    writer.add_token_merges([f"{a} {b}" for a, b in MERGES])
+    # No merges: transformers then derives them from scores, which for bytes-only is none.
+    writer.add_token_scores([0.0] * len(vocab))
     writer.add_eos_token_id(EOS_ID)
     writer.add_pad_token_id(PAD_ID)
     writer.add_chat_template(CHATML_TEMPLATE)
