@@ -1,0 +1,95 @@
+// Heron CPU kernels: the ABI between the ISA variants and the pybind11 bindings.
+//
+// kernels.cpp is compiled once per ISA variant (portable, avx2, avx512) into its own namespace;
+// bindings.cpp picks one variant at run time from the CPU's features. Nothing here depends on
+// libtorch: tensors arrive as raw pointers with element strides, and outputs are preallocated.
+#pragma once
+
+#include <cstdint>
+
+namespace heron_cpu {
+
+enum class DType : int { kFloat32 = 0, kBFloat16 = 1 };
+
+// Cache layout: one tile of block_size * head_size elements per (block, KV head). Value tiles are
+// row-major [block_size][head_size]; key tiles are transposed, [head_size][block_size], so that
+// the scores of one query against 16 keys are a vector FMA per head element (see qk_tile).
+//
+// write_kv stores the key/value rows of each token at its slot; slots < 0 are skipped.
+struct WriteKvArgs {
+  const void* key;
+  const void* value;
+  void* key_cache;
+  void* value_cache;
+  const int64_t* slot_mapping;
+  int64_t num_tokens;
+  int64_t num_kv_heads;
+  int64_t head_size;
+  int64_t block_size;
+  int64_t key_stride_token, key_stride_head;  // in elements; the head dimension is contiguous
+  int64_t value_stride_token, value_stride_head;
+  DType dtype;
+  int num_threads;
+};
+
+// One unit of attention work: query tokens [q_begin, q_begin + q_count) of a sequence, all query
+// heads that share KV head kv_head, against context positions [key_begin, key_end). When a
+// sequence's context is split over several items (num_parts > 1, consecutive in the plan), each
+// writes unnormalised partial results at partial_offset and a combine pass merges them.
+struct WorkItem {
+  int32_t seq;
+  int32_t kv_head;
+  int32_t q_begin;
+  int32_t q_count;
+  int32_t key_begin;
+  int32_t key_end;
+  int32_t part;
+  int32_t num_parts;
+  int64_t partial_offset;
+};
+
+struct AttentionArgs {
+  void* out;          // like query
+  const void* query;  // [num_tokens, num_heads, head_size], strided tokens and heads
+  const void* key_cache;
+  const void* value_cache;
+  const int32_t* query_start_loc;
+  const int32_t* seq_lens;
+  const int32_t* block_tables;
+  int64_t num_heads;
+  int64_t num_kv_heads;
+  int64_t head_size;
+  int64_t block_size;
+  int64_t block_table_stride;
+  int64_t query_stride_token, query_stride_head;
+  int64_t out_stride_token, out_stride_head;
+  float scale;
+  DType dtype;
+  int num_threads;
+  const WorkItem* items;
+  int64_t num_items;
+  int64_t max_rows;          // largest q_count * (num_heads / num_kv_heads) of any item
+  float* partials;           // scratch for split items
+  float* thread_scratch;     // num_threads * scratch_floats
+  int64_t scratch_floats;    // per thread
+};
+
+// Floats of per-thread scratch that paged_attention needs for this shape.
+inline int64_t attention_scratch_floats(int64_t max_rows, int64_t head_size, int64_t block_size) {
+  return 2 * max_rows * head_size + 2 * max_rows + 2 * block_size * head_size +
+         max_rows * block_size + 64;
+}
+
+#define HERON_CPU_DECLARE_VARIANT(isa)                  \
+  namespace isa {                                       \
+  void write_kv(const WriteKvArgs& args);               \
+  void paged_attention(const AttentionArgs& args);      \
+  }
+
+HERON_CPU_DECLARE_VARIANT(portable)
+#if defined(HERON_CPU_X86_VARIANTS)
+HERON_CPU_DECLARE_VARIANT(avx2)
+HERON_CPU_DECLARE_VARIANT(avx512)
+#endif
+
+}  // namespace heron_cpu

@@ -1,0 +1,97 @@
+"""``CpuAttentionBackend``: the attention backend of the ``cpu`` platform.
+
+Layout ``[2, num_blocks, num_kv_heads, head_size, block_size]``: each KV head's block is one
+dense tile that the kernel streams, instead of rows gathered with a ``num_kv_heads * head_size``
+stride as the default layout would require. Key tiles are transposed (``[head, block]``, as the
+shape reads) so that 16 keys are scored per vector instruction; value tiles hold the same number
+of elements row-major (``[block, head]``), which is what accumulating probabilities times values
+wants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from heron_cpu import ops
+from heron_interfaces import AttentionBackend, AttentionLayerSpec, AttentionMetadata
+
+
+class CpuAttentionBackend(AttentionBackend):
+    """One instance per layer; stateless between steps, as the interface requires."""
+
+    name = "cpu"
+
+    def __init__(self, spec: AttentionLayerSpec) -> None:
+        super().__init__(spec)
+        reasons = self.check_support(spec)
+        if reasons:
+            raise ValueError(
+                "the cpu attention backend cannot run this layer: " + "; ".join(reasons)
+            )
+
+    @classmethod
+    def supported_block_sizes(cls) -> Sequence[int]:
+        return ops.BLOCK_SIZES
+
+    @classmethod
+    def supported_head_sizes(cls) -> Sequence[int] | None:
+        return ops.HEAD_SIZES
+
+    @classmethod
+    def check_support(cls, spec: AttentionLayerSpec) -> list[str]:
+        reasons = super().check_support(spec)
+        if spec.dtype not in ("float32", "bfloat16"):
+            reasons.append(f"dtype {spec.dtype} is not float32 or bfloat16")
+        return reasons
+
+    @classmethod
+    def kv_cache_shape(
+        cls, num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
+    ) -> tuple[int, ...]:
+        return (2, num_blocks, num_kv_heads, head_size, block_size)
+
+    @classmethod
+    def kv_views(cls, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[num_blocks, block_size, kv_heads, head]`` strided views of the two kinds of tile."""
+        _, num_blocks, num_kv_heads, head_size, block_size = kv_cache.shape
+        keys = kv_cache[0].permute(0, 3, 1, 2)
+        values = kv_cache[1].view(num_blocks, num_kv_heads, block_size, head_size).transpose(1, 2)
+        return keys, values
+
+    def write_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        ops.write_kv(_rows(key), _rows(value), kv_cache, slot_mapping)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
+        ops.write_kv(_rows(key), _rows(value), kv_cache, metadata.slot_mapping)
+        ops.paged_attention(
+            out,
+            _rows(query),
+            kv_cache,
+            metadata.query_start_loc,
+            metadata.seq_lens,
+            metadata.block_tables,
+            self.spec.scale,
+            metadata.num_seqs,
+        )
+        return out
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """The kernels take any token/head strides but need each head's vector contiguous."""
+    return t if t.stride(-1) == 1 else t.contiguous()
