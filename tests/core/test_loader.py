@@ -78,12 +78,36 @@ def test_missing_paths_are_not_sent_to_the_hub(tmp_path):
 
 
 def test_hub_offline_without_cache_names_the_model(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     repo = "heron-tests/definitely-not-a-real-model-7f3a"
     with pytest.raises(ModelNotFoundError) as info:
         load_model_source(repo)
     assert repo in str(info.value) and "HF_HUB_OFFLINE" in str(info.value)
+
+
+def test_hub_id_served_from_the_local_cache_when_offline(tmp_path, monkeypatch):
+    """A Hub id resolves through huggingface_hub's cache layout (no network needed)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = cache / "models--heron-tests--tiny-llama"
+    snapshot = repo_dir / "snapshots" / commit
+    shutil.copytree(make_tiny_model_dir(tmp_path, "llama"), snapshot)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = load_model_source("heron-tests/tiny-llama")
+    assert source.name == "heron-tests/tiny-llama"
+    assert source.path == str(snapshot)
+    assert source.hf_config.architectures == ["LlamaForCausalLM"]
+    assert "model.norm.weight" in dict(source.weights())
 
 
 def test_default_model_path():
