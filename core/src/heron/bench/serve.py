@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import random
@@ -353,6 +354,8 @@ def run(args: argparse.Namespace) -> int:
         import httpx  # noqa: F401
     except ImportError:
         raise SystemExit("heron bench serve needs httpx: pip install httpx") from None
+    # httpx logs every request at INFO: noise in the table, and client CPU taken from the server
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     record = asyncio.run(benchmark(args))
     print_result(record)
     if args.output_json:
