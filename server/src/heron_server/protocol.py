@@ -1,0 +1,309 @@
+"""Request bodies of the OpenAI-compatible API, as pydantic models.
+
+Unknown fields: accepted and ignored, with one warning per request naming them (vLLM's behaviour,
+adopted after its ``extra="forbid"`` broke clients that send newer OpenAI fields, vLLM PR #10463).
+Known fields of features Heron does not have yet (tools, structured output, beam search, images,
+...) are different: a request that sets them gets a 400 naming the field, because silently ignoring
+them would return a plausible but wrong answer.
+
+Ranges of sampling values are checked by :class:`heron.SamplingParams` (one place for the Python
+API and HTTP); the models here check types and the limits that protect the server (``n``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from heron_server.errors import APIError
+
+logger = logging.getLogger(__name__)
+
+MAX_CHOICES = 128
+"""OpenAI's limit on ``n``; also bounds ``best_of`` so one request cannot fan out unboundedly."""
+
+# Fields of features Heron does not implement yet, with the value that means "not used".
+_UNSUPPORTED: dict[str, Any] = {
+    "suffix": None,
+    "use_beam_search": False,
+    "length_penalty": 1.0,
+    "prompt_logprobs": None,
+    "allowed_token_ids": None,
+    "bad_words": None,
+    "truncate_prompt_tokens": None,
+    "guided_json": None,
+    "guided_regex": None,
+    "guided_choice": None,
+    "guided_grammar": None,
+    "guided_decoding_backend": None,
+    "structured_outputs": None,
+    "logits_processors": None,
+    "chat_template": None,
+    "chat_template_kwargs": None,
+    "documents": None,
+    "mm_processor_kwargs": None,
+    "return_tokens_as_token_ids": False,
+    "priority": 0,
+    "functions": None,
+    "function_call": None,
+    "audio": None,
+    "prediction": None,
+    "web_search_options": None,
+    "thinking_token_budget": None,
+}
+
+
+class OpenAIModel(BaseModel):
+    """Base of request models: unknown fields are kept in ``model_extra`` for the checks below."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def check_fields(self, endpoint: str) -> None:
+        """400 for fields of missing features; a warning for fields we do not know at all."""
+        extra = self.model_extra or {}
+        for name, unused in _UNSUPPORTED.items():
+            value = extra.get(name, unused)
+            if value not in (unused, None, [], {}):
+                raise APIError(
+                    400,
+                    f"`{name}` is not supported by Heron yet; remove it from the request",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+        unknown = sorted(k for k in extra if k not in _UNSUPPORTED)
+        if unknown:
+            logger.warning("%s: ignoring unknown request fields %s", endpoint, unknown)
+
+
+class StreamOptions(OpenAIModel):
+    include_usage: bool | None = False
+
+
+class SamplingFields(OpenAIModel):
+    """Fields shared by completions and chat completions (OpenAI's, then vLLM's extras)."""
+
+    model: str | None = None
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    best_of: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    # vLLM's extra sampling parameters (clients send them through ``extra_body``).
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
+
+    def check_fields(self, endpoint: str) -> None:
+        super().check_fields(endpoint)
+        if self.stream_options is not None and not self.stream:
+            raise APIError(
+                400, "stream_options can only be set when stream is true", param="stream_options"
+            )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling_values(self) -> dict[str, Any]:
+        """The fields the client set, as SamplingParams keywords; unset ones stay unset so that
+        the model's generation_config supplies its defaults (as vLLM does)."""
+        names = (
+            "n",
+            "best_of",
+            "temperature",
+            "top_p",
+            "stop",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+            "top_k",
+            "min_p",
+            "repetition_penalty",
+            "min_tokens",
+            "ignore_eos",
+            "stop_token_ids",
+            "skip_special_tokens",
+            "spaces_between_special_tokens",
+            "include_stop_str_in_output",
+        )
+        values = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if self.logit_bias:
+            values["logit_bias"] = _token_bias(self.logit_bias)
+        return values
+
+
+def _token_bias(bias: dict[str, float]) -> dict[int, float]:
+    """JSON object keys are strings; OpenAI's ``logit_bias`` keys are token ids."""
+    result = {}
+    for key, value in bias.items():
+        try:
+            result[int(key)] = value
+        except ValueError:
+            raise APIError(
+                400,
+                f"logit_bias keys must be token ids (integers), got {key!r}",
+                param="logit_bias",
+                code="invalid_value",
+            ) from None
+    return result
+
+
+PromptInput = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: PromptInput
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    echo: bool | None = False
+
+    def prompts(self) -> list[str | list[int]]:
+        """The request's prompts: a string or a token-id list is one prompt, a list many."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if not prompt:
+            raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_prompt")
+        if isinstance(prompt[0], int):
+            return [prompt]  # type: ignore[list-item]
+        return list(prompt)  # type: ignore[arg-type]
+
+
+class ContentPart(OpenAIModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(OpenAIModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+
+    def to_template_dict(self, index: int) -> dict[str, Any]:
+        """The message as chat templates expect it: role and a plain string content."""
+        where = f"messages[{index}]"
+        if self.role in ("tool", "function") or self.tool_calls:
+            raise APIError(
+                400,
+                f"{where}: tool messages and tool calls are not supported by Heron yet",
+                param=where,
+                code="unsupported_parameter",
+            )
+        if isinstance(self.content, list):
+            texts = []
+            for part in self.content:
+                if part.type != "text":
+                    raise APIError(
+                        400,
+                        f"{where}: content parts of type {part.type!r} are not supported "
+                        "(Heron accepts text only; images and audio are not supported yet)",
+                        param=f"{where}.content",
+                        code="unsupported_parameter",
+                    )
+                if part.text is None:
+                    raise APIError(400, f"{where}: a text part needs `text`", param=where)
+                texts.append(part.text)
+            content = "\n".join(texts)
+        elif self.content is None:
+            if self.role != "assistant":
+                raise APIError(400, f"{where}: content is required", param=f"{where}.content")
+            content = ""
+        else:
+            content = self.content
+        role = "system" if self.role == "developer" else self.role
+        message: dict[str, Any] = {"role": role, "content": content}
+        if self.name is not None:
+            message["name"] = self.name
+        return message
+
+
+class ResponseFormat(OpenAIModel):
+    type: str
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    echo: bool | None = False
+
+    def check_fields(self, endpoint: str) -> None:
+        super().check_fields(endpoint)
+        if self.tools:
+            raise APIError(
+                400,
+                "tools (function calling) are not supported by Heron yet",
+                param="tools",
+                code="unsupported_parameter",
+            )
+        if self.tool_choice not in (None, "none", "auto"):
+            raise APIError(
+                400,
+                "tool_choice is not supported by Heron yet (no tools)",
+                param="tool_choice",
+                code="unsupported_parameter",
+            )
+        if self.response_format is not None and self.response_format.type != "text":
+            raise APIError(
+                400,
+                f"response_format {self.response_format.type!r} is not supported by Heron "
+                "yet (only 'text')",
+                param="response_format",
+                code="unsupported_parameter",
+            )
+        if self.echo:
+            raise APIError(400, "echo is not supported for chat completions", param="echo")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else (self.max_tokens)
+        )
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        return [m.to_template_dict(i) for i, m in enumerate(self.messages)]
+
+
+class TokenizeRequest(OpenAIModel):
+    """vLLM's ``/tokenize``: either ``prompt`` or chat ``messages``."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(OpenAIModel):
+    model: str | None = None
+    tokens: list[int]
