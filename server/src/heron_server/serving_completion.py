@@ -67,14 +67,18 @@ class _LogprobsBuilder:
             token = self._text(token_id, chosen)
             result["tokens"].append(token)
             result["token_logprobs"].append(None if chosen is None else clamp(chosen.logprob))
-            result["top_logprobs"].append(
-                None
-                if entry is None
-                else {self._text(t, lp): clamp(lp.logprob) for t, lp in ranked(entry)}
-            )
+            result["top_logprobs"].append(None if entry is None else self._top(entry))
             result["text_offset"].append(self.offset)
             self.offset += len(token)
         return result
+
+    def _top(self, entry: dict[int, Logprob]) -> dict[str, float]:
+        """Keyed by text, most likely first; tokens with the same text (byte fragments all
+        print as U+FFFD) keep the likeliest one's value."""
+        top: dict[str, float] = {}
+        for token_id, logprob in ranked(entry):
+            top.setdefault(self._text(token_id, logprob), clamp(logprob.logprob))
+        return top
 
     def _text(self, token_id: int, logprob: Logprob | None) -> str:
         if logprob is not None and logprob.decoded_token is not None:
