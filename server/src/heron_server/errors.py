@@ -96,22 +96,39 @@ def from_engine_exception(exc: BaseException, prompt_param: str = "prompt") -> A
     return APIError(500, f"internal server error: {type(exc).__name__}: {exc}")
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _field_path(loc: tuple) -> str:
+    """``messages.0.role`` from pydantic's location, without ``body`` and the union-member tags
+    pydantic inserts (``prompt.list[int]`` is the field ``prompt``)."""
+    parts = [
+        str(p)
+        for p in loc
+        if p != "body" and not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS))
+    ]
+    return ".".join(parts)
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One line per invalid field, pydantic's wording; ``param`` is the first field's path."""
-    lines = []
-    param = None
+    """One clause per invalid field, pydantic's wording; ``param`` is the first field's path."""
+    by_field: dict[str, list[str]] = {}
+    inputs: dict[str, Any] = {}
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        name = ".".join(loc)
         if err.get("type") == "json_invalid":
-            lines.append(f"the request body is not valid JSON: {err.get('msg')}")
-            continue
-        if param is None and name:
-            param = name
-        got = err.get("input")
-        shown = repr(got) if not isinstance(got, dict) else "an object"
-        lines.append(f"{name or 'body'}: {err.get('msg')} (got {shown[:100]})")
-    return "; ".join(lines) or "invalid request", param
+            return f"the request body is not valid JSON: {err.get('ctx', {}).get('error')}", None
+        name = _field_path(tuple(err.get("loc", ())))
+        messages = by_field.setdefault(name, [])
+        if err.get("msg") not in messages:
+            messages.append(str(err.get("msg")))
+        inputs.setdefault(name, err.get("input"))
+    clauses = []
+    for name, messages in by_field.items():
+        got = inputs[name]
+        shown = "an object" if isinstance(got, dict) else repr(got)[:100]
+        clauses.append(f"{name or 'body'}: {' or '.join(messages)} (got {shown})")
+    param = next((name for name in by_field if name), None)
+    return "; ".join(clauses) or "invalid request", param
 
 
 def install_error_handlers(app: FastAPI) -> None:
