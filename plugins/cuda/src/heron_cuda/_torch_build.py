@@ -4,7 +4,7 @@ Probing must stay cheap (importing torch takes seconds and may touch drivers), y
 CPU-only build" is the most common reason a GPU backend cannot run. torch records its build in a
 plain ``version.py`` (``cuda = '12.8'``, ``hip = None``), which :mod:`ast` reads safely.
 
-This module is shared verbatim by heron_cuda and heron_rocm (plugins/rocm links to this file).
+This module is shared verbatim by heron_cuda and heron_rocm (plugins/rocm's CMake installs it).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ what the decode kernel streams through; :meth:`GpuAttentionBackend.kv_views` pre
 memory in the contract's ``[num_blocks, block_size, num_kv_heads, head_size]`` order for tests and
 tools.
 
-This file is shared verbatim by heron_cuda and heron_rocm (plugins/rocm links to it); each package
-subclasses :class:`GpuAttentionBackend` only to give it its name.
+This file is shared verbatim by heron_cuda and heron_rocm (plugins/rocm's CMake installs it);
+each package subclasses :class:`GpuAttentionBackend` only to give it its name.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ where ``reserved`` is what torch's caching allocator holds and ``peak`` its peak
 plus activations). Everything the KV cache may not take is thus: the (1 - utilization) headroom,
 memory used outside torch, and torch's own peak.
 
-This file is shared verbatim by heron_cuda and heron_rocm (plugins/rocm links to it).
+This file is shared verbatim by heron_cuda and heron_rocm (plugins/rocm's CMake installs it).
 """
 
 from __future__ import annotations

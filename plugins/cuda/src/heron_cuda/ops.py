@@ -6,7 +6,7 @@ shape. Each kernel is an out-variant (the caller allocates what it writes) launc
 current stream of the tensors' device, so the ops compose with streams, ``torch.compile`` (through
 ``torch.library.custom_op``) and graph capture.
 
-This file is shared verbatim by heron_cuda and heron_rocm (plugins/rocm links to it); the op
+This file is shared verbatim by heron_cuda and heron_rocm (plugins/rocm's CMake installs it); the op
 namespace is the package name, so the two register ``heron_cuda::*`` and ``heron_rocm::*``.
 ROCm builds of torch expose HIP devices as ``"cuda"``, which is why both use that device type.
 

@@ -1,1 +1,0 @@
-../../../cuda/src/heron_cuda/_C.pyi
