@@ -40,7 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="Benchmarks: throughput, latency, serve.", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
 
-    args = parser.parse_args(argv)
+    # argparse's REMAINDER does not take arguments that start with "-" (`heron serve --port 0`),
+    # so what follows `serve` / `bench` is split off here and handed over untouched.
+    head, passthrough = _split_passthrough(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(head)
+    if passthrough is not None:
+        args.rest = passthrough
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -68,6 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(args.rest)
     return 2
+
+
+def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """``(argv up to the command, the command's own arguments)`` for ``serve`` and ``bench``."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--log-level" else 1
+    if i < len(argv) and argv[i] in ("serve", "bench"):
+        return argv[: i + 1], argv[i + 1 :]
+    return argv, None
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
