@@ -27,7 +27,7 @@ MODES = {
     "default": {},
     "no-prefix-caching": {"enable_prefix_caching": False},
     "small-chunks": {"max_num_batched_tokens": 16, "max_num_seqs": 3},
-    "preemption": {"num_gpu_blocks_override": 9, "max_model_len": 128},
+    "preemption": {"num_gpu_blocks_override": 8, "max_model_len": 112},
 }
 
 
