@@ -147,6 +147,12 @@ def test_probe_scores_a_usable_machine(
     availability = _make_usable(monkeypatch, name, tmp_path)
     assert availability.unavailable_reason() == ""
     assert availability.probe() > 0
+    if importlib.util.find_spec("heron_cpu") is not None:
+        import heron_cpu
+
+        # A tie would leave the choice between GPU and CPU to entry-point order.
+        assert availability.probe() > heron_cpu.probe() or heron_cpu.probe() == 0
+        assert availability.probe() > heron_cpu.PROBE_SCORE
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from heron_cuda._torch_build import installed_torch_build
 
-PROBE_SCORE = 100
-"""Score when usable: above the CPU (and reference) backends, so a GPU machine picks the GPU."""
+PROBE_SCORE = 1000
+"""Score when usable: well above the CPU backend (100) and core's reference backend (1), so that a
+machine with a usable GPU runs on it; an equal score would leave the choice to entry-point order."""
 
 NVIDIA_DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
 
