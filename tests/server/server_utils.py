@@ -49,14 +49,24 @@ class RemoteServer:
         env: dict[str, str] | None = None,
         api_key: str | None = None,
         timeout: float = 240.0,
+        heron_cli: bool = False,
     ) -> None:
+        """``heron_cli``: start through core's ``heron serve`` instead of ``-m heron_server``."""
         self.api_key = api_key
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if k != "HERON_API_KEY"}
         full_env.update({"HF_HUB_OFFLINE": "1", **(env or {})})
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "heron_server", *args, "--port", "0", "--disable-access-log"],
+            [
+                sys.executable,
+                "-m",
+                *(("heron.cli", "serve") if heron_cli else ("heron_server",)),
+                *args,
+                "--port",
+                "0",
+                "--disable-access-log",
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
