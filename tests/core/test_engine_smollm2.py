@@ -1,0 +1,71 @@
+"""The bundled SmolLM2-135M-Instruct (Q4_1 GGUF): greedy ids equal to HF ``generate()`` in every mode.
+
+The HF model gets the same dequantized weights (Heron's GGUF reader is itself checked against
+transformers' GGUF loader in test_loader_gguf.py), so any difference is the engine's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from heron import LLM, SamplingParams
+from heron.loader import load_model_source
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write one sentence about herons, the long-legged birds that wade in shallow water.",
+    "2+2=",
+    "List three primary colours and explain, briefly, why they are called primary.",
+]
+NEW_TOKENS = 16
+MODES = {
+    "default": {},
+    "no-prefix-caching": {"enable_prefix_caching": False},
+    "small-chunks": {"max_num_batched_tokens": 32},
+    "preemption": {"num_gpu_blocks_override": 12, "max_model_len": 160},
+}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from transformers import LlamaForCausalLM
+
+    source = load_model_source(None)
+    hf = LlamaForCausalLM(source.hf_config).eval()
+    missing, unexpected = hf.load_state_dict(dict(source.weights()), strict=False)
+    assert set(missing) <= {"lm_head.weight"} and not unexpected
+    hf.tie_weights()
+    tokenizer = source.tokenizer
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+        )
+        for q in QUESTIONS
+    ]
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    expected = []
+    with torch.no_grad():
+        for ids in prompt_ids:
+            out = hf.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+            )
+            expected.append(out[0, len(ids):].tolist())
+    return prompt_ids, expected
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_equals_hf(reference, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERON_CPU_KVCACHE_SPACE", "0.5")
+    prompt_ids, expected = reference
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
+    for mode, kwargs in MODES.items():
+        llm = LLM(dtype="float32", **kwargs)
+        outputs = llm.chat(conversations, params, use_tqdm=False)
+        assert [o.prompt_token_ids for o in outputs] == prompt_ids
+        assert [list(o.outputs[0].token_ids) for o in outputs] == expected, mode
+        if mode == "preemption":
+            assert llm.llm_engine.stats().num_preemptions > 0
+    assert "Paris" in llm.get_tokenizer().decode(expected[0])
