@@ -44,7 +44,7 @@ def hf_greedy(folder: Path, prompts: list[list[int]], new_tokens: int) -> list[l
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
         )
-        outputs.append(generated[0, len(ids):].tolist())
+        outputs.append(generated[0, len(ids) :].tolist())
     return outputs
 
 
@@ -80,10 +80,11 @@ def test_greedy_ids_equal_hf_in_every_mode(tiny_model, backend: str) -> None:
 def test_logprobs_close_to_hf(tiny_model, backend: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    folder, prompt_ids, expected = tiny_model
+    folder, prompt_ids, _expected = tiny_model
     llm = LLM(str(folder), dtype="float32", block_size=16)
-    params = SamplingParams(temperature=0.0, max_tokens=4, min_tokens=4, logprobs=3,
-                            prompt_logprobs=2)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=4, min_tokens=4, logprobs=3, prompt_logprobs=2
+    )
     out = llm.generate([{"prompt_token_ids": prompt_ids[1]}], params, use_tqdm=False)[0]
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     full = prompt_ids[1] + list(out.outputs[0].token_ids)
@@ -100,5 +101,7 @@ def test_logprobs_close_to_hf(tiny_model, backend: str) -> None:
         token = prompt_ids[1][pos]
         got = out.prompt_logprobs[pos][token].logprob
         assert got == pytest.approx(ref[pos - 1, token].item(), abs=1e-4)
-    cumulative = sum(e[t].logprob for t, e in zip(out.outputs[0].token_ids, out.outputs[0].logprobs))
+    cumulative = sum(
+        e[t].logprob for t, e in zip(out.outputs[0].token_ids, out.outputs[0].logprobs)
+    )
     assert out.outputs[0].cumulative_logprob == pytest.approx(cumulative, abs=1e-4)

@@ -31,8 +31,11 @@ def test_seeded_sampling_is_reproducible_across_runs_and_batch_mixes(llm: LLM) -
     again = llm.generate(["Tell me about herons"], params, use_tqdm=False)[0]
     mixed = llm.generate(
         ["Other prompt", "Tell me about herons", "Yet another, longer prompt for the batch"],
-        [SamplingParams(temperature=1.0, max_tokens=7), params,
-         SamplingParams(temperature=0.8, max_tokens=12)],
+        [
+            SamplingParams(temperature=1.0, max_tokens=7),
+            params,
+            SamplingParams(temperature=0.8, max_tokens=12),
+        ],
         use_tqdm=False,
     )[1]
     assert alone.outputs[0].token_ids == again.outputs[0].token_ids == mixed.outputs[0].token_ids
@@ -46,48 +49,64 @@ def test_shared_prefix_reuses_blocks_and_keeps_output(llm: LLM) -> None:
     after = llm.llm_engine.stats()
     assert after.prefix_cache_hits - before.prefix_cache_hits >= 16 * 5
     assert second.num_cached_tokens >= 16 * 5
-    fresh = LLM(str(llm.engine_args.model), dtype="float32", block_size=16, max_model_len=256,
-                enable_prefix_caching=False)
+    fresh = LLM(
+        str(llm.engine_args.model),
+        dtype="float32",
+        block_size=16,
+        max_model_len=256,
+        enable_prefix_caching=False,
+    )
     expected = fresh.generate([LONG_PREFIX + "Question two?"], params, use_tqdm=False)[0]
     assert second.outputs[0].token_ids == expected.outputs[0].token_ids
     assert first.outputs[0].text
 
 
 def test_n_and_best_of(llm: LLM) -> None:
-    out = llm.generate(["Count:"], SamplingParams(n=3, temperature=1.0, max_tokens=6, seed=7),
-                       use_tqdm=False)[0]
+    out = llm.generate(
+        ["Count:"], SamplingParams(n=3, temperature=1.0, max_tokens=6, seed=7), use_tqdm=False
+    )[0]
     assert [o.index for o in out.outputs] == [0, 1, 2]
     assert len({tuple(o.token_ids) for o in out.outputs}) > 1
-    best = llm.generate(["Count:"], SamplingParams(n=2, best_of=4, temperature=1.0, max_tokens=6,
-                                                   seed=7), use_tqdm=False)[0]
+    best = llm.generate(
+        ["Count:"],
+        SamplingParams(n=2, best_of=4, temperature=1.0, max_tokens=6, seed=7),
+        use_tqdm=False,
+    )[0]
     assert len(best.outputs) == 2
     scores = [o.cumulative_logprob for o in best.outputs]
     assert scores == sorted(scores, reverse=True)
 
 
 def test_stop_strings_and_token_ids(llm: LLM) -> None:
-    free = llm.generate(["Stop test"], SamplingParams(temperature=0, max_tokens=20),
-                        use_tqdm=False)[0].outputs[0]
+    free = llm.generate(
+        ["Stop test"], SamplingParams(temperature=0, max_tokens=20), use_tqdm=False
+    )[0].outputs[0]
     text = free.text
     assert len(text) > 4
     stop = text[2:4]
-    cut = llm.generate(["Stop test"], SamplingParams(temperature=0, max_tokens=20, stop=[stop]),
-                       use_tqdm=False)[0].outputs[0]
+    cut = llm.generate(
+        ["Stop test"], SamplingParams(temperature=0, max_tokens=20, stop=[stop]), use_tqdm=False
+    )[0].outputs[0]
     assert cut.finish_reason == "stop" and cut.stop_reason == stop
     assert cut.text == text[: text.index(stop)]
-    kept = llm.generate(["Stop test"], SamplingParams(temperature=0, max_tokens=20, stop=[stop],
-                                                      include_stop_str_in_output=True),
-                        use_tqdm=False)[0].outputs[0]
+    kept = llm.generate(
+        ["Stop test"],
+        SamplingParams(temperature=0, max_tokens=20, stop=[stop], include_stop_str_in_output=True),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert kept.text == text[: text.index(stop) + len(stop)]
     token = free.token_ids[3]
-    by_id = llm.generate(["Stop test"], SamplingParams(temperature=0, max_tokens=20,
-                                                       stop_token_ids=[token]),
-                         use_tqdm=False)[0].outputs[0]
+    by_id = llm.generate(
+        ["Stop test"],
+        SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[token]),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert by_id.finish_reason == "stop" and by_id.stop_reason == token
     assert by_id.token_ids[-1] == token
     assert len(by_id.token_ids) == free.token_ids.index(token) + 1
-    length = llm.generate(["Stop test"], SamplingParams(temperature=0, max_tokens=5,
-                                                        ignore_eos=True), use_tqdm=False)[0]
+    length = llm.generate(
+        ["Stop test"], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True), use_tqdm=False
+    )[0]
     assert length.outputs[0].finish_reason == "length" and len(length.outputs[0].token_ids) == 5
 
 
@@ -105,10 +124,16 @@ def test_limits_give_clear_errors(llm: LLM) -> None:
 
 
 def test_chat_and_token_prompts(llm: LLM) -> None:
-    one = llm.chat([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_tokens=4),
-                   use_tqdm=False)
-    many = llm.chat([[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]],
-                    SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
+    one = llm.chat(
+        [{"role": "user", "content": "hi"}],
+        SamplingParams(temperature=0, max_tokens=4),
+        use_tqdm=False,
+    )
+    many = llm.chat(
+        [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]],
+        SamplingParams(temperature=0, max_tokens=4),
+        use_tqdm=False,
+    )
     assert len(one) == 1 and len(many) == 2
     assert one[0].outputs[0].token_ids == many[0].outputs[0].token_ids
     assert one[0].prompt.endswith("<|im_start|>assistant\n")
@@ -125,17 +150,20 @@ def test_async_llm_streams_and_aborts(model_dir) -> None:
         from heron.engine.output_processor import RequestOutputKind
 
         pieces = []
-        async for out in engine.generate("stream me", SamplingParams(temperature=0, max_tokens=8,
-                                                                     ignore_eos=True),
-                                         request_id="s1", output_kind=RequestOutputKind.DELTA):
+        async for out in engine.generate(
+            "stream me",
+            SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+            request_id="s1",
+            output_kind=RequestOutputKind.DELTA,
+        ):
             pieces.append(list(out.outputs[0].token_ids))
         assert sum(len(p) for p in pieces) == 8 and len(pieces) > 1
 
         async def consume_two() -> None:
             count = 0
-            async for _ in engine.generate("abort me", SamplingParams(max_tokens=200,
-                                                                      ignore_eos=True),
-                                           request_id="a1"):
+            async for _ in engine.generate(
+                "abort me", SamplingParams(max_tokens=200, ignore_eos=True), request_id="a1"
+            ):
                 count += 1
                 if count == 2:
                     break

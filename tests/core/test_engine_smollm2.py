@@ -48,10 +48,13 @@ def reference():
     with torch.no_grad():
         for ids in prompt_ids:
             out = hf.generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
             )
-            expected.append(out[0, len(ids):].tolist())
+            expected.append(out[0, len(ids) :].tolist())
     return prompt_ids, expected
 
 

@@ -36,7 +36,7 @@ future = "heron_dummy_future"
 py-modules = ["heron_dummy", "heron_dummy_broken", "heron_dummy_future"]
 """
 
-GOOD = '''
+GOOD = """
 from heron_interfaces import API_VERSION, BackendSpec, hookimpl
 
 @hookimpl
@@ -45,11 +45,11 @@ def heron_register_backends(registry):
         name="dummy", api_version=API_VERSION,
         platform="heron.backends.reference:ReferencePlatform", probe=lambda: 1000,
     ))
-'''
+"""
 
 BROKEN = "import a_module_that_does_not_exist  # noqa\n"
 
-FUTURE = '''
+FUTURE = """
 from heron_interfaces import BackendSpec, hookimpl
 
 @hookimpl
@@ -57,7 +57,7 @@ def heron_register_backends(registry):
     registry.register(BackendSpec(
         name="future", api_version=(2, 0), platform="x:Y", probe=lambda: 5000,
     ))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,18 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (src / "heron_dummy_future.py").write_text(FUTURE)
     target = tmp_path_factory.mktemp("dummy_site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(src),
+        ],
         check=True,
     )
     return target
@@ -84,7 +94,10 @@ def run_heron(plugin_path: Path, code: str, **env: str) -> subprocess.CompletedP
     environ.update(env)
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, env=environ, timeout=120,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
     )
 
 
@@ -140,7 +153,8 @@ def test_allow_list_limits_loading(plugin_path: Path) -> None:
 
 def test_heron_plugins_command(plugin_path: Path) -> None:
     proc = run_heron(
-        plugin_path, "import sys; from heron.cli import main; sys.exit(main(['plugins']))",
+        plugin_path,
+        "import sys; from heron.cli import main; sys.exit(main(['plugins']))",
         HERON_BACKEND="dummy",
     )
     assert proc.returncode == 0, proc.stderr
@@ -151,12 +165,14 @@ def test_heron_plugins_command(plugin_path: Path) -> None:
 
 
 def test_forced_backend_that_probes_zero_is_explained() -> None:
+    from heron.plugins import BackendRecord, NoBackendError, PluginHost, _probe
     from heron_interfaces import BackendSpec
 
-    from heron.plugins import BackendRecord, NoBackendError, PluginHost, _probe
-
     spec = BackendSpec(
-        name="gone", api_version=(1, 0), platform="x:Y", probe=lambda: 0,
+        name="gone",
+        api_version=(1, 0),
+        platform="x:Y",
+        probe=lambda: 0,
         unavailable_reason=lambda: "no device found",
     )
     host = PluginHost()

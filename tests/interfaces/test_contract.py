@@ -24,7 +24,8 @@ def plugin_guide() -> str:
 def test_every_hookspec_is_documented_in_the_plugin_guide() -> None:
     guide = plugin_guide()
     hooks = [
-        name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        name
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
         if name.startswith("heron_")
     ]
     assert hooks, "no hook specifications found"

@@ -94,7 +94,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sampling-seed", type=int, default=None, help="Per-request seed.")
 
 
-def sampling_params_from_args(args: argparse.Namespace):  # noqa: ANN201 - lazy import of the type
+def sampling_params_from_args(args: argparse.Namespace):
     from heron.sampling_params import SamplingParams
 
     values = {

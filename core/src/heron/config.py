@@ -42,8 +42,10 @@ class EngineArgs(BaseModel):
     )
     max_num_seqs: int = Field(128, ge=1, description="Most sequences in one step.")
     max_num_batched_tokens: int | None = Field(
-        None, ge=1, description="Token budget of one step; default 2048 (at least max_model_len "
-        "when chunked prefill is off)."
+        None,
+        ge=1,
+        description="Token budget of one step; default 2048 (at least max_model_len "
+        "when chunked prefill is off).",
     )
     num_gpu_blocks_override: int | None = Field(
         None, ge=1, description="Use exactly this many KV blocks instead of sizing from memory."

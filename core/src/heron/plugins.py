@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pluggy
+
 from heron_interfaces import (
     API_VERSION,
     BACKENDS_ENTRY_POINT_GROUP,
@@ -99,8 +100,9 @@ class _BackendRegistrar:
             )
         if spec.name in self._host.backends:
             self._host.report_failure(
-                origin, f"backend name {spec.name!r} is already registered by "
-                f"{self._host.backends[spec.name].dist_name}"
+                origin,
+                f"backend name {spec.name!r} is already registered by "
+                f"{self._host.backends[spec.name].dist_name}",
             )
             return
         self._host.backends[spec.name] = BackendRecord(
@@ -125,12 +127,15 @@ class PluginHost:
         """Register core's built-ins, then every allowed entry point, each inside a guard."""
         for module_name in BUILTIN_BACKEND_MODULES:
             module = importlib.import_module(module_name)
-            self._register(module, PluginRecord(
-                name=module_name.rsplit(".", 1)[-1],
-                group=BACKENDS_ENTRY_POINT_GROUP,
-                dist_name="heron-core",
-                dist_version=_dist_version("heron-core"),
-            ))
+            self._register(
+                module,
+                PluginRecord(
+                    name=module_name.rsplit(".", 1)[-1],
+                    group=BACKENDS_ENTRY_POINT_GROUP,
+                    dist_name="heron-core",
+                    dist_version=_dist_version("heron-core"),
+                ),
+            )
         for group in (BACKENDS_ENTRY_POINT_GROUP, PLUGINS_ENTRY_POINT_GROUP):
             for ep in entry_points(group=group):
                 if allowed is not None and ep.name not in allowed:
@@ -174,7 +179,10 @@ class PluginHost:
             self.plugins.append(record)
         logger.warning(
             "Skipping plugin %r from %s %s: %s",
-            record.name, record.dist_name, record.dist_version, error,
+            record.name,
+            record.dist_name,
+            record.dist_version,
+            error,
         )
 
     def _collect_backends(self) -> None:
@@ -287,7 +295,10 @@ def select_platform(host: PluginHost | None = None) -> tuple[type[Platform], Bac
     others = [r.name for r in host.backends.values() if r.available and r is not record]
     logger.info(
         "Backend: %s (%s %s, score %d)%s",
-        record.name, record.dist_name, record.dist_version, record.score,
+        record.name,
+        record.dist_name,
+        record.dist_version,
+        record.score,
         f"; also available: {', '.join(others)}" if others else "",
     )
     return platform, record

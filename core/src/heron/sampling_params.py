@@ -100,7 +100,9 @@ class SamplingParams:
             _check_int("prompt_logprobs", self.prompt_logprobs, low=0, high=20)
         for s in self.stop:
             if not isinstance(s, str) or not s:
-                raise SamplingParamsError("stop", f"stop strings must be non-empty strings, got {s!r}")
+                raise SamplingParamsError(
+                    "stop", f"stop strings must be non-empty strings, got {s!r}"
+                )
         for t in self.stop_token_ids:
             _check_int("stop_token_ids", t, low=0)
         for token, bias in (self.logit_bias or {}).items():
@@ -109,7 +111,10 @@ class SamplingParams:
 
     def check_vocab(self, vocab_size: int) -> None:
         """Token ids in the request must exist in the model's vocabulary."""
-        for name, ids in (("stop_token_ids", self.stop_token_ids), ("logit_bias", self.logit_bias or {})):
+        for name, ids in (
+            ("stop_token_ids", self.stop_token_ids),
+            ("logit_bias", self.logit_bias or {}),
+        ):
             bad = [t for t in ids if t >= vocab_size]
             if bad:
                 raise SamplingParamsError(
@@ -136,7 +141,9 @@ class SamplingParams:
         for name, value in defaults.items():
             if name in values and name not in explicit:
                 values[name] = value
-        params = SamplingParams(**{k: v for k, v in values.items() if k in explicit or k in defaults})
+        params = SamplingParams(
+            **{k: v for k, v in values.items() if k in explicit or k in defaults}
+        )
         params._explicit = frozenset(explicit)
         return params
 

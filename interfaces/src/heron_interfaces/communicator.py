@@ -71,7 +71,11 @@ class Communicator:
 
         if self.ctx.world_size == 1:
             return x
-        parts = [torch.empty_like(x) for _ in range(self.ctx.world_size)] if self.ctx.rank == dst else None
+        parts = (
+            [torch.empty_like(x) for _ in range(self.ctx.world_size)]
+            if self.ctx.rank == dst
+            else None
+        )
         dist.gather(x.contiguous(), parts, dst=self._global_rank(dst), group=self._group)
         return torch.cat(parts, dim=dim) if parts is not None else None
 

@@ -28,9 +28,7 @@ def write_kv(
     value_cache[blocks, offsets] = value[keep].to(value_cache.dtype)
 
 
-def gather_context(
-    cache: torch.Tensor, block_table: torch.Tensor, length: int
-) -> torch.Tensor:
+def gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
     """The first ``length`` positions of one sequence as ``[length, kv_heads, head]``."""
     block_size = cache.shape[1]
     num_blocks = (length + block_size - 1) // block_size

@@ -86,11 +86,16 @@ class HostMemoryProfiler(MemoryProfiler):
         try:
             gib = float(space)
         except ValueError:
-            raise ValueError(f"HERON_KVCACHE_SPACE must be a number of GiB, got {space!r}") from None
+            raise ValueError(
+                f"HERON_KVCACHE_SPACE must be a number of GiB, got {space!r}"
+            ) from None
         if gib <= 0:
             raise ValueError(f"HERON_KVCACHE_SPACE must be > 0 GiB, got {space!r}")
         return MemorySnapshot(
-            free=free, total=total, allocated=allocated, peak=max(peak, allocated),
+            free=free,
+            total=total,
+            allocated=allocated,
+            peak=max(peak, allocated),
             kv_budget=int(gib * 2**30),
         )
 

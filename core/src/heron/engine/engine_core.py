@@ -84,13 +84,21 @@ class EngineCore:
         logger.info(
             "Model %s (%s) on %s: dtype %s, max_model_len %d, block size %d, prefix caching %s, "
             "token budget %d per step, up to %d sequences",
-            self.source.name, model_cls.__name__, self.platform.name, _dtype_name(self.dtype),
-            self.max_model_len, self.block_size, "on" if args.enable_prefix_caching else "off",
-            budget, args.max_num_seqs,
+            self.source.name,
+            model_cls.__name__,
+            self.platform.name,
+            _dtype_name(self.dtype),
+            self.max_model_len,
+            self.block_size,
+            "on" if args.enable_prefix_caching else "off",
+            budget,
+            args.max_num_seqs,
         )
         logger.info(
             "KV cache: %d blocks = %d tokens, %.2f GiB (%s)",
-            self.kv_plan.num_blocks, self.kv_plan.num_tokens, self.kv_plan.num_bytes / 2**30,
+            self.kv_plan.num_blocks,
+            self.kv_plan.num_tokens,
+            self.kv_plan.num_bytes / 2**30,
             self.kv_plan.source,
         )
         logger.info("Engine ready in %.2f s", time.monotonic() - started)
@@ -118,9 +126,8 @@ class EngineCore:
 
     def _check_attention_support(self, hf_config: Any) -> None:
         """Fail at start-up, naming the backend and the reasons, when its kernels cannot run the model."""
-        from heron_interfaces import AttentionLayerSpec
-
         from heron.plugins import resolve_reference
+        from heron_interfaces import AttentionLayerSpec
 
         heads = int(hf_config.num_attention_heads)
         head_size = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from heron.engine.request import Request
 from heron.sampling_params import SamplingParams
 
-PromptType = Union[str, Sequence[int], dict[str, Any]]
+PromptType = str | Sequence[int] | dict[str, Any]
 ChatMessages = list[dict[str, Any]]
 
 # generation_config.json keys that become default sampling values (vLLM's list).

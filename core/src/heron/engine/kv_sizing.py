@@ -57,7 +57,9 @@ def plan_kv_cache(
         if snapshot.kv_budget is not None:
             budget, source = snapshot.kv_budget, "the platform's KV cache space"
         else:
-            budget = int(snapshot.total * memory_utilization) - weights_bytes - peak_activation_bytes
+            budget = (
+                int(snapshot.total * memory_utilization) - weights_bytes - peak_activation_bytes
+            )
             source = f"{memory_utilization:.0%} of device memory after weights and activations"
         num_blocks = max(0, budget // bytes_per_block)
         useful = blocks_per_seq * max_num_seqs + 1
@@ -70,6 +72,8 @@ def plan_kv_cache(
             f"{block_size}), fewer than max_model_len={max_model_len}; {hint}"
         )
     return KVPlan(
-        num_blocks=num_blocks, block_size=block_size, bytes_per_block=bytes_per_block,
+        num_blocks=num_blocks,
+        block_size=block_size,
+        bytes_per_block=bytes_per_block,
         source=source,
     )

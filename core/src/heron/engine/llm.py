@@ -42,10 +42,13 @@ class LLM:
         prompt_list = _as_prompt_list(prompts)
         params_list = _broadcast_params(sampling_params, len(prompt_list))
         engine = self.llm_engine
-        return self._run([
-            (engine.input_processor.process_prompt(p), sp)
-            for p, sp in zip(prompt_list, params_list)
-        ], use_tqdm)
+        return self._run(
+            [
+                (engine.input_processor.process_prompt(p), sp)
+                for p, sp in zip(prompt_list, params_list)
+            ],
+            use_tqdm,
+        )
 
     def chat(
         self,
@@ -58,25 +61,28 @@ class LLM:
         continue_final_message: bool = False,
     ) -> list[RequestOutput]:
         """One conversation (a list of messages) or many (a list of such lists)."""
-        conversations = (
-            [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        )
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         params_list = _broadcast_params(sampling_params, len(conversations))
         render = self.llm_engine.input_processor.render_chat
-        return self._run([
-            (
-                render(
-                    conv,
-                    chat_template=chat_template,
-                    add_generation_prompt=add_generation_prompt,
-                    continue_final_message=continue_final_message,
-                ),
-                sp,
-            )
-            for conv, sp in zip(conversations, params_list)
-        ], use_tqdm)
+        return self._run(
+            [
+                (
+                    render(
+                        conv,
+                        chat_template=chat_template,
+                        add_generation_prompt=add_generation_prompt,
+                        continue_final_message=continue_final_message,
+                    ),
+                    sp,
+                )
+                for conv, sp in zip(conversations, params_list)
+            ],
+            use_tqdm,
+        )
 
-    def _run(self, items: list[tuple[Any, SamplingParams | None]], use_tqdm: bool) -> list[RequestOutput]:
+    def _run(
+        self, items: list[tuple[Any, SamplingParams | None]], use_tqdm: bool
+    ) -> list[RequestOutput]:
         engine = self.llm_engine
         ids = []
         try:

@@ -53,7 +53,8 @@ class LLMEngine:
     ) -> None:
         """Validate and queue one request; raises (and queues nothing) on bad input."""
         processed = (
-            prompt if isinstance(prompt, ProcessedPrompt)
+            prompt
+            if isinstance(prompt, ProcessedPrompt)
             else self.input_processor.process_prompt(prompt)
         )
         params = self.input_processor.sampling_params(params)

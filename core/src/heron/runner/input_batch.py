@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from heron_interfaces import AttentionMetadata
 
 from heron.sched.output import SchedulerOutput
+from heron_interfaces import AttentionMetadata
 
 
 @dataclass(slots=True)
@@ -35,7 +35,11 @@ def build_step_inputs(out: SchedulerOutput, block_size: int, device: torch.devic
 
     token_ids: list[int] = []
     for s in scheduled:
-        if s.num_new_tokens == 1 and s.request.output_token_ids and s.start == s.request.num_tokens - 1:
+        if (
+            s.num_new_tokens == 1
+            and s.request.output_token_ids
+            and s.start == s.request.num_tokens - 1
+        ):
             token_ids.append(s.request.output_token_ids[-1])
         else:
             token_ids.extend(s.request.token_ids_range(s.start, s.start + s.num_new_tokens))

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from heron_interfaces import AttentionBackend, Platform
 
 from heron.models.context import ModelContext
 from heron.runner.input_batch import StepInputs, build_step_inputs
 from heron.runner.sampler import Sampler, SamplingBatch, SamplingRow, compute_prompt_logprobs
 from heron.sched.output import RunnerOutput, ScheduledRequest, SchedulerOutput
+from heron_interfaces import AttentionBackend, Platform
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ class TorchModelRunner:
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
 
-    def sample(self, out: SchedulerOutput, inputs: StepInputs, hidden: torch.Tensor) -> RunnerOutput:
+    def sample(
+        self, out: SchedulerOutput, inputs: StepInputs, hidden: torch.Tensor
+    ) -> RunnerOutput:
         result = RunnerOutput()
         cu = inputs.query_start_loc
         sampling = [i for i, s in enumerate(out.scheduled) if s.samples]
@@ -130,7 +132,12 @@ class TorchModelRunner:
         )
 
     def _prompt_logprobs(
-        self, s: ScheduledRequest, k: int, hidden: torch.Tensor, row_start: int, result: RunnerOutput
+        self,
+        s: ScheduledRequest,
+        k: int,
+        hidden: torch.Tensor,
+        row_start: int,
+        result: RunnerOutput,
     ) -> None:
         """Logprobs of prompt tokens predicted in this chunk; each emitted once despite preemption."""
         request = s.request
