@@ -268,3 +268,37 @@ def test_health_version_and_metrics_need_no_key(server: RemoteServer) -> None:
         "heron:request_success_total{",
     ):
         assert name in text, name
+
+
+def test_streaming_several_prompts_with_n(client: openai.OpenAI) -> None:
+    prompts = ["First prompt", "Second prompt"]
+    args = {"model": MODEL, "prompt": prompts, "max_tokens": 6, "n": 2, **GREEDY}
+    full = client.completions.create(**args)
+    streamed: dict[int, str] = {}
+    finished = set()
+    for chunk in client.completions.create(**args, stream=True):
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + choice.text
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert streamed == {c.index: c.text for c in full.choices}
+    assert finished == {0, 1, 2, 3}
+    assert streamed[0] == streamed[1] and streamed[2] == streamed[3]
+
+
+def test_best_of_returns_the_n_most_likely(client: openai.OpenAI) -> None:
+    result = client.completions.create(
+        model=MODEL,
+        prompt="Choose",
+        max_tokens=5,
+        n=2,
+        best_of=4,
+        temperature=1.0,
+        seed=1,
+        logprobs=0,
+        extra_body=NO_EOS,
+    )
+    assert [c.index for c in result.choices] == [0, 1]
+    assert result.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in result.choices)
+    totals = [sum(c.logprobs.token_logprobs) for c in result.choices]
+    assert totals == sorted(totals, reverse=True)
