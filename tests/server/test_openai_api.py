@@ -302,3 +302,23 @@ def test_best_of_returns_the_n_most_likely(client: openai.OpenAI) -> None:
     assert result.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in result.choices)
     totals = [sum(c.logprobs.token_logprobs) for c in result.choices]
     assert totals == sorted(totals, reverse=True)
+
+
+def test_logit_bias_and_penalties_apply(server: RemoteServer, client: openai.OpenAI) -> None:
+    [token_a] = tokenize(server, prompt="A")
+    biased = client.completions.create(
+        model=MODEL, prompt="Bias", max_tokens=4, logit_bias={str(token_a): 100}, **GREEDY
+    )
+    assert biased.choices[0].text == "AAAA"
+    # A frequency penalty large enough to outweigh the bias breaks the repetition.
+    penalized = client.completions.create(
+        model=MODEL,
+        prompt="Bias",
+        max_tokens=4,
+        logit_bias={str(token_a): 3},
+        frequency_penalty=2.0,
+        presence_penalty=2.0,
+        user="someone",
+        **GREEDY,
+    )
+    assert penalized.choices[0].text.count("A") < 4
