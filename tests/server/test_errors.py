@@ -50,13 +50,18 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
         "messages.0.role",
     ),
     (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "x" * 600}]}, 400, "messages"),
-    (CHAT, {"model": MODEL, "messages": USER, "max_completion_tokens": 10**6}, 400, "max_tokens"),
+    (
+        CHAT,
+        {"model": MODEL, "messages": USER, "max_completion_tokens": 10**6},
+        400,
+        "max_completion_tokens",
+    ),
     (CHAT, {"model": MODEL, "messages": USER, "top_logprobs": 2}, 400, "top_logprobs"),
     (
         CHAT,
         {"model": MODEL, "messages": USER, "logprobs": True, "top_logprobs": 99},
         400,
-        "logprobs",
+        "top_logprobs",
     ),
     (
         CHAT,

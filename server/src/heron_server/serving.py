@@ -68,12 +68,16 @@ def make_sampling_params(
     max_model_len: int,
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> SamplingParams:
     """SamplingParams for one prompt, with vLLM's ``max_tokens`` rules.
 
     An explicit ``max_tokens`` that cannot fit beside the prompt is a 400 naming both numbers
-    (vLLM's behaviour); an absent one means "up to the context limit".
+    (vLLM's behaviour); an absent one means "up to the context limit". ``aliases`` maps
+    SamplingParams names to the request's own (chat's ``top_logprobs`` is ``logprobs`` here), so
+    that errors name the field the client actually sent.
     """
+    aliases = aliases or {}
     num_prompt = len(prompt.prompt_token_ids)
     room = max_model_len - num_prompt
     if max_tokens is None:
@@ -85,7 +89,7 @@ def make_sampling_params(
             f"requested {num_prompt + max_tokens} tokens ({num_prompt} in the prompt, "
             f"{max_tokens} for the completion). Please reduce the prompt or max_tokens "
             f"(at most {room} here).",
-            param="max_tokens",
+            param=aliases.get("max_tokens", "max_tokens"),
             code="context_length_exceeded",
         )
     kwargs = dict(values)
@@ -97,7 +101,11 @@ def make_sampling_params(
     try:
         return SamplingParams(**kwargs)
     except SamplingParamsError as exc:
-        raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
+        param = aliases.get(exc.param, exc.param)
+        message = str(exc)
+        if param != exc.param:
+            message = f"{param}{message.removeprefix(exc.param)}"
+        raise APIError(400, message, param=param, code="invalid_value") from None
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:

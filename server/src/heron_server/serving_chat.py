@@ -79,6 +79,12 @@ class ChatHandler:
             prompt=processed,
             max_model_len=engine.max_model_len,
             logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+            aliases={
+                "logprobs": "top_logprobs",
+                "max_tokens": "max_completion_tokens"
+                if body.max_completion_tokens is not None
+                else "max_tokens",
+            },
         )
         return processed, params
 
