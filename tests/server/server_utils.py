@@ -92,15 +92,21 @@ class RemoteServer:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    def _client_args(self, kwargs: dict) -> dict:
+        """No retries (a test must see the first answer) and a timeout so nothing hangs."""
+        return {
+            "base_url": f"{self.url}/v1",
+            "api_key": self.api_key or "none",
+            "max_retries": 0,
+            "timeout": 120.0,
+            **kwargs,
+        }
+
     def client(self, **kwargs: object) -> openai.OpenAI:
-        return openai.OpenAI(
-            base_url=f"{self.url}/v1", api_key=self.api_key or "none", max_retries=0, **kwargs
-        )
+        return openai.OpenAI(**self._client_args(kwargs))
 
     def async_client(self, **kwargs: object) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=f"{self.url}/v1", api_key=self.api_key or "none", max_retries=0, **kwargs
-        )
+        return openai.AsyncOpenAI(**self._client_args(kwargs))
 
     def http(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=60, **kwargs)
