@@ -159,8 +159,7 @@ def _chat_ids(tokenizer, text: str) -> list[int]:
 
 
 def test_smollm2_loads_and_answers(smollm2):
-    source, ctx, model, build_seconds = smollm2
-    assert build_seconds < 10, f"building SmolLM2 took {build_seconds:.1f}s"
+    source, ctx, model, _ = smollm2
     assert source.path == default_model_path()
     assert source.name == "SmolLM2-135M-Instruct.Q4_1"
     config = source.hf_config
