@@ -6,8 +6,6 @@ lowest score, so that any real backend wins when installed and Heron still runs 
 
 from __future__ import annotations
 
-import os
-import resource
 from typing import TYPE_CHECKING
 
 from heron_interfaces import (
@@ -18,7 +16,6 @@ from heron_interfaces import (
     BackendSpec,
     Capabilities,
     MemoryProfiler,
-    MemorySnapshot,
     Platform,
     hookimpl,
 )
@@ -27,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
 REFERENCE_SCORE = 1
+KV_SPACE_ENV = "HERON_KVCACHE_SPACE"
 DEFAULT_KV_SPACE_GIB = 1.0
 
 
@@ -73,33 +71,6 @@ class ReferenceAttention(AttentionBackend):
         )
 
 
-class HostMemoryProfiler(MemoryProfiler):
-    """Host RAM from ``/proc/meminfo``; the KV budget is ``HERON_KVCACHE_SPACE`` GiB (default 1)."""
-
-    def snapshot(self) -> MemorySnapshot:
-        info = _meminfo()
-        total = info.get("MemTotal", 0)
-        free = info.get("MemAvailable", info.get("MemFree", 0))
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        allocated = _rss_bytes()
-        space = os.environ.get("HERON_KVCACHE_SPACE", str(DEFAULT_KV_SPACE_GIB))
-        try:
-            gib = float(space)
-        except ValueError:
-            raise ValueError(
-                f"HERON_KVCACHE_SPACE must be a number of GiB, got {space!r}"
-            ) from None
-        if gib <= 0:
-            raise ValueError(f"HERON_KVCACHE_SPACE must be > 0 GiB, got {space!r}")
-        return MemorySnapshot(
-            free=free,
-            total=total,
-            allocated=allocated,
-            peak=max(peak, allocated),
-            kv_budget=int(gib * 2**30),
-        )
-
-
 class ReferencePlatform(Platform):
     name = "reference"
     device_type = "cpu"
@@ -124,33 +95,13 @@ class ReferencePlatform(Platform):
 
     @classmethod
     def memory_profiler(cls) -> MemoryProfiler:
-        return HostMemoryProfiler()
+        from heron_interfaces.host_memory import HostMemoryProfiler
+
+        return HostMemoryProfiler(env_var=KV_SPACE_ENV, default_gib=DEFAULT_KV_SPACE_GIB)
 
     @classmethod
     def memory_budget_hint(cls) -> str:
         return "set HERON_KVCACHE_SPACE (GiB) higher, or lower max_model_len / max_num_seqs"
-
-
-def _meminfo() -> dict[str, int]:
-    values: dict[str, int] = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                parts = rest.split()
-                if parts:
-                    values[key] = int(parts[0]) * 1024
-    except OSError:
-        pass
-    return values
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
 
 
 @hookimpl

@@ -1,154 +1,42 @@
-"""Raw memory numbers of the CPU backend, read from ``/proc`` (no psutil dependency).
+"""The CPU backend's memory numbers: host RAM, with the KV cache sized by ``HERON_CPU_KVCACHE_SPACE``.
 
-On a CPU the KV cache shares RAM with everything else, so core does not derive its size from
-"free memory after the weights" as on a GPU; the user states it with ``HERON_CPU_KVCACHE_SPACE``
-(GiB, default 4), reported here as ``kv_budget``. An explicit value larger than the memory
-available right now is an error at start-up, instead of an out-of-memory kill mid-serving.
+The reading of ``/proc`` and cgroups is shared with every RAM-backed backend in
+:mod:`heron_interfaces.host_memory`; this module only names the variable and its default (4 GiB).
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from heron_interfaces import MemoryProfiler, MemorySnapshot
-
-logger = logging.getLogger(__name__)
+from heron_interfaces import host_memory
+from heron_interfaces.host_memory import GIB, HostMemoryProfiler, KvCacheSpaceError, system_memory
 
 KV_SPACE_ENV = "HERON_CPU_KVCACHE_SPACE"
 DEFAULT_KV_SPACE_GIB = 4.0
-GIB = 1 << 30
-_UNLIMITED = 1 << 60  # cgroup v1 writes a huge number for "no limit"
 
-
-class KvCacheSpaceError(ValueError):
-    """``HERON_CPU_KVCACHE_SPACE`` is malformed or asks for more memory than is available."""
-
-
-def _meminfo(proc: Path) -> dict[str, int]:
-    """``/proc/meminfo`` in bytes."""
-    values = {}
-    for line in (proc / "meminfo").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts:
-            values[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    return values
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() and int(text) < _UNLIMITED else None
-
-
-def _cgroup_limit_and_usage(sys_fs: Path) -> tuple[int | None, int | None]:
-    """The container's memory limit and usage (cgroup v2, else v1); ``None`` when unlimited."""
-    cgroup = sys_fs / "fs" / "cgroup"
-    limit = _read_int(cgroup / "memory.max")
-    if limit is not None:
-        return limit, _read_int(cgroup / "memory.current")
-    limit = _read_int(cgroup / "memory" / "memory.limit_in_bytes")
-    return limit, _read_int(cgroup / "memory" / "memory.usage_in_bytes")
-
-
-def system_memory(proc: Path = Path("/proc"), sys_fs: Path = Path("/sys")) -> tuple[int, int]:
-    """``(available, total)`` bytes, as the machine or the container's limit allows."""
-    info = _meminfo(proc)
-    total = info["MemTotal"]
-    available = info.get("MemAvailable", info.get("MemFree", 0))
-    limit, usage = _cgroup_limit_and_usage(sys_fs)
-    if limit is not None and limit < total:
-        total = limit
-        available = min(available, max(limit - (usage or 0), 0))
-    return min(available, total), total
+__all__ = [
+    "DEFAULT_KV_SPACE_GIB",
+    "GIB",
+    "KV_SPACE_ENV",
+    "CpuMemoryProfiler",
+    "KvCacheSpaceError",
+    "kv_cache_space",
+    "system_memory",
+]
 
 
 def kv_cache_space(available: int, environ: Mapping[str, str] | None = None) -> int:
-    """Bytes of KV cache from ``HERON_CPU_KVCACHE_SPACE``, checked against ``available`` bytes.
-
-    Unset, the default of 4 GiB is capped at half the available memory (with a warning) so that a
-    small machine still starts; a value the user chose is never silently shrunk.
-    """
-    env = os.environ if environ is None else environ
-    raw = env.get(KV_SPACE_ENV, "").strip()
-    if not raw:
-        requested = int(DEFAULT_KV_SPACE_GIB * GIB)
-        if requested > available:
-            capped = max(available // 2, 1)
-            logger.warning(
-                "%s is unset and the default %.1f GiB exceeds the %.2f GiB available; "
-                "using %.2f GiB",
-                KV_SPACE_ENV,
-                DEFAULT_KV_SPACE_GIB,
-                available / GIB,
-                capped / GIB,
-            )
-            return capped
-        return requested
-    try:
-        gib = float(raw)
-    except ValueError:
-        gib = math.nan
-    if not math.isfinite(gib) or gib <= 0:
-        raise KvCacheSpaceError(
-            f"{KV_SPACE_ENV}={raw!r} is not a positive number of GiB (for example 4 or 0.5)"
-        )
-    requested = int(gib * GIB)
-    if requested > available:
-        raise KvCacheSpaceError(
-            f"{KV_SPACE_ENV}={raw} asks for {gib:.2f} GiB of KV cache, but only "
-            f"{available / GIB:.2f} GiB of memory is available; lower {KV_SPACE_ENV}"
-        )
-    return max(requested, 1)
+    """Bytes of KV cache from ``HERON_CPU_KVCACHE_SPACE`` (see :func:`host_memory.kv_cache_space`)."""
+    return host_memory.kv_cache_space(
+        available, environ, env_var=KV_SPACE_ENV, default_gib=DEFAULT_KV_SPACE_GIB
+    )
 
 
-def _status_bytes(proc_self: Path, field: str) -> int:
-    for line in (proc_self / "status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise LookupError(f"{field} is missing from {proc_self / 'status'}")
-
-
-class CpuMemoryProfiler(MemoryProfiler):
-    """Process RSS as ``allocated`` and its high-water mark (``VmHWM``) as ``peak``.
-
-    ``reset_peak`` writes ``5`` to ``/proc/self/clear_refs``, which makes the kernel restart
-    ``VmHWM`` at the current RSS; where that is not allowed, the peak falls back to the largest
-    RSS seen by :meth:`snapshot` since the reset.
-    """
-
+class CpuMemoryProfiler(HostMemoryProfiler):
     def __init__(
         self, environ: Mapping[str, str] | None = None, proc: Path = Path("/proc")
     ) -> None:
-        self._environ = environ
-        self._proc = proc
-        self._proc_self = proc / "self"
-        self._kernel_peak = True
-        self._seen_peak = 0
-
-    def snapshot(self) -> MemorySnapshot:
-        available, total = system_memory(self._proc)
-        rss = _status_bytes(self._proc_self, "VmRSS")
-        self._seen_peak = max(self._seen_peak, rss)
-        peak = _status_bytes(self._proc_self, "VmHWM") if self._kernel_peak else self._seen_peak
-        return MemorySnapshot(
-            free=available,
-            total=total,
-            allocated=rss,
-            peak=max(peak, rss),
-            kv_budget=kv_cache_space(available, self._environ),
+        super().__init__(
+            env_var=KV_SPACE_ENV, default_gib=DEFAULT_KV_SPACE_GIB, environ=environ, proc=proc
         )
-
-    def reset_peak(self) -> None:
-        try:
-            (self._proc_self / "clear_refs").write_text("5")
-            self._kernel_peak = True
-        except OSError:
-            self._kernel_peak = False
-        self._seen_peak = _status_bytes(self._proc_self, "VmRSS")
