@@ -15,7 +15,7 @@ from typing import Any
 
 from heron.config import EngineArgs, make_engine_args
 from heron.engine.input_processor import ChatMessages, ProcessedPrompt, PromptType
-from heron.engine.llm_engine import LLMEngine
+from heron.engine.llm_engine import LLMEngine, PreparedRequest
 from heron.engine.output_processor import RequestOutputKind
 from heron.outputs import RequestOutput
 from heron.sampling_params import SamplingParams
@@ -31,9 +31,13 @@ class AsyncLLM:
     def __init__(self, args: EngineArgs | None = None, **kwargs: Any) -> None:
         self.engine_args = args or make_engine_args(**kwargs)
         self.engine = LLMEngine(self.engine_args)
+        # The lock guards only the hand-over structures below, never a whole engine step, so the
+        # event loop can accept and abort requests while the engine thread computes.
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._pending: list[tuple[PreparedRequest, RequestOutputKind]] = []
+        self._pending_aborts: list[str] = []
         self._stopped = False
         self.dead_error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="heron-engine", daemon=True)
@@ -61,8 +65,7 @@ class AsyncLLM:
         return self.dead_error is None and not self._stopped
 
     def stats(self) -> Any:
-        with self._lock:
-            return self.engine.stats()
+        return self.engine.stats()
 
     def process_prompt(self, prompt: PromptType) -> ProcessedPrompt:
         return self.engine.input_processor.process_prompt(prompt)
@@ -85,12 +88,13 @@ class AsyncLLM:
         if not isinstance(prompt, ProcessedPrompt):
             prompt = self.process_prompt(prompt)
         queue: asyncio.Queue = asyncio.Queue()
+        rid = request_id or self.engine.next_request_id()
+        prepared = self.engine.prepare_request(rid, prompt, sampling_params)
         with self._wake:
-            rid = request_id or self.engine.next_request_id()
             if rid in self._queues:
                 raise ValueError(f"request_id {rid!r} is already in use")
-            self.engine.add_request(rid, prompt, sampling_params, output_kind)
             self._queues[rid] = (asyncio.get_running_loop(), queue)
+            self._pending.append((prepared, output_kind))
             self._wake.notify()
         finished = False
         try:
@@ -105,9 +109,10 @@ class AsyncLLM:
                 self.abort(rid)
 
     def abort(self, request_id: str) -> None:
-        with self._lock:
+        with self._wake:
             if self._queues.pop(request_id, None) is not None:
-                self.engine.abort_request(request_id)
+                self._pending_aborts.append(request_id)
+                self._wake.notify()
 
     def shutdown(self) -> None:
         with self._wake:
@@ -120,11 +125,23 @@ class AsyncLLM:
         try:
             while True:
                 with self._wake:
-                    while not self._stopped and not self.engine.has_unfinished_requests():
+                    while not (
+                        self._stopped
+                        or self._pending
+                        or self._pending_aborts
+                        or self.engine.has_unfinished_requests()
+                    ):
                         self._wake.wait()
                     if self._stopped:
                         return
-                    outputs = self.engine.step()
+                    pending, self._pending = self._pending, []
+                    aborts, self._pending_aborts = self._pending_aborts, []
+                for prepared, kind in pending:
+                    self.engine.add_prepared(prepared, kind)
+                for rid in aborts:
+                    self.engine.abort_request(rid)
+                outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
+                with self._lock:
                     deliveries = [(self._queues.get(o.request_id), o) for o in outputs]
                     for output in outputs:
                         if output.finished:

@@ -7,18 +7,29 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from heron.config import EngineArgs
 from heron.engine.engine_core import EngineCore
 from heron.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from heron.engine.output_processor import OutputProcessor, RequestOutputKind
-from heron.engine.request import RequestStatus
+from heron.engine.request import Request, RequestStatus
 from heron.outputs import RequestOutput
 from heron.plugins import PluginHost
 from heron.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class PreparedRequest:
+    """A validated request, ready to join the engine (possibly from another thread)."""
+
+    request_id: str
+    prompt: ProcessedPrompt
+    params: SamplingParams
+    requests: list[Request]
 
 
 class LLMEngine:
@@ -44,14 +55,13 @@ class LLMEngine:
     def next_request_id(self) -> str:
         return str(next(self._ids))
 
-    def add_request(
+    def prepare_request(
         self,
         request_id: str,
         prompt: PromptType | ProcessedPrompt,
         params: SamplingParams | None = None,
-        output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY,
-    ) -> None:
-        """Validate and queue one request; raises (and queues nothing) on bad input."""
+    ) -> PreparedRequest:
+        """Every check a request must pass, without touching engine state (safe off-thread)."""
         processed = (
             prompt
             if isinstance(prompt, ProcessedPrompt)
@@ -61,16 +71,35 @@ class LLMEngine:
         requests = self.input_processor.make_requests(request_id, processed, params)
         for request in requests:
             self.core.scheduler.check_request(request)
+        return PreparedRequest(
+            request_id=request_id, prompt=processed, params=params, requests=requests
+        )
+
+    def add_prepared(
+        self,
+        prepared: PreparedRequest,
+        output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY,
+    ) -> None:
         self.output_processor.add_request(
-            request_id,
-            processed.prompt,
-            processed.prompt_token_ids,
-            params,
-            [r.request_id for r in requests],
+            prepared.request_id,
+            prepared.prompt.prompt,
+            prepared.prompt.prompt_token_ids,
+            prepared.params,
+            [r.request_id for r in prepared.requests],
             output_kind,
         )
-        for request in requests:
+        for request in prepared.requests:
             self.core.add_request(request)
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType | ProcessedPrompt,
+        params: SamplingParams | None = None,
+        output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY,
+    ) -> None:
+        """Validate and queue one request; raises (and queues nothing) on bad input."""
+        self.add_prepared(self.prepare_request(request_id, prompt, params), output_kind)
 
     def abort_request(self, request_id: str) -> None:
         child_ids = self.output_processor.abort(request_id)
