@@ -9,7 +9,6 @@ engine. No network: the tokenizer is a byte-level BPE built in code (259 tokens:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 
 from heron.models import ModelContext
 from heron_interfaces import AttentionBackend, AttentionMetadata
-from heron_interfaces import reference as ref
+from heron_interfaces.reference import ReferenceAttention
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -120,48 +119,6 @@ def make_tiny_model_dir(
     model.save_pretrained(folder, **kwargs)
     build_tokenizer().save_pretrained(folder)
     return folder
-
-
-class ReferenceAttention(AttentionBackend):
-    """Attention backend over :mod:`heron_interfaces.reference`: slow, simple, the oracle.
-
-    KV cache layout ``[2, num_blocks, block_size, kv_heads, head_size]`` (the default views).
-    """
-
-    name = "test-reference"
-
-    @classmethod
-    def supported_block_sizes(cls) -> Sequence[int]:
-        return (1, 2, 4, 8, 16, 32)
-
-    @classmethod
-    def kv_cache_shape(
-        cls, num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
-    ) -> tuple[int, ...]:
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
-
-    def write_kv(
-        self,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        kv_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-    ) -> None:
-        key_cache, value_cache = self.kv_views(kv_cache)
-        ref.write_kv(key, value, key_cache, value_cache, slot_mapping)
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        kv_cache: torch.Tensor,
-        metadata: AttentionMetadata,
-        out: torch.Tensor,
-    ) -> torch.Tensor:
-        self.write_kv(key, value, kv_cache, metadata.slot_mapping)
-        key_cache, value_cache = self.kv_views(kv_cache)
-        return ref.paged_attention(query, key_cache, value_cache, metadata, self.spec.scale, out)
 
 
 def make_context(

@@ -10,49 +10,21 @@ import os
 from collections.abc import Sequence
 
 import pytest
-import torch
 
-from heron_interfaces import AttentionBackend, AttentionMetadata, Capabilities, Platform
+from heron_interfaces import AttentionBackend, Capabilities, Platform
 from heron_interfaces import reference as ref
 from heron_interfaces.memory import MemoryProfiler, MemorySnapshot
 from heron_interfaces.testing.conformance import *  # noqa: F403
 
 
-class ToyAttention(AttentionBackend):
-    """The reference kernels over the default ``[2, blocks, block_size, kv_heads, head]`` layout."""
+class ToyAttention(ref.ReferenceAttention):
+    """The reference kernels, declaring only the block sizes the toy platform advertises."""
 
     name = "toy"
 
     @classmethod
     def supported_block_sizes(cls) -> Sequence[int]:
         return (16, 32)
-
-    @classmethod
-    def kv_cache_shape(
-        cls, num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
-    ) -> tuple[int, ...]:
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
-
-    def write_kv(
-        self,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        kv_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-    ) -> None:
-        ref.write_kv(key, value, kv_cache[0], kv_cache[1], slot_mapping)
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        kv_cache: torch.Tensor,
-        metadata: AttentionMetadata,
-        out: torch.Tensor,
-    ) -> torch.Tensor:
-        self.write_kv(key, value, kv_cache, metadata.slot_mapping)
-        return ref.paged_attention(query, kv_cache[0], kv_cache[1], metadata, self.spec.scale, out)
 
 
 def _status_kib(field: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from heron_interfaces.attention import AttentionMetadata
+from heron_interfaces.attention import AttentionBackend, AttentionMetadata
 
 
 def write_kv(
@@ -81,3 +81,46 @@ def dense_causal_attention(
     mask = torch.ones(n, n, dtype=torch.bool).triu(1)
     scores.masked_fill_(mask, float("-inf"))
     return torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v).to(query.dtype)
+
+
+class ReferenceAttention(AttentionBackend):
+    """An attention backend made of the functions above, over the default KV layout.
+
+    Core's reference backend, the conformance suite's self-test and model tests all use this one
+    class; a vendor can subclass it to bring up a platform before its kernels exist.
+    """
+
+    name = "reference"
+
+    @classmethod
+    def supported_block_sizes(cls) -> tuple[int, ...]:
+        return (1, 2, 4, 8, 16, 32, 64, 128)
+
+    @classmethod
+    def kv_cache_shape(
+        cls, num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
+    ) -> tuple[int, ...]:
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
+
+    def write_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        key_cache, value_cache = self.kv_views(kv_cache)
+        write_kv(key, value, key_cache, value_cache, slot_mapping)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
+        self.write_kv(key, value, kv_cache, metadata.slot_mapping)
+        key_cache, value_cache = self.kv_views(kv_cache)
+        return paged_attention(query, key_cache, value_cache, metadata, self.spec.scale, out)

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING
 
 from heron_interfaces import (
     API_VERSION,
-    AttentionBackend,
-    AttentionMetadata,
     BackendRegistry,
     BackendSpec,
     Capabilities,
@@ -21,54 +19,11 @@ from heron_interfaces import (
 )
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 REFERENCE_SCORE = 1
 KV_SPACE_ENV = "HERON_KVCACHE_SPACE"
 DEFAULT_KV_SPACE_GIB = 1.0
-
-
-class ReferenceAttention(AttentionBackend):
-    """Paged attention through :mod:`heron_interfaces.reference` (a loop over sequences)."""
-
-    name = "reference"
-
-    @classmethod
-    def supported_block_sizes(cls) -> tuple[int, ...]:
-        return (8, 16, 32, 64, 128)
-
-    @classmethod
-    def kv_cache_shape(
-        cls, num_blocks: int, block_size: int, num_kv_heads: int, head_size: int
-    ) -> tuple[int, ...]:
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
-
-    def write_kv(
-        self,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        kv_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-    ) -> None:
-        from heron_interfaces import reference
-
-        reference.write_kv(key, value, kv_cache[0], kv_cache[1], slot_mapping)
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        kv_cache: torch.Tensor,
-        metadata: AttentionMetadata,
-        out: torch.Tensor,
-    ) -> torch.Tensor:
-        from heron_interfaces import reference
-
-        self.write_kv(key, value, kv_cache, metadata.slot_mapping)
-        return reference.paged_attention(
-            query, kv_cache[0], kv_cache[1], metadata, self.spec.scale, out
-        )
 
 
 class ReferencePlatform(Platform):
@@ -90,8 +45,8 @@ class ReferencePlatform(Platform):
         )
 
     @classmethod
-    def attention_backend(cls) -> type[AttentionBackend]:
-        return ReferenceAttention
+    def attention_backend(cls) -> str:
+        return "heron_interfaces.reference:ReferenceAttention"
 
     @classmethod
     def memory_profiler(cls) -> MemoryProfiler:
