@@ -32,8 +32,11 @@ dummy = "heron_dummy"
 broken = "heron_dummy_broken"
 future = "heron_dummy_future"
 
+[project.entry-points."heron.plugins"]
+dummy_models = "heron_dummy_models"
+
 [tool.setuptools]
-py-modules = ["heron_dummy", "heron_dummy_broken", "heron_dummy_future"]
+py-modules = ["heron_dummy", "heron_dummy_broken", "heron_dummy_future", "heron_dummy_models"]
 """
 
 GOOD = """
@@ -45,6 +48,14 @@ def heron_register_backends(registry):
         name="dummy", api_version=API_VERSION,
         platform="heron.backends.reference:ReferencePlatform", probe=lambda: 1000,
     ))
+"""
+
+MODELS = """
+from heron_interfaces import hookimpl
+
+@hookimpl
+def heron_register_models(registry):
+    registry.register("HeronDummyForCausalLM", "heron.models.llama:LlamaForCausalLM")
 """
 
 BROKEN = "import a_module_that_does_not_exist  # noqa\n"
@@ -67,6 +78,7 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (src / "heron_dummy.py").write_text(GOOD)
     (src / "heron_dummy_broken.py").write_text(BROKEN)
     (src / "heron_dummy_future.py").write_text(FUTURE)
+    (src / "heron_dummy_models.py").write_text(MODELS)
     target = tmp_path_factory.mktemp("dummy_site")
     subprocess.run(
         [
@@ -184,3 +196,17 @@ def test_forced_backend_that_probes_zero_is_explained() -> None:
         host.select_backend("gone")
     with pytest.raises(NoBackendError, match="pip install heron-cpu"):
         host.select_backend()
+
+
+def test_out_of_tree_model_architecture(plugin_path: Path) -> None:
+    code = """
+from heron.models import builtin_registry
+from heron.plugins import load_plugins
+registry = builtin_registry()
+load_plugins().register_models(registry)
+print(registry.resolve(["HeronDummyForCausalLM"]).__name__)
+print("HeronDummyForCausalLM" in registry.supported())
+"""
+    proc = run_heron(plugin_path, code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["LlamaForCausalLM", "True"]
