@@ -142,6 +142,7 @@ def _make_usable(monkeypatch: pytest.MonkeyPatch, name: str, tmp_path: Path) -> 
 def test_probe_scores_a_usable_machine(
     name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    import_backend(name)  # skips, saying so, when the package is not installed
     if importlib.util.find_spec(f"heron_{name}._C") is None:
         pytest.skip(f"heron_{name}._C is not built")
     availability = _make_usable(monkeypatch, name, tmp_path)
@@ -159,6 +160,7 @@ def test_probe_scores_a_usable_machine(
 def test_probe_explains_hidden_devices(
     name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    import_backend(name)  # skips, saying so, when the package is not installed
     if importlib.util.find_spec(f"heron_{name}._C") is None:
         pytest.skip(f"heron_{name}._C is not built")
     availability = _make_usable(monkeypatch, name, tmp_path)
@@ -171,6 +173,7 @@ def test_probe_explains_hidden_devices(
 def test_probe_explains_wrong_torch_build(
     name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    import_backend(name)  # skips, saying so, when the package is not installed
     if importlib.util.find_spec(f"heron_{name}._C") is None:
         pytest.skip(f"heron_{name}._C is not built")
     availability = _make_usable(monkeypatch, name, tmp_path)
