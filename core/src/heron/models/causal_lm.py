@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heron.layers import Linear, rope_parameters
+from heron.layers.linear import cpu_packed_weight, pack_linear_weights, packed_linear
 from heron.models.context import ModelContext
 from heron.models.decoder import DecoderModel, DecoderOptions
 from heron.models.weights import load_checkpoint
@@ -40,6 +41,7 @@ class DecoderForCausalLM(nn.Module):
         self.vocab_size = self.opts.vocab_size
         self.hidden_size = self.opts.hidden_size
         self._check_sliding_window(hf_config)
+        self._packed_logits: torch.Tensor | None = None
         with torch.device(ctx.device):
             self.model = DecoderModel(self.opts, ctx)
             self.lm_head: Linear | None = None
@@ -104,8 +106,20 @@ class DecoderForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits ``[N, vocab_size]`` of the rows of ``hidden`` the sampler needs."""
+        if self._packed_logits is not None:
+            return packed_linear(hidden, self._packed_logits, None).float()
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()
+
+    def prepare_for_inference(self) -> None:
+        """After loading: prepack matmul weights where the device's GEMM library gains from it.
+
+        A tied output projection keeps the embedding table for lookups and packs a copy for
+        the logits matmul (the vocabulary-sized GEMM of every step).
+        """
+        pack_linear_weights(self)
+        if self.lm_head is None:
+            self._packed_logits = cpu_packed_weight(self.model.embed_tokens.weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors; a tied model ignores a checkpoint's ``lm_head.weight``."""

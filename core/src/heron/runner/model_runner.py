@@ -54,6 +54,9 @@ class TorchModelRunner:
     def load_weights(self, weights: Any) -> None:
         with torch.no_grad():
             self.model.load_weights(weights)
+            prepare = getattr(self.model, "prepare_for_inference", None)
+            if prepare is not None:
+                prepare()
 
     def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
         return tuple(
