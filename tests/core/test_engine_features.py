@@ -180,3 +180,23 @@ def test_async_llm_streams_and_aborts(model_dir) -> None:
         asyncio.run(main())
     finally:
         engine.shutdown()
+
+
+def test_generation_config_supplies_defaults_unless_opted_out(tmp_path) -> None:
+    import json
+
+    folder = make_tiny_model_dir(tmp_path, "llama", **KERNEL_FRIENDLY)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config.update({"max_new_tokens": 3, "temperature": 0.0})
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    prompt = "defaults"
+    llm = LLM(str(folder), dtype="float32", block_size=16, max_model_len=256)
+    default = llm.generate(prompt, SamplingParams(ignore_eos=True), use_tqdm=False)[0].outputs[0]
+    assert len(default.token_ids) == 3  # max_new_tokens from the model's generation config
+    explicit = llm.generate(prompt, SamplingParams(ignore_eos=True, max_tokens=6), use_tqdm=False)
+    assert len(explicit[0].outputs[0].token_ids) == 6  # what the user sets wins
+    plain = LLM(
+        str(folder), dtype="float32", block_size=16, max_model_len=256, generation_config="vllm"
+    )
+    out = plain.generate(prompt, SamplingParams(ignore_eos=True), use_tqdm=False)[0].outputs[0]
+    assert len(out.token_ids) == 16  # SamplingParams' own default
