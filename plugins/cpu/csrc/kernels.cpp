@@ -18,6 +18,10 @@
 
 #include "kernels.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>  // always-inline functions only: no symbols shared between variants
+#endif
+
 #ifndef HERON_ISA
 #error "compile with -DHERON_ISA=<variant namespace>"
 #endif
@@ -93,80 +97,222 @@ inline void store_row(const float* src, uint16_t* dst, int64_t n, float mul) {
   for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i] * mul);
 }
 
-// Scores of R query rows against 16 keys of a transposed key tile ([head][block_size] floats):
-// the keys lie along the vector lanes, so no horizontal sums are needed, each key vector loaded is
-// shared by R rows, and P interleaved partial sums over the head dimension hide FMA latency when
-// R is small. Lanes past a sequence's length hold garbage and are ignored by the caller.
-template <int R>
-inline void qk_tile(const float* q, int64_t hd, const float* kt, int64_t bs, float* s) {
-  constexpr int P = R >= 4 ? 1 : 4 / R;
-  float acc[P][R][16];
-  for (int p = 0; p < P; ++p)
-    for (int r = 0; r < R; ++r)
-#pragma omp simd
-      for (int j = 0; j < 16; ++j) acc[p][r][j] = 0.f;
-  for (int64_t d = 0; d < hd; d += P) {
+// ---- Explicit 16-lane vectors -----------------------------------------------------------------
+// GCC's vector extensions lower a 16-float vector to one AVX-512 register, two AVX2 ones or four
+// SSE ones, so the same source is explicit SIMD on every variant (no intrinsics, no per-ISA code)
+// and, unlike `omp simd` loops, keeps scores, accumulators and broadcast operands in registers
+// across the whole block instead of round-tripping them through memory.
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+
+#define HERON_INLINE inline __attribute__((always_inline))
+
+HERON_INLINE v16f load16(const float* p) {
+  v16f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// 16 bf16 values widened to float: a bf16 is the top half of a float's bits. GCC's generic
+// lowering of the widening splits it into halves and reassembles them (four instructions on
+// AVX-512), which was a large share of the score loop, so the x86 variants say what they want.
+HERON_INLINE v16f load16(const uint16_t* p) {
+#if defined(__AVX512BW__)
+  // One permute puts each bf16 in the high half of a 32-bit lane; the mask zeroes the low halves.
+  const __m512i upper = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7,
+                                         0, 6, 0, 5, 0, 4, 0, 3, 0, 2, 0, 1, 0, 0, 0);
+  const __m512i h = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return reinterpret_cast<v16f>(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, upper, h));
+#elif defined(__AVX2__)
+  typedef float v8f __attribute__((vector_size(32)));
+  const __m128i* h = reinterpret_cast<const __m128i*>(p);
+  const v8f lo = reinterpret_cast<v8f>(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h)), 16));
+  const v8f hi =
+      reinterpret_cast<v8f>(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h + 1)), 16));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+  v16h h;
+  std::memcpy(&h, p, sizeof h);
+  return reinterpret_cast<v16f>(__builtin_convertvector(h, v16u) << 16);
+#endif
+}
+
+HERON_INLINE void store16(float* p, v16f v) { std::memcpy(p, &v, sizeof v); }
+
+HERON_INLINE v16f splat(float x) { return v16f{} + x; }
+
+HERON_INLINE v16f vmax(v16f a, v16f b) { return a > b ? a : b; }
+
+HERON_INLINE float hmax(v16f v) {
+  v = vmax(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  v = vmax(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3));
+  v = vmax(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1));
+  v = vmax(v, __builtin_shufflevector(v, v, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0));
+  return v[0];
+}
+
+HERON_INLINE float hsum(v16f v) {
+  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+  v += __builtin_shufflevector(v, v, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
+  return v[0];
+}
+
+// exp_nonpositive on 16 lanes (the same polynomial, so both give identical results).
+HERON_INLINE v16f exp_nonpositive(v16f x) {
+  x = vmax(x, splat(-87.0f));
+  const float shifter = 12582912.0f;
+  const v16f t = x * 1.44269504088896341f + shifter;
+  const v16f n = t - shifter;
+  int32_t shifter_bits;
+  std::memcpy(&shifter_bits, &shifter, sizeof shifter_bits);
+  const v16i n_int = reinterpret_cast<v16i>(t) - shifter_bits;
+  const v16f r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  v16f p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const v16f y = p * r * r + r + 1.0f;
+  return y * reinterpret_cast<v16f>((n_int + 127) << 23);
+}
+
+constexpr v16i kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+// Rows of queries that one pass over a block serves: their scores and accumulators stay in
+// registers (R * P score partials, R * C accumulator vectors), and each key or value vector loaded
+// is shared by all R rows.
+constexpr int kMaxRows = 4;
+
+// Independent FMA chains (16-lane vectors) to keep in flight: 2 FMA ports x 4 cycles of latency
+// need 8+. AVX-512 has 32 registers, so 12 chains of one register each fit with their operands;
+// elsewhere a 16-lane vector takes two (AVX2, 16 registers) or four (SSE) registers, so 6 vectors
+// already make 12+ chains and more would spill.
+#if defined(__AVX512F__)
+constexpr int kChains = 12;
+#else
+constexpr int kChains = 6;
+#endif
+
+// Scores of R rows against keys [j0, j0 + 16) of a transposed key tile ([head][bs]): the keys lie
+// along the lanes, so there are no horizontal sums; P partial sums per row over interleaved head
+// elements keep at least 8 independent FMA chains in flight whatever R is.
+template <int R, typename T>
+HERON_INLINE void qk16(const float* q, int64_t hd, const T* kt, int64_t bs, v16f* s) {
+  // A divisor of 16 (every head size is a multiple of 16).
+  constexpr int P = kChains / R >= 8 ? 8 : kChains / R >= 4 ? 4 : kChains / R >= 2 ? 2 : 1;
+  v16f acc[R][P];
+  for (int r = 0; r < R; ++r)
+    for (int p = 0; p < P; ++p) acc[r][p] = v16f{};
+  for (int64_t d = 0; d < hd; d += P) {  // every head size is a multiple of 16
     for (int p = 0; p < P; ++p) {
-      const float* k = kt + (d + p) * bs;
-      for (int r = 0; r < R; ++r) {
-        const float qv = q[r * hd + d + p];
-#pragma omp simd
-        for (int j = 0; j < 16; ++j) acc[p][r][j] += qv * k[j];
-      }
+      const v16f k = load16(kt + (d + p) * bs);
+      for (int r = 0; r < R; ++r) acc[r][p] += q[r * hd + d + p] * k;
     }
   }
   for (int r = 0; r < R; ++r) {
-#pragma omp simd
-    for (int j = 0; j < 16; ++j) {
-      float sum = 0.f;
-      for (int p = 0; p < P; ++p) sum += acc[p][r][j];
-      s[r * bs + j] = sum;
+    v16f sum = acc[r][0];
+    for (int p = 1; p < P; ++p) sum += acc[r][p];
+    s[r] = sum;
+  }
+}
+
+// acc[r][c0, c0 + 16 * C) = acc * alpha[r] + sum_{j < keys} p[r][j] * v[j][c0, ...) for R rows.
+// Probabilities past a row's visible keys are zero, so rows may share the widest key count.
+template <int R, int C, typename T>
+HERON_INLINE void pv_cols(float* acc, int64_t hd, const float* alpha, const float* p, int64_t bs,
+                          const T* v, int64_t keys, int64_t c0) {
+  v16f a[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) a[r][c] = load16(acc + r * hd + c0 + 16 * c) * alpha[r];
+  for (int64_t j = 0; j < keys; ++j) {
+    v16f vj[C];
+    for (int c = 0; c < C; ++c) vj[c] = load16(v + j * hd + c0 + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const float pj = p[r * bs + j];
+      for (int c = 0; c < C; ++c) a[r][c] += pj * vj[c];
     }
   }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) store16(acc + r * hd + c0 + 16 * c, a[r][c]);
 }
 
-// Scores of rows [r_begin, r_end) against keys [0, keys) of the block, into p[row * bs + key].
-inline void qk_rows(const float* qf, int64_t hd, const float* kt, int64_t bs, int64_t keys,
-                    int64_t r_begin, int64_t r_end, float* p) {
-  for (int64_t j = 0; j < keys; j += 16) {
-    int64_t r = r_begin;
-    for (; r + 4 <= r_end; r += 4) qk_tile<4>(qf + r * hd, hd, kt + j, bs, p + r * bs + j);
-    for (; r + 2 <= r_end; r += 2) qk_tile<2>(qf + r * hd, hd, kt + j, bs, p + r * bs + j);
-    for (; r < r_end; ++r) qk_tile<1>(qf + r * hd, hd, kt + j, bs, p + r * bs + j);
+// One block for R consecutive query rows (online softmax): rows see keys [0, visible[r]) of the
+// block, visible[r] >= 1 and nondecreasing in r. m, l and acc are the rows' running max, running
+// sum and unnormalised output; p is [R][bs] scratch.
+template <int R, typename T>
+HERON_INLINE void block_step(const float* q, int64_t hd, const T* kt, const T* v, int64_t bs,
+                             const int64_t* visible, float* m, float* l, float* acc, float* p) {
+  const int64_t widest = visible[R - 1];
+  float alpha[R];
+  v16f block_max[R];
+  for (int r = 0; r < R; ++r) block_max[r] = splat(kNegInf);
+  for (int64_t j0 = 0; j0 < widest; j0 += 16) {
+    v16f s[R];
+    qk16<R>(q, hd, kt + j0, bs, s);
+    for (int r = 0; r < R; ++r) {
+      // Lanes past the visible keys (causality, or the tile's unused tail, which may hold any
+      // bits) are selected away, never computed with.
+      s[r] = kLane + static_cast<int32_t>(j0) < static_cast<int32_t>(visible[r]) ? s[r]
+                                                                                 : splat(kNegInf);
+      block_max[r] = vmax(block_max[r], s[r]);
+      store16(p + r * bs + j0, s[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const float m_new = maxf(m[r], hmax(block_max[r]));  // finite: visible[r] >= 1
+    alpha[r] = m[r] == kNegInf ? 0.f : exp_nonpositive(m[r] - m_new);
+    m[r] = m_new;
+    v16f sum = v16f{};
+    for (int64_t j0 = 0; j0 < widest; j0 += 16) {
+      const v16f s = load16(p + r * bs + j0);
+      const v16f e = kLane + static_cast<int32_t>(j0) < static_cast<int32_t>(visible[r])
+                         ? exp_nonpositive(s - m_new)
+                         : v16f{};
+      sum += e;
+      store16(p + r * bs + j0, e);
+    }
+    l[r] = l[r] * alpha[r] + hsum(sum);
+  }
+  // Accumulator vectors per row (C * 16 columns per pass over the values).
+  constexpr int C = kChains / R >= 4 ? 4 : kChains / R >= 2 ? 2 : 1;
+  int64_t c0 = 0;
+  for (; c0 + 16 * C <= hd; c0 += 16 * C) pv_cols<R, C>(acc, hd, alpha, p, bs, v, widest, c0);
+  for (; c0 < hd; c0 += 16) pv_cols<R, 1>(acc, hd, alpha, p, bs, v, widest, c0);
+}
+
+template <typename T>
+HERON_INLINE void block_rows_dispatch(int64_t rows, const float* q, int64_t hd, const T* kt,
+                                      const T* v, int64_t bs, const int64_t* visible, float* m,
+                                      float* l, float* acc, float* p) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    block_step<4>(q + r * hd, hd, kt, v, bs, visible + r, m + r, l + r, acc + r * hd, p);
+  switch (rows - r) {
+    case 3:
+      block_step<3>(q + r * hd, hd, kt, v, bs, visible + r, m + r, l + r, acc + r * hd, p);
+      break;
+    case 2:
+      block_step<2>(q + r * hd, hd, kt, v, bs, visible + r, m + r, l + r, acc + r * hd, p);
+      break;
+    case 1:
+      block_step<1>(q + r * hd, hd, kt, v, bs, visible + r, m + r, l + r, acc + r * hd, p);
+      break;
+    default:
+      break;
   }
 }
 
-// acc = acc * alpha + sum_j p[j] * v[j], four value rows per pass over acc.
-inline void rescale_accumulate(float* acc, float alpha, const float* p, const float* v,
-                               int64_t stride, int64_t count, int64_t n) {
-  if (alpha != 1.0f) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) acc[i] *= alpha;
-  }
-  int64_t j = 0;
-  for (; j + 4 <= count; j += 4) {
-    const float p0 = p[j], p1 = p[j + 1], p2 = p[j + 2], p3 = p[j + 3];
-    const float* v0 = v + j * stride;
-    const float* v1 = v0 + stride;
-    const float* v2 = v1 + stride;
-    const float* v3 = v2 + stride;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) acc[i] += p0 * v0[i] + p1 * v1[i] + p2 * v2[i] + p3 * v3[i];
-  }
-  for (; j < count; ++j) {
-    const float pj = p[j];
-    const float* vj = v + j * stride;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) acc[i] += pj * vj[i];
-  }
-}
-
-// A cache block as float rows: float caches are used in place, bf16 ones converted into `buf`.
-inline const float* block_rows(const float* src, float*, int64_t, int64_t) { return src; }
-
-inline const float* block_rows(const uint16_t* src, float* buf, int64_t rows, int64_t head) {
-  load_row(src, buf, rows * head, 1.0f);
-  return buf;
+// Cache lines of a tile worth prefetching: the start of large tiles is enough for the hardware
+// prefetcher to take over the rest; small ones (decode's 2 KiB bf16 tiles) are fetched whole.
+inline void prefetch_tile(const void* tile, int64_t bytes) {
+  const char* c = static_cast<const char*>(tile);
+  const int64_t n = min64(bytes, 4096);
+  for (int64_t i = 0; i < n; i += 64) __builtin_prefetch(c + i, 0, 3);
 }
 
 template <typename T>
@@ -181,7 +327,8 @@ void attend(const AttentionArgs& a, const WorkItem& it, float* scratch) {
   float* l = m + a.max_rows;
   float* kbuf = l + a.max_rows;
   float* vbuf = kbuf + bs * hd;
-  float* p = vbuf + bs * hd;  // scores, then probabilities: [rows][bs]
+  float* p = vbuf + bs * hd;  // [min(rows, kMaxRows)][bs] scores, then probabilities
+  int64_t visible[kMaxRows];  // per row of a pass: the block's keys it sees
 
   const T* query = static_cast<const T*>(a.query);
   const int64_t token0 = a.query_start_loc[it.seq] + it.q_begin;
@@ -205,35 +352,47 @@ void attend(const AttentionArgs& a, const WorkItem& it, float* scratch) {
   const T* key_cache = static_cast<const T*>(a.key_cache);
   const T* value_cache = static_cast<const T*>(a.value_cache);
   const int64_t head_block = bs * hd;
+  const int64_t tile_bytes = head_block * static_cast<int64_t>(sizeof(T));
+  auto tile_offset = [&](int64_t kb) {
+    return (static_cast<int64_t>(table[kb / bs]) * a.num_kv_heads + it.kv_head) * head_block;
+  };
+  // Blocks are scattered over the cache, so the hardware prefetcher cannot see the next one
+  // coming: fetch two blocks ahead, which covers a memory latency at decode's per-block cost.
+  constexpr int64_t kAhead = 2;
+  for (int64_t b = 0; b < kAhead && it.key_begin + b * bs < it.key_end; ++b) {
+    prefetch_tile(key_cache + tile_offset(it.key_begin + b * bs), tile_bytes);
+    prefetch_tile(value_cache + tile_offset(it.key_begin + b * bs), tile_bytes);
+  }
+  // With more than one pass of rows per block (prefill chunks), widen the block to float once
+  // instead of converting it again in every pass.
+  const bool widen = sizeof(T) != sizeof(float) && rows > kMaxRows;
 
   for (int64_t kb = it.key_begin; kb < it.key_end; kb += bs) {
     const int64_t n = min64(bs, it.key_end - kb);
-    const int64_t offset = (static_cast<int64_t>(table[kb / bs]) * a.num_kv_heads + it.kv_head) * head_block;
-    const float* k = block_rows(key_cache + offset, kbuf, bs, hd);  // transposed [hd][bs]
-    const float* v = block_rows(value_cache + offset, vbuf, n, hd);
+    if (kb + kAhead * bs < it.key_end) {
+      const int64_t ahead = tile_offset(kb + kAhead * bs);
+      prefetch_tile(key_cache + ahead, tile_bytes);
+      prefetch_tile(value_cache + ahead, tile_bytes);
+    }
     // Query t sees positions <= pos0 + t; earlier queries may not reach this block at all.
     const int64_t first_t = kb > pos0 ? kb - pos0 : 0;
     if (first_t >= it.q_count) continue;
-    const int64_t widest = min64(n, pos0 + it.q_count - 1 - kb + 1);
-    qk_rows(qf, hd, k, bs, widest, first_t * group, rows, p);
-    for (int64_t t = first_t; t < it.q_count; ++t) {
-      const int64_t visible = min64(n, pos0 + t - kb + 1);
-      for (int64_t g = 0; g < group; ++g) {
-        const int64_t r = t * group + g;
-        float* pr = p + r * bs;
-        float block_max = kNegInf;
-        for (int64_t j = 0; j < visible; ++j) block_max = maxf(block_max, pr[j]);
-        const float m_new = maxf(m[r], block_max);
-        const float alpha = m[r] == kNegInf ? 0.f : exp_nonpositive(m[r] - m_new);
-        float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < visible; ++j) {
-          pr[j] = exp_nonpositive(pr[j] - m_new);
-          sum += pr[j];
-        }
-        l[r] = l[r] * alpha + sum;
-        m[r] = m_new;
-        rescale_accumulate(acc + r * hd, alpha, pr, v, hd, visible, hd);
+    const int64_t offset = tile_offset(kb);
+    const T* kt = key_cache + offset;  // transposed [hd][bs]
+    const T* v = value_cache + offset;  // [bs][hd]
+    if (widen) {
+      load_row(kt, kbuf, bs * hd, 1.0f);
+      load_row(v, vbuf, n * hd, 1.0f);
+    }
+    for (int64_t r0 = first_t * group; r0 < rows; r0 += kMaxRows) {
+      const int64_t count = min64(kMaxRows, rows - r0);
+      for (int64_t i = 0; i < count; ++i) visible[i] = min64(n, pos0 + (r0 + i) / group - kb + 1);
+      if (widen) {
+        block_rows_dispatch(count, qf + r0 * hd, hd, kbuf, vbuf, bs, visible, m + r0, l + r0,
+                            acc + r0 * hd, p);
+      } else {
+        block_rows_dispatch(count, qf + r0 * hd, hd, kt, v, bs, visible, m + r0, l + r0,
+                            acc + r0 * hd, p);
       }
     }
   }
