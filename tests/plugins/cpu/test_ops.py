@@ -86,6 +86,26 @@ def test_ops_compose_with_torch_compile() -> None:
     )
 
 
+def test_backend_forward_traces_the_custom_ops() -> None:
+    """Eager forward skips the custom-op dispatch; under torch.compile it must use the ops.
+
+    With fullgraph=True a call into the pybind module (the eager path) would fail to trace.
+    """
+    inp = _inputs(torch.bfloat16)
+    b = inp["batch"]
+    backend = CpuAttentionBackend(b.scenario.layer_spec())
+
+    def step(out: torch.Tensor, kv_cache: torch.Tensor) -> torch.Tensor:
+        backend.forward(b.query, b.key, b.value, kv_cache, b.metadata, out)
+        return out * 2
+
+    eager = step(torch.zeros_like(inp["out"]), inp["kv_cache"].clone())
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(
+        compiled(torch.zeros_like(inp["out"]), inp["kv_cache"].clone()), eager
+    )
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [

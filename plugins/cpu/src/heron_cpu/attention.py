@@ -10,7 +10,7 @@ wants.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -67,7 +67,7 @@ class CpuAttentionBackend(AttentionBackend):
         kv_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
     ) -> None:
-        ops.write_kv(_rows(key), _rows(value), kv_cache, slot_mapping)
+        _write_kv()(_rows(key), _rows(value), kv_cache, slot_mapping)
 
     def forward(
         self,
@@ -78,8 +78,8 @@ class CpuAttentionBackend(AttentionBackend):
         metadata: AttentionMetadata,
         out: torch.Tensor,
     ) -> torch.Tensor:
-        ops.write_kv(_rows(key), _rows(value), kv_cache, metadata.slot_mapping)
-        ops.paged_attention(
+        _write_kv()(_rows(key), _rows(value), kv_cache, metadata.slot_mapping)
+        _paged_attention()(
             out,
             _rows(query),
             kv_cache,
@@ -90,6 +90,16 @@ class CpuAttentionBackend(AttentionBackend):
             metadata.num_seqs,
         )
         return out
+
+
+# The custom ops are what torch.compile must see (opaque graph nodes); in eager mode their
+# dispatch costs more than a decode step's kernels, so the same checked functions run directly.
+def _write_kv() -> Callable[..., None]:
+    return ops.write_kv if torch.compiler.is_compiling() else ops.write_kv_eager
+
+
+def _paged_attention() -> Callable[..., None]:
+    return ops.paged_attention if torch.compiler.is_compiling() else ops.paged_attention_eager
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,10 @@ tile per (block, KV head). Key tiles are transposed, ``[head_size, block_size]``
 so the kernel scores 16 keys per vector instruction (see csrc/kernels.cpp); value tiles hold the
 same number of elements read row-major as ``[block_size, head_size]``.
 ``CpuAttentionBackend.kv_views`` shows both as ``[num_blocks, block_size, num_kv_heads, head]``.
+
+:func:`write_kv_eager` and :func:`paged_attention_eager` are the same checked calls without the
+custom-op dispatch, which costs tens of microseconds per call (more than the kernels themselves
+on a small decode step); the backend uses them outside of ``torch.compile`` tracing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from heron_cpu.platform import BLOCK_SIZES, HEAD_SIZES
 
 DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.bfloat16: 1}
 
-__all__ = ["BLOCK_SIZES", "DTYPE_CODES", "HEAD_SIZES", "paged_attention", "write_kv"]
+__all__ = [
+    "BLOCK_SIZES",
+    "DTYPE_CODES",
+    "HEAD_SIZES",
+    "paged_attention",
+    "paged_attention_eager",
+    "write_kv",
+    "write_kv_eager",
+]
 
 
 def _check_tensor(
@@ -35,11 +47,11 @@ def _check_tensor(
 ) -> None:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
+    if not t.is_cpu:  # no torch.device object built, unlike t.device.type
         raise ValueError(f"{name} must be on the CPU, got device {t.device}")
     if t.dtype not in dtypes:
         raise ValueError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
-    if t.dim() != ndim:
+    if t.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
     if contiguous and not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
@@ -75,8 +87,7 @@ def _check_tokens(
         raise ValueError(f"{name} has head size {t.shape[2]}, expected {head_size}")
 
 
-@torch.library.custom_op("heron_cpu::write_kv", mutates_args=("kv_cache",), device_types="cpu")
-def write_kv(
+def write_kv_eager(
     key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Store ``key``/``value`` (``[tokens, kv_heads, head]``) at their slots; skip negative ones."""
@@ -97,8 +108,7 @@ def write_kv(
     _C.write_kv(
         key.data_ptr(),
         value.data_ptr(),
-        kv_cache[0].data_ptr(),
-        kv_cache[1].data_ptr(),
+        *_halves(kv_cache),
         slot_mapping.data_ptr(),
         num_tokens,
         num_kv_heads,
@@ -114,8 +124,7 @@ def write_kv(
     )
 
 
-@torch.library.custom_op("heron_cpu::paged_attention", mutates_args=("out",), device_types="cpu")
-def paged_attention(
+def paged_attention_eager(
     out: torch.Tensor,
     query: torch.Tensor,
     kv_cache: torch.Tensor,
@@ -157,8 +166,7 @@ def paged_attention(
     _C.paged_attention(
         out.data_ptr(),
         query.data_ptr(),
-        kv_cache[0].data_ptr(),
-        kv_cache[1].data_ptr(),
+        *_halves(kv_cache),
         query_start_loc.data_ptr(),
         seq_lens.data_ptr(),
         block_tables.data_ptr(),
@@ -179,6 +187,20 @@ def paged_attention(
         DTYPE_CODES[kv_cache.dtype],
         torch.get_num_threads(),
     )
+
+
+def _halves(kv_cache: torch.Tensor) -> tuple[int, int]:
+    """Addresses of the key and value halves (``kv_cache[i].data_ptr()`` without two views)."""
+    start = kv_cache.data_ptr()
+    return start, start + kv_cache.stride(0) * kv_cache.element_size()
+
+
+write_kv = torch.library.custom_op(
+    "heron_cpu::write_kv", mutates_args=("kv_cache",), device_types="cpu"
+)(write_kv_eager)
+paged_attention = torch.library.custom_op(
+    "heron_cpu::paged_attention", mutates_args=("out",), device_types="cpu"
+)(paged_attention_eager)
 
 
 def isa() -> str:
