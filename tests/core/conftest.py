@@ -11,15 +11,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-# Head size 64: the smallest that every backend's kernels accept.
-KERNEL_FRIENDLY = {
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "max_position_embeddings": 512,
-}
-
 
 def installed_backends() -> list[str]:
     names = ["reference"]

@@ -44,6 +44,15 @@ _TINY_DEFAULTS: dict[str, Any] = {
 }
 ARCHS = ("llama", "mistral", "qwen2", "qwen3")
 
+# Overrides for tests that run on every backend: head size 64: the smallest that every backend's kernels accept.
+KERNEL_FRIENDLY = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 512,
+}
+
 
 def build_tokenizer() -> Any:
     """A byte-level BPE tokenizer without merges, special tokens and a ChatML template."""

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import KERNEL_FRIENDLY
-from model_utils import ARCHS, make_tiny_model_dir
+from model_utils import ARCHS, KERNEL_FRIENDLY, make_tiny_model_dir
 
 from heron import LLM, SamplingParams
 

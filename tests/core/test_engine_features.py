@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import KERNEL_FRIENDLY
-from model_utils import make_tiny_model_dir
+from model_utils import KERNEL_FRIENDLY, make_tiny_model_dir
 
 from heron import LLM, AsyncLLM, SamplingParams
 from heron.engine.input_processor import InvalidPromptError, PromptTooLongError

@@ -20,17 +20,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "core"))
 
-from model_utils import make_tiny_model_dir  # tests/core/model_utils.py
-
-# As tests/core/conftest.py's KERNEL_FRIENDLY (that module cannot be imported from a conftest):
-# head size 64, the smallest every backend's kernels accept.
-KERNEL_FRIENDLY = {
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "max_position_embeddings": 512,
-}
+from model_utils import KERNEL_FRIENDLY, make_tiny_model_dir  # tests/core/model_utils.py
 
 API_KEYS = ("test-key-1", "test-key-2")
 SERVED_NAME = "tiny"
