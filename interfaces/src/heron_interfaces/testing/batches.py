@@ -10,6 +10,7 @@ multiplies a masked probability by an unwritten value) turns them into NaN outpu
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -173,6 +174,45 @@ def make_batch(scenario: Scenario) -> Batch:
         num_blocks=num_blocks,
         key_cache=key_cache,
         value_cache=value_cache,
+    )
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``, itself when already there.
+
+    ``Tensor.to`` copies a CPU tensor asked onto ``cpu:0`` although CPU tensors report plain
+    ``cpu``; the suite runs CPU backends on the very tensors the reference reads, without copies.
+    """
+    here = tensor.device
+    if here.type == device.type and (here.index is None or here.index == device.index):
+        return tensor
+    return tensor.to(device)
+
+
+def batch_to(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` with its inputs and metadata tensors on ``device``, as core hands them to a backend.
+
+    The ``*_cpu`` twins of the metadata stay on the CPU. The initial caches stay where they are:
+    a test copies them into a cache of the backend's own layout, allocated on ``device``.
+    """
+    md = batch.metadata
+    metadata = dataclasses.replace(
+        md,
+        query_start_loc=to_device(md.query_start_loc, device),
+        seq_lens=to_device(md.seq_lens, device),
+        block_tables=to_device(md.block_tables, device),
+        slot_mapping=to_device(md.slot_mapping, device),
+        query_start_loc_cpu=(
+            md.query_start_loc if md.query_start_loc_cpu is None else md.query_start_loc_cpu
+        ).cpu(),
+        seq_lens_cpu=(md.seq_lens if md.seq_lens_cpu is None else md.seq_lens_cpu).cpu(),
+    )
+    return dataclasses.replace(
+        batch,
+        query=to_device(batch.query, device),
+        key=to_device(batch.key, device),
+        value=to_device(batch.value, device),
+        metadata=metadata,
     )
 
 

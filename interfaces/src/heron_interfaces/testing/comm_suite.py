@@ -3,6 +3,10 @@
 One pair of spawned processes runs every collective once (starting processes that import torch is
 the slow part) and reports a verdict per collective; each verdict is then its own test, so a broken
 ``reduce_scatter`` does not hide a working ``broadcast``.
+
+Each rank creates its tensors on the platform's device: device ``rank`` when the platform sees at
+least one device per rank, else device 0 for both, which only CPU platforms may share (gloo); an
+accelerator platform with fewer devices than ranks skips the two-process test.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import os
 import tempfile
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from heron_interfaces.platform import Platform
 from heron_interfaces.testing.loader import platform_ref, resolve_ref
+
+if TYPE_CHECKING:
+    import torch
 
 WORLD_SIZE = 2
 COLLECTIVES = (
@@ -90,6 +97,24 @@ def _checks(comm: Any, rank: int, device: Any, default_dtype: Any) -> dict[str, 
     return {name: fn for name, fn in locals().items() if name in COLLECTIVES}
 
 
+def _device_index(platform: type[Platform], rank: int) -> int:
+    """The device index of ``rank``: its own device when there is one per rank, else device 0."""
+    return rank if platform.device_count() >= WORLD_SIZE else 0
+
+
+def multi_process_skip_reason(platform: type[Platform]) -> str | None:
+    """Why the two-process collectives cannot run on this machine; ``None`` when they can."""
+    if platform.device_type == "cpu":
+        return None
+    count = platform.device_count()
+    if count >= WORLD_SIZE:
+        return None
+    return (
+        f"the {WORLD_SIZE}-process collective test needs one {platform.device_type} device per "
+        f"rank ({WORLD_SIZE}); platform {platform.name!r} sees {count}"
+    )
+
+
 def _worker(rank: int, ref: str, init_file: str, results: Any) -> None:
     """Body of one spawned rank: set up the process group, run every check, report verdicts."""
     verdicts: dict[str, str | None] = {}
@@ -100,7 +125,7 @@ def _worker(rank: int, ref: str, init_file: str, results: Any) -> None:
         from heron_interfaces.communicator import CommContext
 
         platform: type[Platform] = resolve_ref(ref)  # type: ignore[assignment]
-        index = rank if platform.device_count() >= WORLD_SIZE else 0
+        index = _device_index(platform, rank)
         platform.set_device(index)
         device = torch.device(platform.device_type, index)
         dist.init_process_group(
@@ -160,8 +185,9 @@ def run_collectives(platform: type[Platform]) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="session")
 def collective_errors(backend_platform: type[Platform]) -> dict[str, list[str]]:
-    if backend_platform.device_type != "cpu" and backend_platform.device_count() < WORLD_SIZE:
-        pytest.skip(f"needs {WORLD_SIZE} {backend_platform.device_type} devices")
+    reason = multi_process_skip_reason(backend_platform)
+    if reason is not None:
+        pytest.skip(reason)
     return run_collectives(backend_platform)
 
 
@@ -173,14 +199,17 @@ def test_collective(collective_errors: dict[str, list[str]], collective: str) ->
     assert not collective_errors[collective], "\n".join(collective_errors[collective])
 
 
-def test_single_process_communicator_is_identity(backend_platform: type[Platform]) -> None:
+def test_single_process_communicator_is_identity(
+    backend_platform: type[Platform], backend_device: torch.device
+) -> None:
     """With world size 1 no process group exists; every collective must return its input."""
     import torch
 
     from heron_interfaces.communicator import CommContext
 
-    comm = backend_platform.communicator(CommContext(world_size=1, rank=0))
-    x = torch.arange(4, dtype=torch.float32)
+    ctx = CommContext(world_size=1, rank=0, device=backend_device)
+    comm = backend_platform.communicator(ctx)
+    x = torch.arange(4, dtype=torch.float32, device=backend_device)
     torch.testing.assert_close(comm.all_reduce(x), x)
     torch.testing.assert_close(comm.all_gather(x, dim=0), x)
     torch.testing.assert_close(comm.reduce_scatter(x, dim=0), x)

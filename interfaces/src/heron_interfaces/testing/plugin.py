@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    import torch
+
     from heron_interfaces.platform import Platform
     from heron_interfaces.registries import BackendSpec
 
@@ -89,6 +91,19 @@ def _heron_selected_backend(
 def backend_platform(_heron_selected_backend: tuple[Any, Any]) -> type[Platform]:
     """The :class:`~heron_interfaces.Platform` class under test; backends may override this."""
     return _heron_selected_backend[0]
+
+
+@pytest.fixture(scope="session")
+def backend_device(backend_platform: type[Platform]) -> torch.device:
+    """Device 0 of the platform under test, made the current device of this process.
+
+    Batches and reference results are built on the CPU; the backend runs on this device and its
+    results are copied back to the CPU to be compared. Follows an overridden ``backend_platform``.
+    """
+    import torch
+
+    backend_platform.set_device(0)
+    return torch.device(backend_platform.device_type, 0)
 
 
 @pytest.fixture(scope="session")
