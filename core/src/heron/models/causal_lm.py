@@ -106,10 +106,11 @@ class DecoderForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits ``[N, vocab_size]`` of the rows of ``hidden`` the sampler needs."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden).float()
         if self._packed_logits is not None:
             return packed_linear(hidden, self._packed_logits, None).float()
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return F.linear(hidden, self.model.embed_tokens.weight).float()
 
     def prepare_for_inference(self) -> None:
         """After loading: prepack matmul weights where the device's GEMM library gains from it.
