@@ -105,6 +105,18 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotated ``(query, key)`` as new contiguous tensors."""
-        cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = self._cos_sin(positions)
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
+
+    def rotate_heads(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Rotate ``[tokens, n, head_size]`` in one pass: query and key heads side by side.
+
+        Half the elementwise calls of :meth:`forward` when q and k sit next to each other in a
+        fused projection, which matters at decode sizes where each call costs more than its math.
+        """
+        cos, sin = self._cos_sin(positions)
+        return self._rotate(heads, cos, sin)
+
+    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
+        return cos.unsqueeze(1), sin.unsqueeze(1)

@@ -95,14 +95,25 @@ class Attention(nn.Module):
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_size)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_size)
-        v = v.reshape(num_tokens, self.num_kv_heads, self.head_size).contiguous()
+        qkv = self.qkv_proj(hidden)
+        v = (
+            qkv[:, self.q_size + self.kv_size :]
+            .reshape(num_tokens, self.num_kv_heads, self.head_size)
+            .contiguous()
+        )
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
-        out = torch.empty_like(q)
+            q, k, _ = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = self.q_norm(q.view(num_tokens, self.num_heads, self.head_size))
+            k = self.k_norm(k.view(num_tokens, self.num_kv_heads, self.head_size))
+            q, k = self.rotary_emb(positions, q, k)
+        else:
+            # q and k are adjacent in the fused projection: rotate them as one set of heads.
+            qk = qkv[:, : self.q_size + self.kv_size].view(
+                num_tokens, self.num_heads + self.num_kv_heads, self.head_size
+            )
+            qk = self.rotary_emb.rotate_heads(positions, qk)
+            q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
+        out = q.new_empty((num_tokens, self.num_heads, self.head_size))
         self.attn.forward(q, k, v, kv_cache, metadata, out)
         return self.o_proj(out.view(num_tokens, self.q_size))
 
