@@ -199,3 +199,23 @@ def test_generation_config_supplies_defaults_unless_opted_out(tmp_path) -> None:
     )
     out = plain.generate(prompt, SamplingParams(ignore_eos=True), use_tqdm=False)[0].outputs[0]
     assert len(out.token_ids) == 16  # SamplingParams' own default
+
+
+def test_prompt_logprobs_survive_chunked_prefill(llm: LLM) -> None:
+    prompt = "Prompt logprobs must not depend on how the prompt is split into chunks."
+    params = SamplingParams(temperature=0, max_tokens=2, prompt_logprobs=1)
+    whole = llm.generate(prompt, params, use_tqdm=False)[0].prompt_logprobs
+    chunked_llm = LLM(
+        str(llm.engine_args.model),
+        dtype="float32",
+        block_size=16,
+        max_model_len=256,
+        max_num_batched_tokens=16,
+    )
+    chunked = chunked_llm.generate(prompt, params, use_tqdm=False)[0].prompt_logprobs
+    assert len(whole) == len(chunked) == len(llm.get_tokenizer()(prompt)["input_ids"])
+    assert whole[0] is None and chunked[0] is None
+    for a, b in zip(whole[1:], chunked[1:]):
+        assert a.keys() == b.keys()
+        for token in a:
+            assert a[token].logprob == pytest.approx(b[token].logprob, abs=1e-5)

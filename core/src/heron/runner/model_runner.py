@@ -11,7 +11,6 @@ import logging
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
 from heron.models.context import ModelContext
@@ -48,7 +47,8 @@ class TorchModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.sampler = Sampler()
         self._generators: dict[str, torch.Generator] = {}
-        self._prompt_logprobs_done: dict[str, int] = {}
+        self._prompt_tail: dict[str, torch.Tensor] = {}
+        """Hidden state of the last prompt position of a chunk, which scores the next chunk's first."""
 
     # -- set-up ----------------------------------------------------------------------------------
     def load_weights(self, weights: Any) -> None:
@@ -142,34 +142,41 @@ class TorchModelRunner:
         row_start: int,
         result: RunnerOutput,
     ) -> None:
-        """Logprobs of prompt tokens predicted in this chunk; each emitted once despite preemption."""
+        """Logprobs of the prompt positions this chunk covers, one entry per position.
+
+        Position ``p`` is scored by the logits at ``p - 1``; for the first position of a later
+        chunk that row was computed in the previous step, so its hidden state is kept until then.
+        Repeats after a preemption are dropped by the scheduler, which owns that state.
+        """
         request = s.request
-        num_prompt = request.num_prompt_tokens
-        done = self._prompt_logprobs_done.get(request.request_id, 0)
-        # Position p predicts token p + 1: this chunk covers targets start+1 .. end (exclusive of P).
-        first_target = max(s.start + 1, done, 1)
-        last_target = min(s.start + s.num_new_tokens, num_prompt - 1)
-        entries: list = []
-        if done == 0 and s.start == 0:
-            entries.append(None)
-            done = 1
-        if last_target >= first_target:
-            rows = np.arange(first_target - 1, last_target) - s.start + row_start
-            logits = self.model.compute_logits(hidden[torch.from_numpy(rows).to(self.device)])
-            targets = torch.tensor(
-                request.prompt_token_ids[first_target : last_target + 1], device=self.device
-            )
-            entries.extend(compute_prompt_logprobs(logits, targets, k))
-            done = last_target + 1
-        if entries:
-            self._prompt_logprobs_done[request.request_id] = done
-            result.prompt_logprobs[request.request_id] = entries
+        rid = request.request_id
+        start = s.start
+        end = min(start + s.num_new_tokens, request.num_prompt_tokens)
+        if start >= end:
+            return
+        first = max(start, 1)
+        # This step's rows score positions start+1 .. end-1.
+        rows = hidden[row_start : row_start + end - 1 - start]
+        if start > 0:
+            previous = self._prompt_tail.pop(rid, None)
+            if previous is None:
+                raise RuntimeError(
+                    f"request {rid}: the hidden state before position {start} is lost"
+                )
+            rows = torch.cat([previous.unsqueeze(0), rows])
+        entries: list = [None] if start == 0 else []
+        if end > first:
+            targets = torch.tensor(request.prompt_token_ids[first:end], device=self.device)
+            entries.extend(compute_prompt_logprobs(self.model.compute_logits(rows), targets, k))
+        if end < request.num_prompt_tokens:
+            self._prompt_tail[rid] = hidden[row_start + end - 1 - start].clone()
+        result.prompt_logprobs[rid] = entries
 
     def release(self, request_ids: list[str]) -> None:
         """Forget per-request state of finished requests."""
         for rid in request_ids:
             self._generators.pop(rid, None)
-            self._prompt_logprobs_done.pop(rid, None)
+            self._prompt_tail.pop(rid, None)
 
 
 def _resolve(ref: Any) -> Any:
