@@ -219,3 +219,16 @@ def test_prompt_logprobs_survive_chunked_prefill(llm: LLM) -> None:
         assert a.keys() == b.keys()
         for token in a:
             assert a[token].logprob == pytest.approx(b[token].logprob, abs=1e-5)
+
+
+def test_backend_that_cannot_run_the_model_is_named(tmp_path, monkeypatch) -> None:
+    import importlib.util
+
+    from heron.engine.engine_core import EngineConfigError
+
+    if importlib.util.find_spec("heron_cpu") is None:
+        pytest.skip("needs heron-cpu, whose kernels have a fixed set of head sizes")
+    folder = make_tiny_model_dir(tmp_path, "llama")  # head size 16
+    monkeypatch.setenv("HERON_BACKEND", "cpu")
+    with pytest.raises(EngineConfigError, match=r"head size 16.*HERON_BACKEND"):
+        LLM(str(folder), dtype="float32")

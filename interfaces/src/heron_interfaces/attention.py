@@ -88,9 +88,17 @@ class AttentionBackend(ABC):
         return None
 
     @classmethod
+    def supported_dtypes(cls) -> Sequence[str] | None:
+        """torch dtype names of queries and KV cache the kernels accept; ``None`` means any."""
+        return None
+
+    @classmethod
     def check_support(cls, spec: AttentionLayerSpec) -> list[str]:
         """Reasons this backend cannot run ``spec``; empty means it can."""
         reasons = []
+        dtypes = cls.supported_dtypes()
+        if dtypes is not None and spec.dtype not in dtypes:
+            reasons.append(f"dtype {spec.dtype} is not one of {list(dtypes)}")
         if spec.block_size not in cls.supported_block_sizes():
             reasons.append(
                 f"block_size {spec.block_size} is not one of {list(cls.supported_block_sizes())}"

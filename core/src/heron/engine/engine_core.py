@@ -18,6 +18,7 @@ from heron.engine.kv_sizing import KVPlan, plan_kv_cache
 from heron.engine.request import Request, RequestStatus
 from heron.kv.kv_cache_manager import KVCacheManager
 from heron.loader import ModelSource, load_model_source
+from heron.models.decoder import UnsupportedAttentionError
 from heron.models.registry import builtin_registry
 from heron.plugins import PluginHost, load_plugins, select_platform
 from heron.runner.model_runner import TorchModelRunner
@@ -51,15 +52,20 @@ class EngineCore:
         registry = builtin_registry()
         host.register_models(registry)
         model_cls = registry.resolve(list(getattr(hf_config, "architectures", None) or []))
-        self._check_attention_support(hf_config)
 
-        self.runner = TorchModelRunner(
-            platform=self.platform,
-            model_cls=model_cls,
-            hf_config=hf_config,
-            dtype=self.dtype,
-            block_size=self.block_size,
-        )
+        try:
+            self.runner = TorchModelRunner(
+                platform=self.platform,
+                model_cls=model_cls,
+                hf_config=hf_config,
+                dtype=self.dtype,
+                block_size=self.block_size,
+            )
+        except UnsupportedAttentionError as exc:
+            raise EngineConfigError(
+                f"backend {self.platform.name!r}: {exc}. Choose another backend with "
+                "HERON_BACKEND (e.g. HERON_BACKEND=reference)."
+            ) from exc
         self.runner.load_weights(self.source.weights())
         self.kv_plan = self._plan_kv_cache()
         self.runner.init_kv_cache(self.kv_plan.num_blocks)
@@ -123,28 +129,6 @@ class EngineCore:
                 f"choose one of {sorted(caps.block_sizes)}"
             )
         return size
-
-    def _check_attention_support(self, hf_config: Any) -> None:
-        """Fail at start-up, naming the backend and the reasons, when its kernels cannot run the model."""
-        from heron.plugins import resolve_reference
-        from heron_interfaces import AttentionLayerSpec
-
-        heads = int(hf_config.num_attention_heads)
-        head_size = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
-        spec = AttentionLayerSpec(
-            num_heads=heads,
-            num_kv_heads=int(getattr(hf_config, "num_key_value_heads", None) or heads),
-            head_size=int(head_size),
-            scale=float(head_size) ** -0.5,
-            block_size=self.block_size,
-            dtype=_dtype_name(self.dtype),
-        )
-        reasons = resolve_reference(self.platform.attention_backend()).check_support(spec)
-        if reasons:
-            raise EngineConfigError(
-                f"backend {self.platform.name!r} cannot run this model: {'; '.join(reasons)}. "
-                "Choose another backend with HERON_BACKEND (e.g. HERON_BACKEND=reference)."
-            )
 
     @staticmethod
     def _resolve_max_model_len(requested: int | None, hf_config: Any) -> int:

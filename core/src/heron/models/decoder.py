@@ -41,6 +41,10 @@ class DecoderOptions:
     tie_word_embeddings: bool
 
 
+class UnsupportedAttentionError(ValueError):
+    """The platform's attention kernels cannot run a layer of this model (head size, dtype, ...)."""
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -80,7 +84,7 @@ class Attention(nn.Module):
         )
         reasons = ctx.attention_cls.check_support(spec)
         if reasons:
-            raise ValueError(
+            raise UnsupportedAttentionError(
                 f"attention backend {ctx.attention_cls.name!r} cannot run this model: "
                 + "; ".join(reasons)
             )

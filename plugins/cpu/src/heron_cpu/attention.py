@@ -40,11 +40,8 @@ class CpuAttentionBackend(AttentionBackend):
         return ops.HEAD_SIZES
 
     @classmethod
-    def check_support(cls, spec: AttentionLayerSpec) -> list[str]:
-        reasons = super().check_support(spec)
-        if spec.dtype not in ("float32", "bfloat16"):
-            reasons.append(f"dtype {spec.dtype} is not float32 or bfloat16")
-        return reasons
+    def supported_dtypes(cls) -> tuple[str, ...]:
+        return ("float32", "bfloat16")
 
     @classmethod
     def kv_cache_shape(

@@ -51,11 +51,8 @@ class GpuAttentionBackend(AttentionBackend):
         return tuple(_C.HEAD_SIZES)
 
     @classmethod
-    def check_support(cls, spec: AttentionLayerSpec) -> list[str]:
-        reasons = super().check_support(spec)
-        if spec.dtype not in SUPPORTED_DTYPES:
-            reasons.append(f"dtype {spec.dtype} is not one of {list(SUPPORTED_DTYPES)}")
-        return reasons
+    def supported_dtypes(cls) -> tuple[str, ...]:
+        return SUPPORTED_DTYPES
 
     @classmethod
     def kv_cache_shape(
