@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -116,8 +117,6 @@ def _plugins() -> int:
         status = "loaded" if p.loaded else f"SKIPPED: {p.error}"
         print(f"  {p.name:<12} {p.group:<15} {p.dist_name} {p.dist_version}  {status}")
     try:
-        import os
-
         selected = host.select_backend(os.environ.get("HERON_BACKEND") or None).name
         error = None
     except NoBackendError as exc:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from heron.models.context import ModelContext
+from heron.plugins import resolve_reference
 from heron.runner.input_batch import StepInputs, build_step_inputs
 from heron.runner.sampler import Sampler, SamplingBatch, SamplingRow, compute_prompt_logprobs
 from heron.sched.output import RunnerOutput, ScheduledRequest, SchedulerOutput
@@ -36,7 +37,7 @@ class TorchModelRunner:
         self.device = torch.device(platform.device_type)
         self.dtype = dtype
         self.block_size = block_size
-        self.attention_cls: type[AttentionBackend] = _resolve(platform.attention_backend())
+        self.attention_cls: type[AttentionBackend] = resolve_reference(platform.attention_backend())
         ctx = ModelContext(
             dtype=dtype, device=self.device, attention_cls=self.attention_cls, block_size=block_size
         )
@@ -177,9 +178,3 @@ class TorchModelRunner:
         for rid in request_ids:
             self._generators.pop(rid, None)
             self._prompt_tail.pop(rid, None)
-
-
-def _resolve(ref: Any) -> Any:
-    from heron.plugins import resolve_reference
-
-    return resolve_reference(ref)
