@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from heron_interfaces.attention import AttentionBackend
     from heron_interfaces.communicator import CommContext, Communicator
+    from heron_interfaces.kernel_ops import KernelOps
     from heron_interfaces.memory import MemoryProfiler
 
 
@@ -77,6 +78,15 @@ class Platform(ABC):
     @abstractmethod
     def attention_backend(cls) -> type[AttentionBackend] | str:
         """The :class:`AttentionBackend` subclass (or lazy ``"pkg.mod:Class"`` reference)."""
+
+    @classmethod
+    def kernel_ops(cls) -> type[KernelOps] | str:
+        """The :class:`~heron_interfaces.kernel_ops.KernelOps` subclass (or lazy reference).
+
+        The default is the plain-torch reference, right for any device torch drives; a backend
+        overrides it to ship fused norm/rotary/activation kernels or its own small-batch GEMM.
+        """
+        return "heron_interfaces.kernel_ops:KernelOps"
 
     @classmethod
     def communicator(cls, ctx: CommContext) -> Communicator:

@@ -22,6 +22,9 @@
 namespace py = pybind11;
 using heron_cpu::AttentionArgs;
 using heron_cpu::DType;
+using heron_cpu::RmsNormArgs;
+using heron_cpu::RotaryArgs;
+using heron_cpu::SiluAndMulArgs;
 using heron_cpu::WorkItem;
 using heron_cpu::WriteKvArgs;
 
@@ -31,6 +34,9 @@ struct Variant {
   const char* name;
   void (*write_kv)(const WriteKvArgs&);
   void (*paged_attention)(const AttentionArgs&);
+  void (*rms_norm)(const RmsNormArgs&);
+  void (*silu_and_mul)(const SiluAndMulArgs&);
+  void (*rotary)(const RotaryArgs&);
   bool (*supported)();
 };
 
@@ -56,10 +62,13 @@ bool always() { return true; }
 // Best first.
 const Variant kVariants[] = {
 #if defined(HERON_CPU_X86_VARIANTS)
-    {"avx512", heron_cpu::avx512::write_kv, heron_cpu::avx512::paged_attention, avx512_supported},
-    {"avx2", heron_cpu::avx2::write_kv, heron_cpu::avx2::paged_attention, avx2_supported},
+    {"avx512", heron_cpu::avx512::write_kv, heron_cpu::avx512::paged_attention,
+     heron_cpu::avx512::rms_norm, heron_cpu::avx512::silu_and_mul, heron_cpu::avx512::rotary, avx512_supported},
+    {"avx2", heron_cpu::avx2::write_kv, heron_cpu::avx2::paged_attention,
+     heron_cpu::avx2::rms_norm, heron_cpu::avx2::silu_and_mul, heron_cpu::avx2::rotary, avx2_supported},
 #endif
-    {"portable", heron_cpu::portable::write_kv, heron_cpu::portable::paged_attention, always},
+    {"portable", heron_cpu::portable::write_kv, heron_cpu::portable::paged_attention,
+     heron_cpu::portable::rms_norm, heron_cpu::portable::silu_and_mul, heron_cpu::portable::rotary, always},
 };
 
 // The process-wide choice: the CPU does not change while the process runs; tests switch it.
@@ -248,6 +257,47 @@ void paged_attention(uintptr_t out, uintptr_t query, uintptr_t key_cache, uintpt
   g_active->paged_attention(args);
 }
 
+// The fused per-token kernels: the Python wrappers (heron_cpu/kernel_ops.py) check dtypes and
+// shapes; positions are checked here because they index the cache.
+void rms_norm(uintptr_t x, uintptr_t residual, uintptr_t weight, uintptr_t out,
+              uintptr_t residual_out, int64_t rows, int64_t hidden, int64_t x_stride,
+              int64_t residual_stride, double eps, int dtype, int num_threads) {
+  const RmsNormArgs args{ptr<void>(x), ptr<void>(residual), ptr<void>(weight),
+                         reinterpret_cast<void*>(out), reinterpret_cast<void*>(residual_out),
+                         rows, hidden, x_stride, residual_stride, static_cast<float>(eps),
+                         to_dtype(dtype), num_threads > 0 ? num_threads : 1};
+  py::gil_scoped_release release;
+  g_active->rms_norm(args);
+}
+
+void silu_and_mul(uintptr_t x, uintptr_t out, int64_t rows, int64_t width, int64_t x_stride,
+                  int dtype, int num_threads) {
+  const SiluAndMulArgs args{ptr<void>(x), reinterpret_cast<void*>(out), rows, width, x_stride,
+                            to_dtype(dtype), num_threads > 0 ? num_threads : 1};
+  py::gil_scoped_release release;
+  g_active->silu_and_mul(args);
+}
+
+void rotary(uintptr_t heads, uintptr_t cos_sin_cache, uintptr_t positions, uintptr_t out,
+            int64_t num_tokens, int64_t num_heads, int64_t head_size, int64_t rotary_dim,
+            int64_t max_position, int64_t token_stride, int64_t head_stride, int dtype,
+            int num_threads) {
+  const int64_t* pos = ptr<int64_t>(positions);
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    if (pos[t] < 0 || pos[t] >= max_position) {
+      throw py::value_error("positions[" + std::to_string(t) + "] = " + std::to_string(pos[t]) +
+                            " is outside the rotary cache's [0, " + std::to_string(max_position) +
+                            ")");
+    }
+  }
+  const RotaryArgs args{ptr<void>(heads), ptr<void>(cos_sin_cache), pos,
+                        reinterpret_cast<void*>(out), num_tokens, num_heads, head_size,
+                        rotary_dim, token_stride, head_stride, to_dtype(dtype),
+                        num_threads > 0 ? num_threads : 1};
+  py::gil_scoped_release release;
+  g_active->rotary(args);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -261,4 +311,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("max_threads", [] { return omp_get_max_threads(); }, "OpenMP's default thread count.");
   m.def("write_kv", &write_kv);
   m.def("paged_attention", &paged_attention);
+  m.def("rms_norm", &rms_norm);
+  m.def("silu_and_mul", &silu_and_mul);
+  m.def("rotary", &rotary);
 }

@@ -80,10 +80,52 @@ inline int64_t attention_scratch_floats(int64_t max_rows, int64_t head_size, int
          max_rows * block_size + 64;
 }
 
+// Fused per-token kernels (elementwise.cpp). Rows have a row stride in elements and a contiguous
+// last dimension; outputs are contiguous and preallocated.
+//
+// RMSNorm of x (or of x + residual, which is also written to residual_out when residual is set).
+struct RmsNormArgs {
+  const void* x;
+  const void* residual;  // nullable
+  const void* weight;    // [hidden]
+  void* out;             // [rows, hidden]
+  void* residual_out;    // [rows, hidden]; used only with residual
+  int64_t rows, hidden;
+  int64_t x_stride, residual_stride;
+  float eps;
+  DType dtype;
+  int num_threads;
+};
+
+// out[r] = silu(x[r, :width]) * x[r, width:].
+struct SiluAndMulArgs {
+  const void* x;  // [rows, 2 * width]
+  void* out;      // [rows, width]
+  int64_t rows, width, x_stride;
+  DType dtype;
+  int num_threads;
+};
+
+// GPT-NeoX rotary embedding of heads [tokens, heads, head_size] (strided tokens and heads) by
+// positions (checked to lie inside the cache by the caller) into out [tokens, heads, head_size].
+struct RotaryArgs {
+  const void* heads;
+  const void* cos_sin_cache;  // [max_position, rotary_dim]: cos then sin
+  const int64_t* positions;
+  void* out;
+  int64_t num_tokens, num_heads, head_size, rotary_dim;
+  int64_t token_stride, head_stride;
+  DType dtype;
+  int num_threads;
+};
+
 #define HERON_CPU_DECLARE_VARIANT(isa)                  \
   namespace isa {                                       \
   void write_kv(const WriteKvArgs& args);               \
   void paged_attention(const AttentionArgs& args);      \
+  void rms_norm(const RmsNormArgs& args);               \
+  void silu_and_mul(const SiluAndMulArgs& args);        \
+  void rotary(const RotaryArgs& args);                  \
   }
 
 HERON_CPU_DECLARE_VARIANT(portable)

@@ -88,11 +88,13 @@ class EngineCore:
         torch.manual_seed(args.seed)
         self.platform.seed(args.seed)
         logger.info(
-            "Model %s (%s) on %s: dtype %s, max_model_len %d, block size %d, prefix caching %s, "
-            "token budget %d per step, up to %d sequences",
+            "Model %s (%s) on %s (kernels: attention %s, other %s): dtype %s, max_model_len %d, "
+            "block size %d, prefix caching %s, token budget %d per step, up to %d sequences",
             self.source.name,
             model_cls.__name__,
             self.platform.name,
+            self.runner.attention_cls.name,
+            self.runner.kernel_ops.name,
             _dtype_name(self.dtype),
             self.max_model_len,
             self.block_size,

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Rows per matmul the packed layout is tuned for: a decode step of a busy batch.
-PACK_BATCH_HINT = 64
+from heron_interfaces.kernel_ops import KernelOps
 
 
 def copy_weight(param: torch.Tensor, loaded: torch.Tensor, name: str) -> None:
@@ -28,33 +27,13 @@ def copy_weight(param: torch.Tensor, loaded: torch.Tensor, name: str) -> None:
         param.copy_(loaded)
 
 
-def cpu_packed_weight(weight: torch.Tensor) -> torch.Tensor | None:
-    """The oneDNN-prepacked copy of a bfloat16 CPU weight, or ``None`` where it does not apply.
-
-    oneDNN's bf16 GEMM reorders the weight into a blocked layout on every call; doing it once at
-    load makes decode-sized matmuls ~1.5x faster with bit-identical results.
-    """
-    if (
-        weight.device.type != "cpu"
-        or weight.dtype != torch.bfloat16
-        or not torch.backends.mkldnn.is_available()
-        or not torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    ):
-        return None
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_BATCH_HINT)
-
-
-def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
-def pack_linear_weights(model: nn.Module) -> int:
-    """Prepack every :class:`Linear` of ``model`` that benefits; returns how many were packed."""
+def prepare_linear_weights(model: nn.Module) -> int:
+    """Hand every :class:`Linear` of ``model`` to its kernels' ``prepare_linear``; returns how many."""
     count = 0
     for module in model.modules():
         if isinstance(module, Linear):
-            module.pack_for_inference()
-            count += "_packed" in module.__dict__
+            module.prepare_for_inference()
+            count += 1
     return count
 
 
@@ -66,9 +45,16 @@ class Linear(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, *, bias: bool, dtype: torch.dtype
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool,
+        dtype: torch.dtype,
+        ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
+        self.ops = ops or KernelOps()
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(
@@ -81,24 +67,18 @@ class Linear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self.__dict__.get("_packed")
-        if packed is not None:
-            return packed_linear(x, packed, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        prepared = self.__dict__.get("_prepared")
+        if prepared is None:
+            return F.linear(x, self.weight, self.bias)
+        return self.ops.linear(x, prepared, self.bias)
 
-    def pack_for_inference(self) -> None:
-        """Swap the weight for the CPU GEMM library's prepacked layout, once, after loading.
+    def prepare_for_inference(self) -> None:
+        """Let the platform's kernels lay the loaded weight out for their GEMM, once.
 
-        Packing is what the matmul would otherwise redo on every call; the original weight is
-        dropped so the model does not hold two copies. Only where :func:`cpu_packed_weight` says
-        the layout helps; otherwise nothing changes.
+        Doing it per call (what a GEMM library does for an unprepared weight) costs more than the
+        matmul itself at decode sizes. Until this runs, the layer is a plain ``F.linear``.
         """
-        packed = cpu_packed_weight(self.weight)
-        if packed is None:
-            return
-        del self.weight
-        self.register_buffer("packed_weight", packed, persistent=False)
-        self.__dict__["_packed"] = packed
+        self.__dict__["_prepared"] = self.ops.prepare_linear(self.weight)
 
 
 class FusedLinear(Linear):
@@ -114,8 +94,9 @@ class FusedLinear(Linear):
         *,
         bias: bool,
         dtype: torch.dtype,
+        ops: KernelOps | None = None,
     ) -> None:
-        super().__init__(in_features, sum(output_sizes), bias=bias, dtype=dtype)
+        super().__init__(in_features, sum(output_sizes), bias=bias, dtype=dtype, ops=ops)
         self.output_sizes = tuple(output_sizes)
         offsets = [0]
         for size in self.output_sizes:

@@ -3,7 +3,8 @@
 The cos/sin table for every position up to the model's maximum is computed once at build time,
 in float32 (as ``transformers`` does) and stored in the model dtype; each step only gathers the
 rows of its tokens' positions. That is why tokens of many sequences can be flattened together:
-each token carries its own position.
+each token carries its own position. The rotation itself is the platform's
+:meth:`~heron_interfaces.kernel_ops.KernelOps.rotary`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from heron_interfaces.kernel_ops import KernelOps
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -69,8 +72,10 @@ class RotaryEmbedding(nn.Module):
         max_position: int,
         params: dict[str, Any],
         dtype: torch.dtype,
+        ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
+        self.ops = ops or KernelOps()
         rope_type = params.get("rope_type", "default")
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise ValueError(
@@ -93,30 +98,16 @@ class RotaryEmbedding(nn.Module):
         cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype)
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
-        x1, x2 = rot.chunk(2, dim=-1)
-        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        if rest.shape[-1] == 0:
-            return rotated
-        return torch.cat([rotated, rest], dim=-1)
-
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotated ``(query, key)`` as new contiguous tensors."""
-        cos, sin = self._cos_sin(positions)
-        return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
+        return self.rotate_heads(positions, query), self.rotate_heads(positions, key)
 
     def rotate_heads(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
-        """Rotate ``[tokens, n, head_size]`` in one pass: query and key heads side by side.
+        """Rotate ``[tokens, n, head_size]`` in one call: query and key heads side by side.
 
-        Half the elementwise calls of :meth:`forward` when q and k sit next to each other in a
-        fused projection, which matters at decode sizes where each call costs more than its math.
+        Half the calls of :meth:`forward` when q and k sit next to each other in a fused
+        projection, which matters at decode sizes where each call costs more than its math.
         """
-        cos, sin = self._cos_sin(positions)
-        return self._rotate(heads, cos, sin)
-
-    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
-        return cos.unsqueeze(1), sin.unsqueeze(1)
+        return self.ops.rotary(positions, heads, self.cos_sin_cache)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heron.layers import Linear, rope_parameters
-from heron.layers.linear import cpu_packed_weight, pack_linear_weights, packed_linear
+from heron.layers.linear import prepare_linear_weights
 from heron.models.context import ModelContext
 from heron.models.decoder import DecoderModel, DecoderOptions
 from heron.models.weights import load_checkpoint
@@ -41,13 +41,17 @@ class DecoderForCausalLM(nn.Module):
         self.vocab_size = self.opts.vocab_size
         self.hidden_size = self.opts.hidden_size
         self._check_sliding_window(hf_config)
-        self._packed_logits: torch.Tensor | None = None
+        self._logits_weight: Any = None
         with torch.device(ctx.device):
             self.model = DecoderModel(self.opts, ctx)
             self.lm_head: Linear | None = None
             if not self.opts.tie_word_embeddings:
                 self.lm_head = Linear(
-                    self.opts.hidden_size, self.opts.vocab_size, bias=False, dtype=ctx.dtype
+                    self.opts.hidden_size,
+                    self.opts.vocab_size,
+                    bias=False,
+                    dtype=ctx.dtype,
+                    ops=ctx.ops,
                 )
 
     @classmethod
@@ -108,19 +112,19 @@ class DecoderForCausalLM(nn.Module):
         """Float32 logits ``[N, vocab_size]`` of the rows of ``hidden`` the sampler needs."""
         if self.lm_head is not None:
             return self.lm_head(hidden).float()
-        if self._packed_logits is not None:
-            return packed_linear(hidden, self._packed_logits, None).float()
+        if self._logits_weight is not None:
+            return self.ctx.ops.linear(hidden, self._logits_weight, None).float()
         return F.linear(hidden, self.model.embed_tokens.weight).float()
 
     def prepare_for_inference(self) -> None:
-        """After loading: prepack matmul weights where the device's GEMM library gains from it.
+        """After loading: let the platform's kernels prepare every matmul weight (prepacking).
 
-        A tied output projection keeps the embedding table for lookups and packs a copy for
-        the logits matmul (the vocabulary-sized GEMM of every step).
+        A tied output projection keeps the embedding table for lookups and prepares it a second
+        time for the logits matmul (the vocabulary-sized GEMM of every step).
         """
-        pack_linear_weights(self)
+        prepare_linear_weights(self)
         if self.lm_head is None:
-            self._packed_logits = cpu_packed_weight(self.model.embed_tokens.weight)
+            self._logits_weight = self.ctx.ops.prepare_linear(self.model.embed_tokens.weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors; a tied model ignores a checkpoint's ``lm_head.weight``."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from heron_interfaces import AttentionBackend
+from heron_interfaces.kernel_ops import KernelOps
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -18,9 +19,12 @@ class ModelContext:
         device: device the parameters are created on (directly, without a CPU copy first).
         attention_cls: the selected backend's attention class; one instance per layer.
         block_size: KV cache block size, part of each layer's :class:`AttentionLayerSpec`.
+        ops: the platform's kernels for matmuls, norms, rotary and activations (shared by all
+            layers); the plain-torch reference unless the backend ships its own.
     """
 
     dtype: torch.dtype
     device: torch.device
     attention_cls: type[AttentionBackend]
     block_size: int
+    ops: KernelOps = field(default_factory=KernelOps)

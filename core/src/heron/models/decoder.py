@@ -66,13 +66,16 @@ class Attention(nn.Module):
             [self.q_size, self.kv_size, self.kv_size],
             bias=opts.qkv_bias,
             dtype=ctx.dtype,
+            ops=ctx.ops,
         )
-        self.o_proj = Linear(self.q_size, opts.hidden_size, bias=opts.o_bias, dtype=ctx.dtype)
+        self.o_proj = Linear(
+            self.q_size, opts.hidden_size, bias=opts.o_bias, dtype=ctx.dtype, ops=ctx.ops
+        )
         self.q_norm: RMSNorm | None = None
         self.k_norm: RMSNorm | None = None
         if opts.qk_norm:
-            self.q_norm = RMSNorm(opts.head_size, opts.rms_norm_eps, dtype=ctx.dtype)
-            self.k_norm = RMSNorm(opts.head_size, opts.rms_norm_eps, dtype=ctx.dtype)
+            self.q_norm = RMSNorm(opts.head_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops)
+            self.k_norm = RMSNorm(opts.head_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops)
         self.rotary_emb = rotary_emb
         spec = AttentionLayerSpec(
             num_heads=opts.num_heads,
@@ -132,11 +135,16 @@ class MLP(nn.Module):
             [opts.intermediate_size, opts.intermediate_size],
             bias=opts.mlp_bias,
             dtype=ctx.dtype,
+            ops=ctx.ops,
         )
         self.down_proj = Linear(
-            opts.intermediate_size, opts.hidden_size, bias=opts.mlp_bias, dtype=ctx.dtype
+            opts.intermediate_size,
+            opts.hidden_size,
+            bias=opts.mlp_bias,
+            dtype=ctx.dtype,
+            ops=ctx.ops,
         )
-        self.act = SiluAndMul()
+        self.act = SiluAndMul(ctx.ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -154,10 +162,12 @@ class DecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.layer_index = layer_index
-        self.input_layernorm = RMSNorm(opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype)
+        self.input_layernorm = RMSNorm(
+            opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops
+        )
         self.self_attn = Attention(opts, ctx, rotary_emb)
         self.post_attention_layernorm = RMSNorm(
-            opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype
+            opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops
         )
         self.mlp = MLP(opts, ctx)
 
@@ -205,11 +215,12 @@ class DecoderModel(nn.Module):
             max_position=opts.max_position,
             params=opts.rope,
             dtype=ctx.dtype,
+            ops=ctx.ops,
         )
         self.layers = nn.ModuleList(
             DecoderLayer(opts, ctx, i, rotary_emb) for i in range(opts.num_layers)
         )
-        self.norm = RMSNorm(opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype)
+        self.norm = RMSNorm(opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops)
 
     def forward(
         self,

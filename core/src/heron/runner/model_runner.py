@@ -19,6 +19,7 @@ from heron.runner.input_batch import StepInputs, build_step_inputs
 from heron.runner.sampler import Sampler, SamplingBatch, SamplingRow, compute_prompt_logprobs
 from heron.sched.output import RunnerOutput, ScheduledRequest, SchedulerOutput
 from heron_interfaces import AttentionBackend, Platform
+from heron_interfaces.kernel_ops import KernelOps
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,13 @@ class TorchModelRunner:
         self.dtype = dtype
         self.block_size = block_size
         self.attention_cls: type[AttentionBackend] = resolve_reference(platform.attention_backend())
+        self.kernel_ops: KernelOps = resolve_reference(platform.kernel_ops())()
         ctx = ModelContext(
-            dtype=dtype, device=self.device, attention_cls=self.attention_cls, block_size=block_size
+            dtype=dtype,
+            device=self.device,
+            attention_cls=self.attention_cls,
+            block_size=block_size,
+            ops=self.kernel_ops,
         )
         with torch.device(self.device):
             self.model = model_cls(hf_config, ctx)

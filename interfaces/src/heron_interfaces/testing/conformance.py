@@ -23,6 +23,14 @@ from heron_interfaces.testing.comm_suite import (
     test_collective,
     test_single_process_communicator_is_identity,
 )
+from heron_interfaces.testing.kernel_ops_suite import (
+    kernel_ops,
+    reference_ops,
+    test_linear_matches_reference,
+    test_rms_norm_matches_reference,
+    test_rotary_matches_reference,
+    test_silu_and_mul_matches_reference,
+)
 from heron_interfaces.testing.memory_suite import (
     profiler,
     test_peak_follows_allocation_and_resets,
@@ -39,7 +47,9 @@ __all__ = [
     "attention_backend_cls",
     "capabilities",
     "collective_errors",
+    "kernel_ops",
     "profiler",
+    "reference_ops",
     "test_attention_backend_agrees_with_capabilities",
     "test_backend_spec",
     "test_capabilities_are_consistent",
@@ -50,8 +60,12 @@ __all__ = [
     "test_forward_matches_reference",
     "test_forward_strided_qkv",
     "test_kv_cache_layout",
+    "test_linear_matches_reference",
     "test_peak_follows_allocation_and_resets",
     "test_platform_identity",
+    "test_rms_norm_matches_reference",
+    "test_rotary_matches_reference",
+    "test_silu_and_mul_matches_reference",
     "test_single_process_communicator_is_identity",
     "test_snapshot_is_sane",
     "test_write_kv_matches_reference",

@@ -9,6 +9,7 @@ from heron_interfaces import Capabilities, CommContext, Communicator, MemoryProf
 
 if TYPE_CHECKING:
     from heron_interfaces import AttentionBackend
+    from heron_interfaces.kernel_ops import KernelOps
 
 BLOCK_SIZES = (16, 32, 64, 128)
 HEAD_SIZES = (64, 80, 96, 128, 256)
@@ -44,6 +45,10 @@ class CpuPlatform(Platform):
     @classmethod
     def attention_backend(cls) -> type[AttentionBackend] | str:
         return "heron_cpu.attention:CpuAttentionBackend"
+
+    @classmethod
+    def kernel_ops(cls) -> type[KernelOps] | str:
+        return "heron_cpu.kernel_ops:CpuKernelOps"
 
     @classmethod
     def communicator(cls, ctx: CommContext) -> Communicator:

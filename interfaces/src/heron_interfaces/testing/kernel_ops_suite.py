@@ -1,0 +1,162 @@
+"""Conformance tests of a platform's :class:`~heron_interfaces.kernel_ops.KernelOps`.
+
+Each op runs on the backend's device and is compared, on the CPU, with the plain-torch reference
+(the base class). Elementwise ops must round where the reference rounds, so in the model dtype
+nearly every element is bit-identical (a summation order may move a rare element by one unit in
+the last place); matmuls may accumulate in another order and are compared with a tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from heron_interfaces.testing.loader import resolve_ref
+
+if TYPE_CHECKING:
+    import torch
+
+    from heron_interfaces.kernel_ops import KernelOps
+    from heron_interfaces.platform import Capabilities, Platform
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@pytest.fixture(scope="session")
+def kernel_ops(backend_platform: type[Platform]) -> KernelOps:
+    from heron_interfaces.kernel_ops import KernelOps
+
+    ops = resolve_ref(backend_platform.kernel_ops())()
+    assert isinstance(ops, KernelOps), f"kernel_ops() gave {type(ops).__name__}, not a KernelOps"
+    return ops
+
+
+@pytest.fixture(scope="session")
+def reference_ops() -> KernelOps:
+    """The plain-torch reference every backend's ops are compared with."""
+    from heron_interfaces.kernel_ops import KernelOps
+
+    return KernelOps()
+
+
+def _dtype(caps: Capabilities, name: str) -> torch.dtype:
+    import torch
+
+    if name not in caps.dtypes:
+        pytest.skip(f"the platform does not declare dtype {name} (declares {caps.dtypes})")
+    return getattr(torch, name)
+
+
+def _assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Nearly all elements identical, the rest within one unit in the last place."""
+    import torch
+
+    actual = actual.cpu()
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, what
+    tol = {torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}[expected.dtype]
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol, msg=what)
+    if expected.dtype != torch.float32:
+        same = (actual == expected).float().mean().item()
+        assert same >= 0.999, f"{what}: only {same:.2%} of elements equal the reference"
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("rows", [1, 5, 64])
+def test_rms_norm_matches_reference(
+    kernel_ops: KernelOps,
+    reference_ops: KernelOps,
+    capabilities: Capabilities,
+    backend_device,
+    dtype_name: str,
+    rows: int,
+) -> None:
+    import torch
+
+    dtype = _dtype(capabilities, dtype_name)
+    gen = torch.Generator().manual_seed(rows)
+    # Rows strided inside a wider tensor, as a slice of a fused projection would be.
+    wide = (torch.randn(rows, 640, generator=gen) * 3).to(dtype)
+    x, residual = wide[:, :576], torch.randn(rows, 576, generator=gen).to(dtype)
+    weight = torch.randn(576, generator=gen).to(dtype)
+    dev = backend_device
+    out = kernel_ops.rms_norm(x.to(dev), weight.to(dev), 1e-5)
+    _assert_matches(out, reference_ops.rms_norm(x, weight, 1e-5), "rms_norm")
+    normed, summed = kernel_ops.add_rms_norm(x.to(dev), residual.to(dev), weight.to(dev), 1e-6)
+    ref_normed, ref_summed = reference_ops.add_rms_norm(x, residual, weight, 1e-6)
+    _assert_matches(summed, ref_summed, "add_rms_norm residual")
+    _assert_matches(normed, ref_normed, "add_rms_norm")
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("rows", [1, 7, 64])
+def test_silu_and_mul_matches_reference(
+    kernel_ops: KernelOps,
+    reference_ops: KernelOps,
+    capabilities: Capabilities,
+    backend_device,
+    dtype_name: str,
+    rows: int,
+) -> None:
+    import torch
+
+    dtype = _dtype(capabilities, dtype_name)
+    gen = torch.Generator().manual_seed(rows)
+    x = (torch.randn(rows, 2 * 1536 + 8, generator=gen) * 4).to(dtype)[:, : 2 * 1536]
+    x[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0]).to(dtype)  # exp's clamps and signed zero
+    out = kernel_ops.silu_and_mul(x.to(backend_device))
+    _assert_matches(out, reference_ops.silu_and_mul(x), "silu_and_mul")
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("rotary_dim", [64, 32])
+def test_rotary_matches_reference(
+    kernel_ops: KernelOps,
+    reference_ops: KernelOps,
+    capabilities: Capabilities,
+    backend_device,
+    dtype_name: str,
+    rotary_dim: int,
+) -> None:
+    import torch
+
+    dtype = _dtype(capabilities, dtype_name)
+    gen = torch.Generator().manual_seed(rotary_dim)
+    tokens, q_heads, kv_heads, head_size = 37, 9, 3, 64
+    # q and k heads viewed inside a fused q/k/v projection: strided tokens.
+    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_size, generator=gen).to(dtype)
+    heads = qkv[:, : (q_heads + kv_heads) * head_size].view(tokens, q_heads + kv_heads, head_size)
+    angles = torch.rand(4096, rotary_dim // 2, generator=gen) * 6.3
+    cache = torch.cat([angles.cos(), angles.sin()], dim=-1).to(dtype)
+    positions = torch.randint(0, 4096, (tokens,), generator=gen)
+    dev = backend_device
+    out = kernel_ops.rotary(positions.to(dev), heads.to(dev), cache.to(dev))
+    _assert_matches(out, reference_ops.rotary(positions, heads, cache), "rotary")
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("rows", [1, 3, 8, 64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_matches_reference(
+    kernel_ops: KernelOps,
+    capabilities: Capabilities,
+    backend_device,
+    dtype_name: str,
+    rows: int,
+    bias: bool,
+) -> None:
+    """Prepared once, then called with any row count (decode steps and prefill chunks)."""
+    import torch
+
+    dtype = _dtype(capabilities, dtype_name)
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(200, 96, generator=gen).to(dtype)
+    b = torch.randn(200, generator=gen).to(dtype) if bias else None
+    x = torch.randn(rows, 96, generator=gen).to(dtype)
+    dev = backend_device
+    prepared = kernel_ops.prepare_linear(weight.to(dev))
+    out = kernel_ops.linear(x.to(dev), prepared, None if b is None else b.to(dev)).cpu()
+    expected = x.double() @ weight.double().T + (0 if b is None else b.double())
+    assert out.shape == (rows, 200) and out.dtype == dtype
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol * 10)

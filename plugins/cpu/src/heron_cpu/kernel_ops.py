@@ -1,0 +1,154 @@
+"""The CPU backend's :class:`KernelOps`: fused per-token kernels and the matmul paths.
+
+- Matmuls: bfloat16 weights are prepacked once into oneDNN's blocked layout (oneDNN would
+  reorder them on every call otherwise); decode steps with only a few rows go to heron-cpu's own
+  GEMV kernel instead, which streams the plain weight at close to the memory bandwidth where
+  oneDNN's small-M path does not (see :mod:`heron_cpu.gemv`).
+- RMSNorm (+ residual add), SiLU-and-mul and rotary embedding: one compiled call each instead of
+  half a dozen torch calls, rounding where the torch reference rounds (csrc/elementwise.cpp).
+
+Anything these kernels do not cover (other dtypes, odd layouts) falls back to the torch reference
+of the base class, so the ops are always correct and only sometimes fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+try:  # TEMP until gemv lands
+    from heron_cpu import gemv
+except ImportError:
+    gemv = None
+from heron_cpu._kernels import _C
+from heron_interfaces.kernel_ops import KernelOps
+
+_DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.bfloat16: 1}
+
+# Rows per matmul oneDNN's packed layout is tuned for: a decode step of a busy batch.
+PACK_BATCH_HINT = 64
+
+
+def onednn_bf16_available() -> bool:
+    """Whether torch's oneDNN can run (and prepack for) bfloat16 GEMMs on this CPU."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedLinear:
+    """A bfloat16 weight in both layouts: plain for the GEMV kernel, packed for oneDNN."""
+
+    weight: torch.Tensor
+    packed: torch.Tensor | None
+
+
+def _rows_ok(x: torch.Tensor) -> bool:
+    """A 2-D CPU tensor of a kernel dtype whose rows are contiguous (any row stride)."""
+    return x.dim() == 2 and x.dtype in _DTYPE_CODES and x.stride(1) == 1 and x.is_cpu
+
+
+class CpuKernelOps(KernelOps):
+    name = "heron-cpu"
+
+    def __init__(self) -> None:
+        self._onednn = onednn_bf16_available()
+        self._gemv_rows = gemv.MAX_ROWS if gemv is not None and gemv.available() else 0
+
+    # -- matmuls ---------------------------------------------------------------------------------
+    def prepare_linear(self, weight: torch.Tensor) -> Any:
+        if weight.dtype != torch.bfloat16 or not weight.is_cpu:
+            return weight
+        weight = weight.detach().contiguous()
+        packed = (
+            torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT)
+            if self._onednn
+            else None
+        )
+        return PreparedLinear(weight, packed)
+
+    def linear(self, x: torch.Tensor, prepared: Any, bias: torch.Tensor | None) -> torch.Tensor:
+        if not isinstance(prepared, PreparedLinear):
+            return F.linear(x, prepared, bias)
+        if x.dim() == 2 and x.shape[0] <= self._gemv_rows:
+            return gemv.linear_small(x, prepared.weight, bias)
+        if prepared.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, prepared.packed, bias, "none", [], "")
+        return F.linear(x, prepared.weight, bias)
+
+    # -- normalisation ---------------------------------------------------------------------------
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if not (_rows_ok(x) and weight.dtype == x.dtype and weight.is_contiguous()):
+            return super().rms_norm(x, weight, eps)
+        rows, hidden = x.shape
+        out = torch.empty((rows, hidden), dtype=x.dtype)
+        _C.rms_norm(
+            x.data_ptr(), 0, weight.data_ptr(), out.data_ptr(), 0, rows, hidden,
+            x.stride(0), 0, eps, _DTYPE_CODES[x.dtype], torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not (
+            _rows_ok(x)
+            and _rows_ok(residual)
+            and residual.shape == x.shape
+            and residual.dtype == x.dtype == weight.dtype
+            and weight.is_contiguous()
+        ):
+            return super().add_rms_norm(x, residual, weight, eps)
+        rows, hidden = x.shape
+        out = torch.empty((rows, hidden), dtype=x.dtype)
+        summed = torch.empty((rows, hidden), dtype=x.dtype)
+        _C.rms_norm(
+            x.data_ptr(), residual.data_ptr(), weight.data_ptr(), out.data_ptr(), summed.data_ptr(),
+            rows, hidden, x.stride(0), residual.stride(0), eps, _DTYPE_CODES[x.dtype],
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return out, summed
+
+    # -- activation ------------------------------------------------------------------------------
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        if not _rows_ok(x) or x.shape[1] % 2:
+            return super().silu_and_mul(x)
+        rows, width = x.shape[0], x.shape[1] // 2
+        out = torch.empty((rows, width), dtype=x.dtype)
+        _C.silu_and_mul(
+            x.data_ptr(), out.data_ptr(), rows, width, x.stride(0), _DTYPE_CODES[x.dtype],
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+    # -- rotary embedding ------------------------------------------------------------------------
+    def rotary(
+        self, positions: torch.Tensor, heads: torch.Tensor, cos_sin_cache: torch.Tensor
+    ) -> torch.Tensor:
+        if not (
+            heads.dim() == 3
+            and heads.dtype in _DTYPE_CODES
+            and heads.stride(2) == 1
+            and heads.is_cpu
+            and cos_sin_cache.dtype == heads.dtype
+            and cos_sin_cache.is_contiguous()
+            and cos_sin_cache.shape[1] % 2 == 0
+            and cos_sin_cache.shape[1] <= heads.shape[2]
+            and positions.dtype == torch.int64
+            and positions.is_contiguous()
+            and positions.shape[0] == heads.shape[0]
+        ):
+            return super().rotary(positions, heads, cos_sin_cache)
+        tokens, num_heads, head_size = heads.shape
+        out = torch.empty((tokens, num_heads, head_size), dtype=heads.dtype)
+        _C.rotary(
+            heads.data_ptr(), cos_sin_cache.data_ptr(), positions.data_ptr(), out.data_ptr(),
+            tokens, num_heads, head_size, cos_sin_cache.shape[1], cos_sin_cache.shape[0],
+            heads.stride(0), heads.stride(1), _DTYPE_CODES[heads.dtype], torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+
+__all__ = ["CpuKernelOps", "PreparedLinear", "onednn_bf16_available"]
