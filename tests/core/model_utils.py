@@ -16,6 +16,7 @@ import torch
 
 from heron.models import ModelContext
 from heron_interfaces import AttentionBackend, AttentionMetadata
+from heron_interfaces.kernel_ops import KernelOps
 from heron_interfaces.reference import ReferenceAttention
 
 CHATML_TEMPLATE = (
@@ -134,10 +135,15 @@ def make_context(
     dtype: torch.dtype = torch.float32,
     block_size: int = 4,
     attention_cls: type[AttentionBackend] = ReferenceAttention,
+    ops: KernelOps | None = None,
 ) -> ModelContext:
     """A CPU :class:`ModelContext`; small blocks so that short prompts span several blocks."""
     return ModelContext(
-        dtype=dtype, device=torch.device("cpu"), attention_cls=attention_cls, block_size=block_size
+        dtype=dtype,
+        device=torch.device("cpu"),
+        attention_cls=attention_cls,
+        block_size=block_size,
+        ops=ops or KernelOps(),
     )
 
 
