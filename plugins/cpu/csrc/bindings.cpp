@@ -300,6 +300,9 @@ void rotary(uintptr_t heads, uintptr_t cos_sin_cache, uintptr_t positions, uintp
 
 }  // namespace
 
+// Small-batch bf16 linear (gemv_bindings.cpp).
+void heron_cpu_register_gemv(py::module_& m);
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Heron CPU kernels (no libtorch): raw pointers in, caller-allocated outputs written.";
   g_active = best_variant();
@@ -314,4 +317,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("rms_norm", &rms_norm);
   m.def("silu_and_mul", &silu_and_mul);
   m.def("rotary", &rotary);
+  heron_cpu_register_gemv(m);
 }

@@ -19,10 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-try:  # TEMP until gemv lands
-    from heron_cpu import gemv
-except ImportError:
-    gemv = None
+from heron_cpu import gemv
 from heron_cpu._kernels import _C
 from heron_interfaces.kernel_ops import KernelOps
 
@@ -55,7 +52,7 @@ class CpuKernelOps(KernelOps):
 
     def __init__(self) -> None:
         self._onednn = onednn_bf16_available()
-        self._gemv_rows = gemv.MAX_ROWS if gemv is not None and gemv.available() else 0
+        self._gemv_rows = gemv.MAX_ROWS if gemv.available() else 0
 
     # -- matmuls ---------------------------------------------------------------------------------
     def prepare_linear(self, weight: torch.Tensor) -> Any:

@@ -1,0 +1,59 @@
+// pybind11 bindings of the small-batch bf16 linear kernel (gemv.cpp), registered into
+// heron_cpu._C by bindings.cpp. Like the other bindings: raw data pointers (uintptr_t) and sizes
+// in, the caller's output written; the Python wrapper (heron_cpu/gemv.py) checks the tensors.
+// This runs ~120 times per decode step, so the binding only checks the integers it is given.
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "gemv.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using heron_cpu::gemv::GemvArgs;
+using heron_cpu::gemv::Path;
+
+void linear_bf16(uintptr_t out, uintptr_t x, uintptr_t weight, uintptr_t bias, int64_t m, int64_t n,
+                 int64_t k, int64_t x_stride, int num_threads, int path) {
+  if (m < 0 || n < 0 || k < 0) throw py::value_error("linear_bf16: negative size");
+  if (m > 1 && x_stride < k) throw py::value_error("linear_bf16: x rows overlap (stride < k)");
+  if (path < static_cast<int>(Path::kAuto) || path > static_cast<int>(Path::kPortable)) {
+    throw py::value_error("linear_bf16: unknown path " + std::to_string(path));
+  }
+  const GemvArgs args{reinterpret_cast<uint16_t*>(out),
+                      reinterpret_cast<const uint16_t*>(x),
+                      reinterpret_cast<const uint16_t*>(weight),
+                      reinterpret_cast<const uint16_t*>(bias),
+                      m,
+                      n,
+                      k,
+                      x_stride,
+                      n,
+                      num_threads > 0 ? num_threads : 1};
+  py::gil_scoped_release release;
+  heron_cpu::gemv::linear_bf16(args, static_cast<Path>(path));
+}
+
+py::dict gemv_paths() {
+  py::dict paths;
+  paths["avx512_bf16"] = heron_cpu::gemv::avx512_bf16_supported();
+  paths["amx"] = heron_cpu::gemv::amx_supported();
+  paths["portable"] = true;
+  return paths;
+}
+
+}  // namespace
+
+void heron_cpu_register_gemv(py::module_& m) {
+  m.def("linear_bf16", &linear_bf16, py::arg("out"), py::arg("x"), py::arg("weight"),
+        py::arg("bias"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("x_stride"),
+        py::arg("num_threads"), py::arg("path"),
+        "out[m, n] = x[m, k] @ weight[n, k]^T (+ bias[n]) in bf16 with fp32 accumulation; bias 0 = "
+        "none; path 0 auto, 1 AVX512-BF16, 2 AMX, 3 portable (unsupported ones fall back).");
+  m.def("gemv_paths", &gemv_paths,
+        "Which linear_bf16 paths this CPU runs (asking Linux for the AMX tile state once).");
+}
