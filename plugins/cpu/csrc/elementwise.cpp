@@ -15,9 +15,9 @@
 #include <omp.h>
 
 #include <cmath>
-#include <cstring>
 
 #include "kernels.h"
+#include "scalar_math.h"
 
 #ifndef HERON_ISA
 #error "compile with -DHERON_ISA=<variant namespace>"
@@ -28,21 +28,7 @@ namespace HERON_ISA {
 namespace {
 
 inline float to_float(float x) { return x; }
-inline float to_float(uint16_t x) {
-  const uint32_t bits = static_cast<uint32_t>(x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-// Round to nearest even, NaNs kept quiet; branch-free so the loops vectorise.
-inline uint16_t float_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
-  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-}
+inline float to_float(uint16_t x) { return bf16_to_float(x); }
 
 // What a torch op with output dtype T stores for the float result x.
 inline float round_as(float x, const float*) { return x; }
@@ -50,34 +36,6 @@ inline float round_as(float x, const uint16_t*) { return to_float(float_to_bf16(
 
 inline void store(float* p, float x) { *p = x; }
 inline void store(uint16_t* p, float x) { *p = float_to_bf16(x); }
-
-// exp(x) to about 2 ulp for x in [-87, 88] (clamped outside), in plain arithmetic so that `omp
-// simd` loops vectorise it (libm's expf is a scalar call). Cephes' polynomial.
-inline float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float t = x * 1.44269504088896341f + shifter;
-  const float n = t - shifter;
-  int32_t t_bits, shifter_bits;
-  std::memcpy(&t_bits, &t, sizeof t_bits);
-  std::memcpy(&shifter_bits, &shifter, sizeof shifter_bits);
-  const int32_t n_int = t_bits - shifter_bits;
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  // 2^n in two halves so that n = 128 (x near 88) does not overflow the exponent field.
-  const int32_t half = n_int / 2;
-  const int32_t b1 = (half + 127) << 23, b2 = (n_int - half + 127) << 23;
-  float s1, s2;
-  std::memcpy(&s1, &b1, sizeof s1);
-  std::memcpy(&s2, &b2, sizeof s2);
-  return y * s1 * s2;
-}
 
 // Element counts below which waking the thread team costs more than the loop.
 constexpr int64_t kParallelElements = int64_t{1} << 16;
@@ -133,7 +91,7 @@ void silu_and_mul_impl(const SiluAndMulArgs& a) {
 #pragma omp simd
     for (int64_t i = 0; i < d; ++i) {
       const float g = to_float(gate[i]);
-      const float silu = round_as(g / (1.0f + exp_approx(-g)), o);
+      const float silu = round_as(g / (1.0f + exp_clamped(-g)), o);
       store(o + i, silu * to_float(up[i]));
     }
   }

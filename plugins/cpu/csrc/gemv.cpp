@@ -31,6 +31,7 @@
 // standard-library template is used: see the note at the top of kernels.cpp about weak symbols.
 
 #include "gemv.h"
+#include "scalar_math.h"
 
 #include <omp.h>
 
@@ -79,25 +80,6 @@ constexpr int64_t kTileK = 32;
 // microsecond, what a second thread saves on a cold 64 KiB weight (measured: 36 KiB 4.8 us on one
 // thread, 5.6 us on two; 126 KiB 10.6 us and 9.2 us).
 constexpr int64_t kMinParallelBytes = int64_t{64} << 10;
-
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-inline float bf16_to_float(uint16_t x) {
-  const uint32_t bits = static_cast<uint32_t>(x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-// Round to nearest even, keeping NaNs quiet: the same rule as float_to_bf16 in kernels.cpp (and
-// torch's). Not vcvtneps2bf16, which would also flush denormal results to zero.
-inline uint16_t float_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
-  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-}
 
 // out[m0 + i, n0 + r] = sums[i * row_stride + r * col_stride] + bias[n0 + r], rounded to bf16.
 inline void store_sums(const GemvArgs& a, int64_t n0, int64_t rows, int64_t m0, int64_t x_rows,

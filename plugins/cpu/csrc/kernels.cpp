@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "scalar_math.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>  // always-inline functions only: no symbols shared between variants
@@ -32,50 +33,7 @@ namespace {
 
 constexpr float kNegInf = -__builtin_inff();
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline float maxf(float a, float b) { return a > b ? a : b; }
-
-inline float bf16_to_float(uint16_t x) {
-  const uint32_t bits = static_cast<uint32_t>(x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-// Round to nearest even, keeping NaNs quiet; branch-free so that loops over it vectorise.
-inline uint16_t float_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
-  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-}
-
-// exp(x) for x <= 0 to about 2 ulp, in plain arithmetic so that `omp simd` loops vectorise it on
-// every variant (libm's expf would be a scalar call). Cephes' polynomial; 2^n built in the exponent.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float t = x * 1.44269504088896341f + shifter;
-  const float n = t - shifter;
-  int32_t t_bits;
-  std::memcpy(&t_bits, &t, sizeof t_bits);
-  int32_t shifter_bits;
-  std::memcpy(&shifter_bits, &shifter, sizeof shifter_bits);
-  const int32_t n_int = t_bits - shifter_bits;
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t scale_bits = (n_int + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &scale_bits, sizeof scale);
-  return y * scale;
-}
 
 inline void load_row(const float* src, float* dst, int64_t n, float mul) {
 #pragma omp simd
@@ -161,7 +119,8 @@ HERON_INLINE float hsum(v16f v) {
   return v[0];
 }
 
-// exp_nonpositive on 16 lanes (the same polynomial, so both give identical results).
+// exp_clamped (scalar_math.h) for x <= 0 on 16 lanes: the same polynomial, so both give identical
+// results.
 HERON_INLINE v16f exp_nonpositive(v16f x) {
   x = vmax(x, splat(-87.0f));
   const float shifter = 12582912.0f;
@@ -265,7 +224,7 @@ HERON_INLINE void block_step(const float* q, int64_t hd, const T* kt, const T* v
   }
   for (int r = 0; r < R; ++r) {
     const float m_new = maxf(m[r], hmax(block_max[r]));  // finite: visible[r] >= 1
-    alpha[r] = m[r] == kNegInf ? 0.f : exp_nonpositive(m[r] - m_new);
+    alpha[r] = m[r] == kNegInf ? 0.f : exp_clamped(m[r] - m_new);
     m[r] = m_new;
     v16f sum = v16f{};
     for (int64_t j0 = 0; j0 < widest; j0 += 16) {
@@ -436,7 +395,7 @@ void combine(const AttentionArgs& a, const WorkItem* parts, float* scratch) {
       const float* partial = a.partials + parts[i].partial_offset;
       const float m_i = partial[rows * hd + r];
       if (m_i == kNegInf) continue;  // this part held no visible key for the row
-      const float w = exp_nonpositive(m_i - m_max);
+      const float w = exp_clamped(m_i - m_max);
       total += partial[rows * hd + rows + r] * w;
       const float* src = partial + r * hd;
 #pragma omp simd

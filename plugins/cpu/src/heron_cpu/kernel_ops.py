@@ -21,9 +21,8 @@ import torch.nn.functional as F
 
 from heron_cpu import gemv
 from heron_cpu._kernels import _C
+from heron_cpu.ops import DTYPE_CODES
 from heron_interfaces.kernel_ops import KernelOps
-
-_DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.bfloat16: 1}
 
 # Rows per matmul oneDNN's packed layout is tuned for: a decode step of a busy batch.
 PACK_BATCH_HINT = 64
@@ -44,7 +43,7 @@ class PreparedLinear:
 
 def _rows_ok(x: torch.Tensor) -> bool:
     """A 2-D CPU tensor of a kernel dtype whose rows are contiguous (any row stride)."""
-    return x.dim() == 2 and x.dtype in _DTYPE_CODES and x.stride(1) == 1 and x.is_cpu
+    return x.dim() == 2 and x.dtype in DTYPE_CODES and x.stride(1) == 1 and x.is_cpu
 
 
 class CpuKernelOps(KernelOps):
@@ -83,7 +82,7 @@ class CpuKernelOps(KernelOps):
         out = torch.empty((rows, hidden), dtype=x.dtype)
         _C.rms_norm(
             x.data_ptr(), 0, weight.data_ptr(), out.data_ptr(), 0, rows, hidden,
-            x.stride(0), 0, eps, _DTYPE_CODES[x.dtype], torch.get_num_threads(),
+            x.stride(0), 0, eps, DTYPE_CODES[x.dtype], torch.get_num_threads(),
         )  # fmt: skip
         return out
 
@@ -103,7 +102,7 @@ class CpuKernelOps(KernelOps):
         summed = torch.empty((rows, hidden), dtype=x.dtype)
         _C.rms_norm(
             x.data_ptr(), residual.data_ptr(), weight.data_ptr(), out.data_ptr(), summed.data_ptr(),
-            rows, hidden, x.stride(0), residual.stride(0), eps, _DTYPE_CODES[x.dtype],
+            rows, hidden, x.stride(0), residual.stride(0), eps, DTYPE_CODES[x.dtype],
             torch.get_num_threads(),
         )  # fmt: skip
         return out, summed
@@ -115,7 +114,7 @@ class CpuKernelOps(KernelOps):
         rows, width = x.shape[0], x.shape[1] // 2
         out = torch.empty((rows, width), dtype=x.dtype)
         _C.silu_and_mul(
-            x.data_ptr(), out.data_ptr(), rows, width, x.stride(0), _DTYPE_CODES[x.dtype],
+            x.data_ptr(), out.data_ptr(), rows, width, x.stride(0), DTYPE_CODES[x.dtype],
             torch.get_num_threads(),
         )  # fmt: skip
         return out
@@ -126,7 +125,7 @@ class CpuKernelOps(KernelOps):
     ) -> torch.Tensor:
         if not (
             heads.dim() == 3
-            and heads.dtype in _DTYPE_CODES
+            and heads.dtype in DTYPE_CODES
             and heads.stride(2) == 1
             and heads.is_cpu
             and cos_sin_cache.dtype == heads.dtype
@@ -143,7 +142,7 @@ class CpuKernelOps(KernelOps):
         _C.rotary(
             heads.data_ptr(), cos_sin_cache.data_ptr(), positions.data_ptr(), out.data_ptr(),
             tokens, num_heads, head_size, cos_sin_cache.shape[1], cos_sin_cache.shape[0],
-            heads.stride(0), heads.stride(1), _DTYPE_CODES[heads.dtype], torch.get_num_threads(),
+            heads.stride(0), heads.stride(1), DTYPE_CODES[heads.dtype], torch.get_num_threads(),
         )  # fmt: skip
         return out
 
