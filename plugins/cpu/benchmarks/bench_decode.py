@@ -1,12 +1,13 @@
 """Per-call timings of the CPU kernels on a decode step shaped like SmolLM2-135M's.
 
 64 sequences, one new token each, contexts of 100-350 tokens; 9 query heads over 3 KV heads of
-size 64, block size 16, bfloat16. Each sequence's blocks are scattered over a cache of 8000 blocks
+size 64, block size 16 (``--block-size``), bfloat16. Each sequence's blocks are scattered over a cache of 8000 blocks
 and the calls rotate over several layers' caches and several batches (more bytes than the
 last-level cache holds), so
 the KV memory is cold as it is in the engine rather than all sequences sharing a few hot blocks.
 
     python plugins/cpu/benchmarks/bench_decode.py [--repeats 5] [--threads N] [--prefill]
+        [--block-size 16|32|64|128]
 
 Prints the minimum over repeats of the mean per-call time (the machine may be shared: the minimum
 is the least disturbed measurement).
@@ -24,8 +25,11 @@ from heron_cpu import ops
 from heron_cpu.attention import CpuAttentionBackend
 from heron_interfaces import AttentionLayerSpec, AttentionMetadata
 
-NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE = 9, 3, 64, 16
-NUM_BLOCKS, NUM_LAYERS, NUM_SEQS = 8000, 8, 64
+NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE = 9, 3, 64
+NUM_LAYERS, NUM_SEQS = 8, 64
+CACHE_TOKENS = 128_000  # per layer cache, whatever the block size
+BLOCK_SIZE = 16  # --block-size sets it
+NUM_BLOCKS = CACHE_TOKENS // BLOCK_SIZE
 # Batches over disjoint blocks: calls cycle over NUM_LAYERS caches x NUM_BATCHES batches, whose
 # KV bytes (~500 MB) are more than the last-level cache holds.
 NUM_BATCHES = 5
@@ -114,12 +118,15 @@ def _time(fn, calls: int, repeats: int) -> float:
 
 
 def main() -> None:
+    global BLOCK_SIZE, NUM_BLOCKS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--prefill", action="store_true", help="also time 64 x 32-token chunks")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--block-size", type=int, default=16, choices=ops.BLOCK_SIZES)
     args = parser.parse_args()
+    BLOCK_SIZE, NUM_BLOCKS = args.block_size, CACHE_TOKENS // args.block_size
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
@@ -134,7 +141,7 @@ def main() -> None:
         dtype="bfloat16",
     )
     backend = CpuAttentionBackend(spec)
-    print(f"isa={ops.isa()} threads={torch.get_num_threads()}")
+    print(f"isa={ops.isa()} threads={torch.get_num_threads()} block_size={BLOCK_SIZE}")
     steps = [("decode", 1)] + ([("prefill32", 32)] if args.prefill else [])
     for name, q_len in steps:
         calls = args.calls if q_len == 1 else max(4, args.calls // 8)

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -243,16 +244,27 @@ void paged_attention(uintptr_t out, uintptr_t query, uintptr_t key_cache, uintpt
   const std::vector<WorkItem> items =
       plan(starts, lens, num_seqs, num_kv_heads, num_heads / num_kv_heads, block_size, num_threads,
            head_size, &partial_floats, &max_rows);
-  const int64_t scratch_floats = heron_cpu::attention_scratch_floats(max_rows, head_size, block_size);
+  // Room for the scores of the longest item that the two-pass path can take.
+  int64_t two_pass_keys = 0;
+  for (const WorkItem& it : items) {
+    const int64_t span = (int64_t{it.key_end} - it.key_begin + block_size - 1) / block_size * block_size;
+    if (it.q_count * (num_heads / num_kv_heads) <= heron_cpu::kTwoPassRows &&
+        span <= heron_cpu::kTwoPassMaxKeys && span > two_pass_keys) {
+      two_pass_keys = span;
+    }
+  }
+  const int64_t scratch_floats =
+      heron_cpu::attention_scratch_floats(max_rows, head_size, block_size, two_pass_keys);
   std::vector<float> partials(static_cast<size_t>(partial_floats));
-  std::vector<float> scratch(static_cast<size_t>(scratch_floats * num_threads));
+  // Uninitialised: the kernels write every scratch float before reading it.
+  const std::unique_ptr<float[]> scratch(new float[static_cast<size_t>(scratch_floats * num_threads)]);
   const AttentionArgs args{reinterpret_cast<void*>(out), ptr<void>(query), ptr<void>(key_cache),
                            ptr<void>(value_cache), starts, lens, tables, num_heads, num_kv_heads,
                            head_size, block_size, block_table_stride, query_stride_token,
                            query_stride_head, out_stride_token, out_stride_head,
                            static_cast<float>(scale), to_dtype(dtype), num_threads, items.data(),
                            static_cast<int64_t>(items.size()), max_rows, partials.data(),
-                           scratch.data(), scratch_floats};
+                           scratch.get(), scratch_floats, two_pass_keys};
   py::gil_scoped_release release;
   g_active->paged_attention(args);
 }

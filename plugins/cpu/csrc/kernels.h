@@ -72,12 +72,22 @@ struct AttentionArgs {
   float* partials;           // scratch for split items
   float* thread_scratch;     // num_threads * scratch_floats
   int64_t scratch_floats;    // per thread
+  // Items of at most kTwoPassRows rows whose key range fits this many keys take the two-pass
+  // path (all scores first, then one softmax, then values); 0 turns it off.
+  int64_t two_pass_keys;
 };
 
+// Decode-sized items (one query token's heads of a GQA group) take the two-pass path when their
+// context is at most kTwoPassMaxKeys long; longer ones, and prefill chunks, stream blocks with an
+// online softmax.
+constexpr int64_t kTwoPassRows = 4;
+constexpr int64_t kTwoPassMaxKeys = 4096;
+
 // Floats of per-thread scratch that paged_attention needs for this shape.
-inline int64_t attention_scratch_floats(int64_t max_rows, int64_t head_size, int64_t block_size) {
+inline int64_t attention_scratch_floats(int64_t max_rows, int64_t head_size, int64_t block_size,
+                                        int64_t two_pass_keys) {
   return 2 * max_rows * head_size + 2 * max_rows + 2 * block_size * head_size +
-         max_rows * block_size + 64;
+         max_rows * block_size + kTwoPassRows * two_pass_keys + 64;
 }
 
 // Fused per-token kernels (elementwise.cpp). Rows have a row stride in elements and a contiguous

@@ -193,6 +193,37 @@ def test_long_context_decode_any_thread_count(isa: str, threads: int) -> None:
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "seqs"),
+    [
+        # Items of at most 4 rows (one token of a GQA group, or a few MHA tokens that see
+        # different keys) take the two-pass path up to 4096 keys; longer ones stream blocks.
+        (12, 3, ((4096, 1), (4097, 1), (1, 1), (300, 1))),
+        (8, 4, ((35, 2), (4096, 2), (17, 1))),
+        (4, 4, ((3, 3), (70, 4), (4097, 4), (50, 1))),
+    ],
+)
+def test_decode_paths_agree_with_the_reference(
+    isa: str, threads: int, heads: int, kv_heads: int, seqs: tuple
+) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        s = Scenario(
+            seqs=seqs,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_size=64,
+            block_size=16,
+            dtype="bfloat16",
+            seed=heads + threads,
+        )
+        check_forward(CpuAttentionBackend, make_batch(s))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_empty_batch_is_a_no_op() -> None:
     inp = _inputs()
     args = list(_attention_args(inp))
