@@ -23,7 +23,12 @@ MODES = {
     "default": {},
     "no-prefix-caching": {"enable_prefix_caching": False},
     "small-chunks": {"max_num_batched_tokens": 32},
-    "preemption": {"num_gpu_blocks_override": 12, "max_model_len": 160},
+    # Every prompt admitted in the first step, so that their decodes outgrow the 12 blocks.
+    "preemption": {
+        "num_gpu_blocks_override": 12,
+        "max_model_len": 160,
+        "split_prompt_bursts": False,
+    },
 }
 
 

@@ -18,6 +18,8 @@ EOS = 2
 
 
 def make_scheduler(num_blocks: int = 64, **config: object) -> Scheduler:
+    """Admission of every waiting request that fits, unless a test asks for burst splitting."""
+    config.setdefault("split_prompt_bursts", False)
     cfg = SchedulerConfig(block_size=BS, **config)  # type: ignore[arg-type]
     kv = KVCacheManager(num_blocks, BS, enable_prefix_caching=cfg.enable_prefix_caching)
     return Scheduler(cfg, kv)
@@ -243,6 +245,38 @@ def test_missing_sampled_token_is_an_error() -> None:
     out = sched.schedule()
     with pytest.raises(RuntimeError, match="no sampled token"):
         sched.update_from_output(out, RunnerOutput())
+
+
+# -- prompt bursts ---------------------------------------------------------------------------------
+def test_a_burst_is_admitted_half_per_step_in_arrival_order() -> None:
+    sched = make_scheduler(split_prompt_bursts=True)
+    for i in range(7):
+        sched.add_request(make_request(f"r{i}", 5, first=10 + 10 * i, max_tokens=4))
+    out, _ = step(sched)
+    assert list(new_tokens(out)) == ["r0", "r1", "r2", "r3"]  # ceil(7 / 2)
+    out, _ = step(sched)
+    assert new_tokens(out) == {"r0": 1, "r1": 1, "r2": 1, "r3": 1, "r4": 5, "r5": 5}
+    out, _ = step(sched)
+    assert new_tokens(out)["r6"] == 5
+    assert sched.num_waiting == 0
+
+
+def test_a_lone_waiting_request_is_admitted_at_once() -> None:
+    sched = make_scheduler(split_prompt_bursts=True)
+    sched.add_request(make_request("a", 5, max_tokens=3))
+    out, _ = step(sched)
+    assert new_tokens(out) == {"a": 5}
+    sched.add_request(make_request("b", 5, first=40, max_tokens=3))
+    out, _ = step(sched)
+    assert new_tokens(out) == {"a": 1, "b": 5}
+
+
+def test_burst_splitting_off_admits_everything_that_fits() -> None:
+    sched = make_scheduler(split_prompt_bursts=False)
+    for i in range(7):
+        sched.add_request(make_request(f"r{i}", 5, first=10 + 10 * i))
+    out, _ = step(sched)
+    assert len(new_tokens(out)) == 7
 
 
 # -- preemption ------------------------------------------------------------------------------------

@@ -40,6 +40,11 @@ class EngineArgs(BaseModel):
     enable_chunked_prefill: bool = Field(
         True, description="Split long prompts across steps so decodes keep flowing."
     )
+    split_prompt_bursts: bool = Field(
+        True,
+        description="Admit at most half of the waiting requests per step, so that a burst of "
+        "prompts gets first tokens after half its prefill instead of all of it.",
+    )
     max_num_seqs: int = Field(128, ge=1, description="Most sequences in one step.")
     max_num_batched_tokens: int | None = Field(
         None,

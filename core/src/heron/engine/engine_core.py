@@ -80,6 +80,7 @@ class EngineCore:
             block_size=self.block_size,
             enable_prefix_caching=args.enable_prefix_caching,
             enable_chunked_prefill=args.enable_chunked_prefill,
+            split_prompt_bursts=args.split_prompt_bursts,
         )
         self.kv_manager = KVCacheManager(
             self.kv_plan.num_blocks, self.block_size, args.enable_prefix_caching
