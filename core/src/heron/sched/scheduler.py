@@ -3,7 +3,8 @@
 There are no prefill and decode phases (vLLM V1's design): every request has
 ``num_computed_tokens``, which catches up with ``num_tokens`` under a budget of
 ``max_num_batched_tokens`` per step. Running requests go first, so decodes are never starved by a
-burst of long prompts; waiting requests fill what is left, a long prompt in chunks. When the KV
+burst of long prompts; waiting requests fill what is left, a long prompt in chunks, at most half
+of the waiting requests per step when several wait (see ``_admission_limit``). When the KV
 cache runs out, the newest running request is preempted: its blocks are freed and it is recomputed
 later (its own blocks often survive in the prefix cache). The scheduler knows tokens and blocks,
 never tensors.
