@@ -244,14 +244,11 @@ void paged_attention(uintptr_t out, uintptr_t query, uintptr_t key_cache, uintpt
   const std::vector<WorkItem> items =
       plan(starts, lens, num_seqs, num_kv_heads, num_heads / num_kv_heads, block_size, num_threads,
            head_size, &partial_floats, &max_rows);
-  // Room for the scores of the longest item that the two-pass path can take.
+  // Room for the scores of the longest item that the two-pass path takes.
   int64_t two_pass_keys = 0;
   for (const WorkItem& it : items) {
-    const int64_t span = (int64_t{it.key_end} - it.key_begin + block_size - 1) / block_size * block_size;
-    if (it.q_count * (num_heads / num_kv_heads) <= heron_cpu::kTwoPassRows &&
-        span <= heron_cpu::kTwoPassMaxKeys && span > two_pass_keys) {
-      two_pass_keys = span;
-    }
+    const int64_t span = heron_cpu::two_pass_span(it, num_heads / num_kv_heads, block_size);
+    two_pass_keys = span > two_pass_keys ? span : two_pass_keys;
   }
   const int64_t scratch_floats =
       heron_cpu::attention_scratch_floats(max_rows, head_size, block_size, two_pass_keys);

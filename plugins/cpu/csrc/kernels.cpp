@@ -280,6 +280,51 @@ inline void prefetch_tile(const void* tile, int64_t bytes) {
   for (int64_t i = 0; i < n; i += 64) __builtin_prefetch(c + i, 0, 3);
 }
 
+// Where an item's KV head tiles lie, and the software prefetch both attention paths issue:
+// blocks are scattered over the cache, so the hardware prefetcher cannot see the next one coming;
+// fetching two blocks ahead covers a memory latency at decode's per-block cost.
+template <typename T>
+struct KvTiles {
+  const T* keys;
+  const T* values;
+  const int32_t* table;
+  int64_t kv_head, num_kv_heads, bs, tile_elems, key_end;
+
+  KvTiles(const AttentionArgs& a, const WorkItem& it)
+      : keys(static_cast<const T*>(a.key_cache)),
+        values(static_cast<const T*>(a.value_cache)),
+        table(a.block_tables + it.seq * a.block_table_stride),
+        kv_head(it.kv_head),
+        num_kv_heads(a.num_kv_heads),
+        bs(a.block_size),
+        tile_elems(a.block_size * a.head_size),
+        key_end(it.key_end) {}
+
+  static constexpr int64_t kAhead = 2;
+
+  // Element offset of the tiles holding context position kb (a block start).
+  int64_t offset(int64_t kb) const {
+    return (static_cast<int64_t>(table[kb / bs]) * num_kv_heads + kv_head) * tile_elems;
+  }
+  const T* key_tile(int64_t kb) const { return keys + offset(kb); }  // transposed [hd][bs]
+  const T* value_tile(int64_t kb) const { return values + offset(kb); }  // [bs][hd]
+
+  void prefetch(int64_t kb) const {
+    const int64_t o = offset(kb);
+    const int64_t bytes = tile_elems * static_cast<int64_t>(sizeof(T));
+    prefetch_tile(keys + o, bytes);
+    prefetch_tile(values + o, bytes);
+  }
+  // Before the first block: the first kAhead blocks.
+  void prefetch_start(int64_t key_begin) const {
+    for (int64_t b = 0; b < kAhead && key_begin + b * bs < key_end; ++b) prefetch(key_begin + b * bs);
+  }
+  // At block kb: the block kAhead further on.
+  void prefetch_ahead(int64_t kb) const {
+    if (kb + kAhead * bs < key_end) prefetch(kb + kAhead * bs);
+  }
+};
+
 // ---- Two-pass path for decode-sized items ----------------------------------------------------
 // One query token's heads (R <= kTwoPassRows rows) against a few hundred keys: the online
 // softmax's per-block work (horizontal max and sum, a scalar exp, reloading and rescaling the
@@ -291,9 +336,8 @@ inline void prefetch_tile(const void* tile, int64_t bytes) {
 
 // Pass 3 for columns [c0, c0 + 16 * C): acc[r] = sum over the item's keys of p[r][k] * v[k].
 template <int R, int C, typename T>
-HERON_INLINE void pv_all_blocks(const AttentionArgs& a, const WorkItem& it, const int32_t* table,
-                                const T* value_cache, const float* p, int64_t stride, float* acc,
-                                int64_t c0) {
+HERON_INLINE void pv_all_blocks(const AttentionArgs& a, const WorkItem& it, const KvTiles<T>& tiles,
+                                const float* p, int64_t stride, float* acc, int64_t c0) {
   const int64_t hd = a.head_size;
   const int64_t bs = a.block_size;
   v16f sum[R][C];
@@ -301,8 +345,7 @@ HERON_INLINE void pv_all_blocks(const AttentionArgs& a, const WorkItem& it, cons
     for (int c = 0; c < C; ++c) sum[r][c] = v16f{};
   for (int64_t kb = it.key_begin; kb < it.key_end; kb += bs) {
     const int64_t n = min64(bs, it.key_end - kb);
-    const T* v = value_cache + (static_cast<int64_t>(table[kb / bs]) * a.num_kv_heads + it.kv_head) *
-                                   bs * hd + c0;
+    const T* v = tiles.value_tile(kb) + c0;
     const float* pk = p + (kb - it.key_begin);
     for (int64_t j = 0; j < n; ++j) {
       v16f vj[C];
@@ -326,28 +369,14 @@ void attend_two_pass(const AttentionArgs& a, const WorkItem& it, const float* q,
   const int64_t bs = a.block_size;
   const int64_t group = a.num_heads / a.num_kv_heads;
   const int64_t stride = a.two_pass_keys;
-  const int32_t* table = a.block_tables + it.seq * a.block_table_stride;
-  const T* key_cache = static_cast<const T*>(a.key_cache);
-  const T* value_cache = static_cast<const T*>(a.value_cache);
-  const int64_t tile_bytes = bs * hd * static_cast<int64_t>(sizeof(T));
-  auto tile_offset = [&](int64_t kb) {
-    return (static_cast<int64_t>(table[kb / bs]) * a.num_kv_heads + it.kv_head) * bs * hd;
-  };
-  constexpr int64_t kAhead = 2;
-  for (int64_t b = 0; b < kAhead && it.key_begin + b * bs < it.key_end; ++b) {
-    prefetch_tile(key_cache + tile_offset(it.key_begin + b * bs), tile_bytes);
-    prefetch_tile(value_cache + tile_offset(it.key_begin + b * bs), tile_bytes);
-  }
+  const KvTiles<T> tiles(a, it);
+  tiles.prefetch_start(it.key_begin);
   v16f row_max[R];
   for (int r = 0; r < R; ++r) row_max[r] = splat(kNegInf);
   for (int64_t kb = it.key_begin; kb < it.key_end; kb += bs) {
     const int64_t n = min64(bs, it.key_end - kb);
-    if (kb + kAhead * bs < it.key_end) {
-      const int64_t ahead = tile_offset(kb + kAhead * bs);
-      prefetch_tile(key_cache + ahead, tile_bytes);
-      prefetch_tile(value_cache + ahead, tile_bytes);
-    }
-    const T* kt = key_cache + tile_offset(kb);
+    tiles.prefetch_ahead(kb);
+    const T* kt = tiles.key_tile(kb);
     int32_t visible[R];  // keys of this block that row r sees (may be <= 0)
     for (int r = 0; r < R; ++r) {
       visible[r] = static_cast<int32_t>(min64(n, pos0 + r / group - kb + 1));
@@ -381,8 +410,8 @@ void attend_two_pass(const AttentionArgs& a, const WorkItem& it, const float* q,
   constexpr int C = kChains / R >= 4 ? 4 : kChains / R >= 2 ? 2 : 1;
   int64_t c0 = 0;
   for (; c0 + 16 * C <= hd; c0 += 16 * C)
-    pv_all_blocks<R, C>(a, it, table, value_cache, p, stride, acc, c0);
-  for (; c0 < hd; c0 += 16) pv_all_blocks<R, 1>(a, it, table, value_cache, p, stride, acc, c0);
+    pv_all_blocks<R, C>(a, it, tiles, p, stride, acc, c0);
+  for (; c0 < hd; c0 += 16) pv_all_blocks<R, 1>(a, it, tiles, p, stride, acc, c0);
 }
 
 template <typename T>
@@ -439,38 +468,20 @@ void attend_online(const AttentionArgs& a, const WorkItem& it, int64_t pos0, con
   const int64_t group = a.num_heads / a.num_kv_heads;
   const int64_t rows = it.q_count * group;
   int64_t visible[kMaxRows];  // per row of a pass: the block's keys it sees
-  const int32_t* table = a.block_tables + it.seq * a.block_table_stride;
-  const T* key_cache = static_cast<const T*>(a.key_cache);
-  const T* value_cache = static_cast<const T*>(a.value_cache);
-  const int64_t head_block = bs * hd;
-  const int64_t tile_bytes = head_block * static_cast<int64_t>(sizeof(T));
-  auto tile_offset = [&](int64_t kb) {
-    return (static_cast<int64_t>(table[kb / bs]) * a.num_kv_heads + it.kv_head) * head_block;
-  };
-  // Blocks are scattered over the cache, so the hardware prefetcher cannot see the next one
-  // coming: fetch two blocks ahead, which covers a memory latency at decode's per-block cost.
-  constexpr int64_t kAhead = 2;
-  for (int64_t b = 0; b < kAhead && it.key_begin + b * bs < it.key_end; ++b) {
-    prefetch_tile(key_cache + tile_offset(it.key_begin + b * bs), tile_bytes);
-    prefetch_tile(value_cache + tile_offset(it.key_begin + b * bs), tile_bytes);
-  }
+  const KvTiles<T> tiles(a, it);
+  tiles.prefetch_start(it.key_begin);
   // With more than one pass of rows per block (prefill chunks), widen the block to float once
   // instead of converting it again in every pass.
   const bool widen = sizeof(T) != sizeof(float) && rows > kMaxRows;
 
   for (int64_t kb = it.key_begin; kb < it.key_end; kb += bs) {
     const int64_t n = min64(bs, it.key_end - kb);
-    if (kb + kAhead * bs < it.key_end) {
-      const int64_t ahead = tile_offset(kb + kAhead * bs);
-      prefetch_tile(key_cache + ahead, tile_bytes);
-      prefetch_tile(value_cache + ahead, tile_bytes);
-    }
+    tiles.prefetch_ahead(kb);
     // Query t sees positions <= pos0 + t; earlier queries may not reach this block at all.
     const int64_t first_t = kb > pos0 ? kb - pos0 : 0;
     if (first_t >= it.q_count) continue;
-    const int64_t offset = tile_offset(kb);
-    const T* kt = key_cache + offset;  // transposed [hd][bs]
-    const T* v = value_cache + offset;  // [bs][hd]
+    const T* kt = tiles.key_tile(kb);
+    const T* v = tiles.value_tile(kb);
     if (widen) {
       load_row(kt, w.kbuf, bs * hd, 1.0f);
       load_row(v, w.vbuf, n * hd, 1.0f);
@@ -514,8 +525,7 @@ void attend(const AttentionArgs& a, const WorkItem& it, float* scratch) {
   const int64_t context = a.seq_lens[it.seq];
   const int64_t q_len = a.query_start_loc[it.seq + 1] - a.query_start_loc[it.seq];
   const int64_t pos0 = context - q_len + it.q_begin;  // context position of the first query
-  const int64_t span = (it.key_end - it.key_begin + a.block_size - 1) / a.block_size * a.block_size;
-  if (rows <= kTwoPassRows && span <= a.two_pass_keys) {
+  if (two_pass_span(it, group, a.block_size) > 0) {
     attend_two_pass_rows<T>(rows, a, it, w.q, pos0, w.m, w.l, w.acc, w.p_all);
   } else {
     attend_online<T>(a, it, pos0, w);

@@ -83,6 +83,14 @@ struct AttentionArgs {
 constexpr int64_t kTwoPassRows = 4;
 constexpr int64_t kTwoPassMaxKeys = 4096;
 
+// The scores an item needs on the two-pass path (its key range rounded up to whole blocks), or 0
+// when it takes the online path. The planner sizes scratch with it, the kernel branches on it.
+inline int64_t two_pass_span(const WorkItem& it, int64_t group, int64_t block_size) {
+  const int64_t span =
+      (int64_t{it.key_end} - it.key_begin + block_size - 1) / block_size * block_size;
+  return it.q_count * group <= kTwoPassRows && span <= kTwoPassMaxKeys ? span : 0;
+}
+
 // Floats of per-thread scratch that paged_attention needs for this shape.
 inline int64_t attention_scratch_floats(int64_t max_rows, int64_t head_size, int64_t block_size,
                                         int64_t two_pass_keys) {
