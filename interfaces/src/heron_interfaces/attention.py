@@ -120,6 +120,19 @@ class AttentionBackend(ABC):
         """Shape of one layer's KV cache tensor; core allocates it with the layer's dtype."""
 
     @classmethod
+    def allocate_kv_cache(
+        cls, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """One layer's KV cache, uninitialised (API 1.3; core calls this instead of torch.empty).
+
+        A backend overrides it to place the cache where its kernels read it fastest (huge pages
+        on a host, a NUMA node, a pinned pool); the tensor must be contiguous with ``shape``.
+        """
+        import torch
+
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    @classmethod
     def kv_views(cls, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Key and value caches as (possibly strided) ``[num_blocks, block_size, kv_heads, head]``."""
         return kv_cache[0], kv_cache[1]

@@ -36,7 +36,9 @@ class KernelOps:
         """Called once per weight after loading: return whatever :meth:`linear` wants to get.
 
         Backends prepack into their GEMM library's blocked layout here (doing it per call costs
-        more than the matmul at decode sizes) and may drop ``weight``; the default keeps it.
+        more than the matmul at decode sizes) and may drop ``weight``; the default keeps it. A
+        backend may also move ``weight``'s storage (``weight.data = ...``, same values), as
+        heron-cpu does to put the weights its GEMV streams on huge pages.
         """
         return weight
 

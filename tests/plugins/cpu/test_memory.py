@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from heron_cpu.attention import CpuAttentionBackend
 from heron_cpu.memory import (
     GIB,
+    HUGE_PAGES_ENV,
     KV_SPACE_ENV,
     CpuMemoryProfiler,
+    HugePageArena,
     KvCacheSpaceError,
+    huge_pages_enabled,
     kv_cache_space,
     system_memory,
 )
 from heron_cpu.platform import CpuPlatform
+from heron_interfaces.host_memory import advise_huge_pages
+
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+needs_thp = pytest.mark.skipif(
+    not sys.platform.startswith("linux")
+    or not THP_MODE.exists()
+    or "[never]" in THP_MODE.read_text(),
+    reason="transparent huge pages are unavailable on this host",
+)
+
+
+def huge_bytes_at(address: int) -> int:
+    """``AnonHugePages`` of the mapping of this process that contains ``address``."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split()[0]
+        if "-" in first and ":" not in first:
+            start, end = (int(x, 16) for x in first.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("AnonHugePages:"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(f"no mapping holds {address:#x}")
 
 
 @pytest.mark.parametrize("raw", ["abc", "0", "-1", "nan", "inf", "4GiB"])
@@ -86,3 +114,68 @@ def test_cgroup_limit_caps_total_and_available(tmp_path: Path) -> None:
 
 def test_budget_hint_names_the_variable() -> None:
     assert KV_SPACE_ENV in CpuPlatform.memory_budget_hint()
+
+
+@pytest.mark.parametrize(
+    ("raw", "enabled"), [(None, True), ("1", True), ("0", False), ("off", False), ("No", False)]
+)
+def test_huge_pages_switch(raw: str | None, enabled: bool) -> None:
+    assert huge_pages_enabled({} if raw is None else {HUGE_PAGES_ENV: raw}) is enabled
+
+
+def test_advice_covers_only_whole_huge_pages() -> None:
+    small = torch.empty(4096, dtype=torch.uint8)
+    assert advise_huge_pages(small.data_ptr(), 4096, populated=False) == 0
+    big = torch.empty(5 << 20, dtype=torch.uint8)
+    advised = advise_huge_pages(big.data_ptr(), big.numel(), populated=False)
+    if sys.platform.startswith("linux"):
+        assert advised in (2 << 20, 4 << 20)  # the aligned 2 MiB pages inside 5 MiB
+
+
+def test_arena_moves_weights_in_place_with_their_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(HUGE_PAGES_ENV, raising=False)
+    gen = torch.Generator().manual_seed(0)
+    weights = [
+        torch.nn.Parameter(torch.randn(rows, 576, generator=gen).to(torch.bfloat16), False)
+        for rows in (960, 3, 3072)
+    ]
+    before = [(w.data_ptr(), w.detach().clone()) for w in weights]
+    arena = HugePageArena()
+    for w in weights:
+        assert arena.adopt(w) is w
+    for w, (old_ptr, values) in zip(weights, before, strict=True):
+        assert w.data_ptr() != old_ptr and w.data_ptr() % HugePageArena.align == 0
+        assert isinstance(w, torch.nn.Parameter) and torch.equal(w, values)
+    # Side by side in one chunk, each starting where the previous one (padded) ends.
+    first, second = weights[0], weights[1]
+    assert second.data_ptr() - first.data_ptr() == 960 * 576 * 2
+
+
+@needs_thp
+def test_arena_weights_land_on_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(HUGE_PAGES_ENV, raising=False)
+    arena = HugePageArena()
+    weights = [torch.nn.Parameter(torch.ones(1024, 1024, dtype=torch.bfloat16), False)]
+    weights += [torch.nn.Parameter(torch.ones(1536, 1024, dtype=torch.bfloat16), False)]
+    for w in weights:
+        arena.adopt(w)
+    assert huge_bytes_at(weights[0].data_ptr()) >= 2 << 20
+
+
+def test_arena_off_leaves_weights_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(HUGE_PAGES_ENV, "0")
+    w = torch.nn.Parameter(torch.ones(2048, 1024, dtype=torch.bfloat16), False)
+    ptr = w.data_ptr()
+    HugePageArena().adopt(w)
+    assert w.data_ptr() == ptr
+
+
+@needs_thp
+def test_kv_cache_is_allocated_on_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(HUGE_PAGES_ENV, raising=False)
+    # 64 MiB: above glibc's largest mmap threshold, so fresh pages as in an engine's cache.
+    shape = CpuAttentionBackend.kv_cache_shape(4096, 16, 4, 64)
+    cache = CpuAttentionBackend.allocate_kv_cache(shape, torch.bfloat16, torch.device("cpu"))
+    assert cache.shape == shape and cache.dtype == torch.bfloat16 and cache.is_contiguous()
+    cache.zero_()
+    assert huge_bytes_at(cache.data_ptr() + (4 << 20)) >= 2 << 20

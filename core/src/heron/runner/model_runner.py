@@ -81,10 +81,10 @@ class TorchModelRunner:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def init_kv_cache(self, num_blocks: int) -> None:
-        # torch.empty: pages the cache never touches cost no resident memory on the host.
+        # Uninitialised: pages the cache never touches cost no resident memory on the host.
         shape = self.kv_cache_shape(num_blocks)
         self.kv_caches = [
-            torch.empty(shape, dtype=self.dtype, device=self.device)
+            self.attention_cls.allocate_kv_cache(shape, self.dtype, self.device)
             for _ in range(self.model.num_layers)
         ]
 

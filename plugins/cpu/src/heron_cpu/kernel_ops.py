@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from heron_cpu import gemv
 from heron_cpu._kernels import _C
+from heron_cpu.memory import HugePageArena
 from heron_cpu.ops import DTYPE_CODES
 from heron_interfaces.kernel_ops import KernelOps
 
@@ -52,12 +53,14 @@ class CpuKernelOps(KernelOps):
     def __init__(self) -> None:
         self._onednn = onednn_bf16_available()
         self._gemv_rows = gemv.MAX_ROWS if gemv.available() else 0
+        self._arena = HugePageArena()
 
     # -- matmuls ---------------------------------------------------------------------------------
     def prepare_linear(self, weight: torch.Tensor) -> Any:
         if weight.dtype != torch.bfloat16 or not weight.is_cpu:
             return weight
-        weight = weight.detach().contiguous()
+        # The GEMV streams this copy at the memory bandwidth on every decode step.
+        weight = self._arena.adopt(weight).detach().contiguous()
         packed = (
             torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT)
             if self._onednn

@@ -1,27 +1,39 @@
 """The CPU backend's memory numbers: host RAM, with the KV cache sized by ``HERON_CPU_KVCACHE_SPACE``.
 
 The reading of ``/proc`` and cgroups is shared with every RAM-backed backend in
-:mod:`heron_interfaces.host_memory`; this module only names the variable and its default (4 GiB).
+:mod:`heron_interfaces.host_memory`; this module only names the variable and its default (4 GiB),
+and decides which of the backend's memory goes on transparent huge pages (``HERON_CPU_HUGE_PAGES``,
+on unless set to 0): the KV cache and the weights the GEMV kernel streams.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from heron_interfaces import host_memory
 from heron_interfaces.host_memory import GIB, HostMemoryProfiler, KvCacheSpaceError, system_memory
 
+logger = logging.getLogger(__name__)
+
 KV_SPACE_ENV = "HERON_CPU_KVCACHE_SPACE"
 DEFAULT_KV_SPACE_GIB = 4.0
+HUGE_PAGES_ENV = "HERON_CPU_HUGE_PAGES"
 
 __all__ = [
     "DEFAULT_KV_SPACE_GIB",
     "GIB",
+    "HUGE_PAGES_ENV",
     "KV_SPACE_ENV",
     "CpuMemoryProfiler",
+    "HugePageArena",
     "KvCacheSpaceError",
+    "huge_pages_enabled",
     "kv_cache_space",
+    "place_on_huge_pages",
     "system_memory",
 ]
 
@@ -40,3 +52,93 @@ class CpuMemoryProfiler(HostMemoryProfiler):
         super().__init__(
             env_var=KV_SPACE_ENV, default_gib=DEFAULT_KV_SPACE_GIB, environ=environ, proc=proc
         )
+
+
+def huge_pages_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """``HERON_CPU_HUGE_PAGES`` is unset or anything but ``0``/``false``/``no``/``off``."""
+    raw = (os.environ if environ is None else environ).get(HUGE_PAGES_ENV, "1")
+    return raw.strip().lower() not in {"0", "false", "no", "off"}
+
+
+_reported: set[str] = set()
+
+
+def _report(what: str, advised: int) -> None:
+    """Log once per kind of memory whether it went on huge pages, so a user sees which path runs."""
+    if what in _reported or not (advised or not huge_pages_enabled()):
+        return
+    _reported.add(what)
+    if advised:
+        logger.info(
+            "heron-cpu: %s on transparent huge pages (%s=0 turns this off)", what, HUGE_PAGES_ENV
+        )
+    else:
+        logger.info("heron-cpu: %s on normal pages (%s=0)", what, HUGE_PAGES_ENV)
+
+
+def place_on_huge_pages(tensor: Any, what: str) -> int:
+    """Advise an untouched host tensor onto huge pages before it is first written.
+
+    Returns the bytes advised (0 when disabled, unsupported or smaller than one huge page).
+    """
+    advised = 0
+    if huge_pages_enabled():
+        nbytes = tensor.numel() * tensor.element_size()
+        advised = host_memory.advise_huge_pages(tensor.data_ptr(), nbytes, populated=False)
+    _report(what, advised)
+    return advised
+
+
+class HugePageArena:
+    """Packs many weights into a few huge-page-backed chunks.
+
+    A decoder's matrices are 0.5-4 MiB each and every one is its own allocation, which the kernel
+    cannot map with 2 MiB pages (a huge page needs an aligned 2 MiB of one mapping). Moving them
+    side by side into chunks of :attr:`chunk_bytes` puts nearly all of the weights the GEMV streams
+    on huge pages. Chunks are never freed: weights live as long as the model.
+    """
+
+    chunk_bytes = 64 << 20
+    align = 64
+
+    def __init__(self) -> None:
+        self._chunk: Any = None
+        self._used = 0
+
+    def adopt(self, weight: Any, what: str = "GEMV weights") -> Any:
+        """Move ``weight``'s data (a contiguous CPU tensor or parameter) into the arena, in place.
+
+        ``weight.data`` is re-pointed, so the module that owns the parameter reads the new copy
+        and the old storage is released; returns the weight. Without huge pages it is unchanged.
+        """
+        import torch
+
+        if not huge_pages_enabled() or not weight.is_contiguous():
+            return weight
+        nbytes = weight.numel() * weight.element_size()
+        padded = -(-nbytes // self.align) * self.align
+        if nbytes >= self.chunk_bytes // 2:
+            chunk, offset = self._new_chunk(padded, what), 0
+        else:
+            if self._chunk is None or self._used + padded > self._chunk.numel():
+                self._chunk, self._used = self._new_chunk(self.chunk_bytes, what), 0
+            chunk, offset = self._chunk, self._used
+            self._used += padded
+        slot = chunk[offset : offset + nbytes].view(weight.dtype).view(weight.shape)
+        with torch.no_grad():
+            slot.copy_(weight)
+        weight.data = slot
+        return weight
+
+    @staticmethod
+    def _new_chunk(nbytes: int, what: str) -> Any:
+        """``nbytes`` of uint8 starting on a huge-page boundary, advised before first touch."""
+        import torch
+
+        huge = host_memory.HUGE_PAGE
+        nbytes = -(-nbytes // huge) * huge
+        raw = torch.empty(nbytes + huge, dtype=torch.uint8)
+        start = -raw.data_ptr() % huge
+        chunk = raw[start : start + nbytes]
+        _report(what, host_memory.advise_huge_pages(chunk.data_ptr(), nbytes, populated=False))
+        return chunk
