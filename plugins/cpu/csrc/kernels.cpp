@@ -166,14 +166,40 @@ constexpr int kChains = 6;
 // Scores of R rows against keys [j0, j0 + 16) of a transposed key tile ([head][bs]): the keys lie
 // along the lanes, so there are no horizontal sums; P partial sums per row over interleaved head
 // elements keep at least 8 independent FMA chains in flight whatever R is.
+// Software prefetch spread over a loop: a few lines of two tiles per iteration. Issued as one
+// burst per block (32-64 prefetches of a 2 KiB tile pair), the prefetches wait for the core's
+// ~16 line-fill buffers and stall the block's arithmetic behind them, so the cold-cache time was
+// compute + memory; a few per iteration let the arithmetic run while the lines arrive.
+struct Trickle {
+  const char* a = nullptr;  // nullptr: nothing to prefetch
+  const char* b = nullptr;
+  int64_t per_step = 0;  // bytes of each tile per iteration, a multiple of 64
+
+  HERON_INLINE void step(int64_t i) const {
+    if (a == nullptr) return;
+    for (int64_t o = i * per_step; o < (i + 1) * per_step; o += 64) {
+      __builtin_prefetch(a + o, 0, 3);
+      __builtin_prefetch(b + o, 0, 3);
+    }
+  }
+};
+
+// Partial sums per row in qk16 (a divisor of 16: every head size is a multiple of 16); qk16's
+// loop over the head takes hd / P iterations.
+template <int R>
+constexpr int qk_partials() {
+  return kChains / R >= 8 ? 8 : kChains / R >= 4 ? 4 : kChains / R >= 2 ? 2 : 1;
+}
+
 template <int R, typename T>
-HERON_INLINE void qk16(const float* q, int64_t hd, const T* kt, int64_t bs, v16f* s) {
-  // A divisor of 16 (every head size is a multiple of 16).
-  constexpr int P = kChains / R >= 8 ? 8 : kChains / R >= 4 ? 4 : kChains / R >= 2 ? 2 : 1;
+HERON_INLINE void qk16(const float* q, int64_t hd, const T* kt, int64_t bs, v16f* s,
+                       const Trickle& pf = Trickle{}) {
+  constexpr int P = qk_partials<R>();
   v16f acc[R][P];
   for (int r = 0; r < R; ++r)
     for (int p = 0; p < P; ++p) acc[r][p] = v16f{};
   for (int64_t d = 0; d < hd; d += P) {  // every head size is a multiple of 16
+    pf.step(d / P);
     for (int p = 0; p < P; ++p) {
       const v16f k = load16(kt + (d + p) * bs);
       for (int r = 0; r < R; ++r) acc[r][p] += q[r * hd + d + p] * k;
@@ -323,6 +349,17 @@ struct KvTiles {
   void prefetch_ahead(int64_t kb) const {
     if (kb + kAhead * bs < key_end) prefetch(kb + kAhead * bs);
   }
+  // The same lines as prefetch_ahead, handed out over `steps` iterations of a loop instead.
+  Trickle trickle_ahead(int64_t kb, int64_t steps) const {
+    Trickle t;
+    if (kb + kAhead * bs >= key_end) return t;
+    const int64_t o = offset(kb + kAhead * bs);
+    const int64_t bytes = min64(tile_elems * static_cast<int64_t>(sizeof(T)), 4096);
+    t.a = reinterpret_cast<const char*>(keys + o);
+    t.b = reinterpret_cast<const char*>(values + o);
+    t.per_step = (bytes / steps + 63) / 64 * 64;
+    return t;
+  }
 };
 
 // ---- Two-pass path for decode-sized items ----------------------------------------------------
@@ -375,7 +412,8 @@ void attend_two_pass(const AttentionArgs& a, const WorkItem& it, const float* q,
   for (int r = 0; r < R; ++r) row_max[r] = splat(kNegInf);
   for (int64_t kb = it.key_begin; kb < it.key_end; kb += bs) {
     const int64_t n = min64(bs, it.key_end - kb);
-    tiles.prefetch_ahead(kb);
+    // The first 16 keys of the block carry the prefetch of the block kAhead on.
+    const Trickle ahead = tiles.trickle_ahead(kb, hd / qk_partials<R>());
     const T* kt = tiles.key_tile(kb);
     int32_t visible[R];  // keys of this block that row r sees (may be <= 0)
     for (int r = 0; r < R; ++r) {
@@ -384,7 +422,7 @@ void attend_two_pass(const AttentionArgs& a, const WorkItem& it, const float* q,
     float* pk = p + (kb - it.key_begin);
     for (int64_t j0 = 0; j0 < n; j0 += 16) {
       v16f s[R];
-      qk16<R>(q, hd, kt + j0, bs, s);
+      qk16<R>(q, hd, kt + j0, bs, s, j0 == 0 ? ahead : Trickle{});
       for (int r = 0; r < R; ++r) {
         s[r] = kLane + static_cast<int32_t>(j0) < visible[r] ? s[r] : splat(kNegInf);
         row_max[r] = vmax(row_max[r], s[r]);
