@@ -37,8 +37,9 @@ inline float round_as(float x, const uint16_t*) { return to_float(float_to_bf16(
 inline void store(float* p, float x) { *p = x; }
 inline void store(uint16_t* p, float x) { *p = float_to_bf16(x); }
 
-// Element counts below which waking the thread team costs more than the loop.
-constexpr int64_t kParallelElements = int64_t{1} << 16;
+// Element counts below which waking the thread team costs more than the loop. 16 Ki: a 64-token
+// decode step's RMSNorm (64 x 576) takes 12.5 us on two threads against 19 us on one.
+constexpr int64_t kParallelElements = int64_t{1} << 14;
 
 template <typename T>
 void rms_norm_impl(const RmsNormArgs& a) {
