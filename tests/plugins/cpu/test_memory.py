@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from heron_cpu.memory import (
     system_memory,
 )
 from heron_cpu.platform import CpuPlatform
-from heron_interfaces.host_memory import advise_huge_pages
+from heron_interfaces.host_memory import advise_huge_pages, prefault_for_write
 
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 needs_thp = pytest.mark.skipif(
@@ -179,3 +180,13 @@ def test_kv_cache_is_allocated_on_huge_pages(monkeypatch: pytest.MonkeyPatch) ->
     assert cache.shape == shape and cache.dtype == torch.bfloat16 and cache.is_contiguous()
     cache.zero_()
     assert huge_bytes_at(cache.data_ptr() + (4 << 20)) >= 2 << 20
+
+
+def test_prefault_for_write_keeps_the_memory_usable() -> None:
+    buf = torch.empty(3 << 20, dtype=torch.uint8)
+    done = prefault_for_write(buf.data_ptr() + 100, buf.numel() - 200)
+    release = tuple(int(p) for p in platform.release().split(".")[:2] if p.isdigit())
+    if sys.platform.startswith("linux") and release >= (5, 14):
+        assert done
+    buf.fill_(7)
+    assert int(buf.sum()) == 7 * buf.numel()

@@ -125,6 +125,7 @@ class HugePageArena:
             chunk, offset = self._chunk, self._used
             self._used += padded
         slot = chunk[offset : offset + nbytes].view(weight.dtype).view(weight.shape)
+        host_memory.prefault_for_write(slot.data_ptr(), nbytes)
         with torch.no_grad():
             slot.copy_(weight)
         weight.data = slot
