@@ -190,3 +190,17 @@ def test_prefault_for_write_keeps_the_memory_usable() -> None:
         assert done
     buf.fill_(7)
     assert int(buf.sum()) == 7 * buf.numel()
+
+
+@needs_thp
+def test_advice_collapses_memory_that_already_holds_data() -> None:
+    """``populated=True`` (MADV_COLLAPSE, Linux 6.1+) moves written pages onto huge pages now."""
+    release = tuple(int(p) for p in platform.release().split(".")[:2] if p.isdigit())
+    if release < (6, 1):
+        pytest.skip(f"MADV_COLLAPSE needs Linux 6.1+, this is {platform.release()}")
+    # 64 MiB: a fresh mapping of small pages (above glibc's largest mmap threshold).
+    data = torch.arange(16 << 20, dtype=torch.int32)
+    address = data.data_ptr() + (8 << 20)
+    assert advise_huge_pages(data.data_ptr(), data.numel() * 4, populated=True) > 0
+    assert huge_bytes_at(address) >= 2 << 20
+    assert torch.equal(data[:: 1 << 20], torch.arange(0, 16 << 20, 1 << 20, dtype=torch.int32))
