@@ -300,9 +300,11 @@ HERON_INLINE void block_rows_dispatch(int64_t rows, const float* q, int64_t hd, 
 
 // Cache lines of a tile worth prefetching: the start of large tiles is enough for the hardware
 // prefetcher to take over the rest; small ones (decode's 2 KiB bf16 tiles) are fetched whole.
+constexpr int64_t kPrefetchTileBytes = 4096;
+
 inline void prefetch_tile(const void* tile, int64_t bytes) {
   const char* c = static_cast<const char*>(tile);
-  const int64_t n = min64(bytes, 4096);
+  const int64_t n = min64(bytes, kPrefetchTileBytes);
   for (int64_t i = 0; i < n; i += 64) __builtin_prefetch(c + i, 0, 3);
 }
 
@@ -354,7 +356,7 @@ struct KvTiles {
     Trickle t;
     if (kb + kAhead * bs >= key_end) return t;
     const int64_t o = offset(kb + kAhead * bs);
-    const int64_t bytes = min64(tile_elems * static_cast<int64_t>(sizeof(T)), 4096);
+    const int64_t bytes = min64(tile_elems * static_cast<int64_t>(sizeof(T)), kPrefetchTileBytes);
     t.a = reinterpret_cast<const char*>(keys + o);
     t.b = reinterpret_cast<const char*>(values + o);
     t.per_step = (bytes / steps + 63) / 64 * 64;

@@ -65,10 +65,11 @@ _reported: set[str] = set()
 
 def _report(what: str, advised: int) -> None:
     """Log once per kind of memory whether it went on huge pages, so a user sees which path runs."""
-    if what in _reported or not (advised or not huge_pages_enabled()):
+    enabled = huge_pages_enabled()
+    if what in _reported or (enabled and not advised):  # too small or unsupported: nothing to say
         return
     _reported.add(what)
-    if advised:
+    if enabled:
         logger.info(
             "heron-cpu: %s on transparent huge pages (%s=0 turns this off)", what, HUGE_PAGES_ENV
         )
@@ -141,5 +142,5 @@ class HugePageArena:
         raw = torch.empty(nbytes + huge, dtype=torch.uint8)
         start = -raw.data_ptr() % huge
         chunk = raw[start : start + nbytes]
-        _report(what, host_memory.advise_huge_pages(chunk.data_ptr(), nbytes, populated=False))
+        place_on_huge_pages(chunk, what)
         return chunk
