@@ -45,6 +45,11 @@ class EngineArgs(BaseModel):
         description="Admit at most half of the waiting requests per step, so that a burst of "
         "prompts gets first tokens after half its prefill instead of all of it.",
     )
+    enforce_eager: bool = Field(
+        False,
+        description="Run every step through the model's Python; by default decode steps of a "
+        "few sequences replay recorded kernel launches where the backend supports it.",
+    )
     max_num_seqs: int = Field(128, ge=1, description="Most sequences in one step.")
     max_num_batched_tokens: int | None = Field(
         None,

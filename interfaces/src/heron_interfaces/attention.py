@@ -23,7 +23,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import torch
@@ -74,6 +74,12 @@ class AttentionBackend(ABC):
     """
 
     name: str = "abstract"
+
+    supports_step_graphs: ClassVar[bool] = False
+    """API 1.4: :meth:`write_kv` and :meth:`forward` launch only kernels that the platform's
+    ``KernelOps.capture_graph`` recorder records, and those read every per-step value from the
+    metadata's tensors (in a recorded step the Python numbers of :class:`AttentionMetadata` are
+    bounds: ``max_seq_len`` is the longest a sequence may grow, not this step's)."""
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         self.spec = spec

@@ -10,15 +10,38 @@ Hugging Face ``transformers`` rounds (its Llama modules, in the model dtype), so
 outputs match ``generate()``. An override must keep those rounding points; the conformance suite
 (``heron_interfaces.testing``) compares every override with this class.
 
+Step graphs (API 1.4): a backend whose every launch in a decode step goes through its own
+kernels (no torch op in between) can record those launches once and replay them on later steps,
+the CPU counterpart of CUDA graphs: the per-op Python of ~300 calls per step is what a small
+model's single-stream decode spends a quarter of its time on. See :meth:`KernelOps.capture_graph`.
+
 Importing this module imports torch, so ``heron_interfaces`` itself only names it lazily.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+
+
+class StepGraph(Protocol):
+    """The kernel launches of one forward pass, recorded while the context is entered.
+
+    Entering starts recording every launch of the backend's kernels (which still run, so the pass
+    being recorded computes its result as usual); :meth:`replay` launches the same kernels again
+    with the same arguments: the same addresses, so the caller keeps every tensor of the recorded
+    pass alive and writes each step's inputs into the recorded input tensors before replaying.
+    """
+
+    def __enter__(self) -> StepGraph: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def replay(self) -> None:
+        """Launch the recorded kernels again, in order."""
+        ...
 
 
 class KernelOps:
@@ -30,6 +53,24 @@ class KernelOps:
 
     name = "torch"
     """Shown in the start-up log next to the attention backend."""
+
+    # -- step graphs (API 1.4) -------------------------------------------------------------------
+    def capture_graph(self, num_tokens: int) -> StepGraph | None:
+        """A recorder for a forward pass of ``num_tokens`` tokens, or None where there is none.
+
+        Only a backend whose recorded kernels read every per-step value (token ids, positions,
+        slots, sequence lengths, block tables) from tensors, never from Python numbers, may
+        return one; its attention backend must also declare ``supports_step_graphs``. Core runs
+        the recorded pass under a guard that refuses the graph if any torch operation other than
+        an allocation or a view ran (that work would be lost on replay), so returning a recorder
+        for sizes where some op falls back to torch is safe, only wasted.
+        """
+        return None
+
+    # -- embedding --------------------------------------------------------------------------------
+    def embedding(self, token_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Rows of ``table`` ``[vocab, hidden]`` for ``token_ids`` (API 1.4)."""
+        return F.embedding(token_ids, table)
 
     # -- matmuls ---------------------------------------------------------------------------------
     def prepare_linear(self, weight: torch.Tensor) -> Any:
@@ -86,4 +127,4 @@ class KernelOps:
         return torch.cat([rotated, rest], dim=-1)
 
 
-__all__ = ["KernelOps"]
+__all__ = ["KernelOps", "StepGraph"]

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -307,6 +308,25 @@ void rotary(uintptr_t heads, uintptr_t cos_sin_cache, uintptr_t positions, uintp
   g_active->rotary(args);
 }
 
+// Token embedding: copies rows of the table; plain memcpy, so one build serves every ISA. The ids
+// are checked here because a recorded step replays without the Python wrapper.
+void embedding(uintptr_t token_ids, uintptr_t table, uintptr_t out, int64_t num_tokens,
+               int64_t vocab_size, int64_t row_bytes) {
+  const int64_t* ids = ptr<int64_t>(token_ids);
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    if (ids[t] < 0 || ids[t] >= vocab_size) {
+      throw py::value_error("token id " + std::to_string(ids[t]) + " at position " +
+                            std::to_string(t) + " is outside the vocabulary [0, " +
+                            std::to_string(vocab_size) + ")");
+    }
+  }
+  const char* rows = ptr<char>(table);
+  char* dst = reinterpret_cast<char*>(out);
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    std::memcpy(dst + t * row_bytes, rows + ids[t] * row_bytes, static_cast<size_t>(row_bytes));
+  }
+}
+
 }  // namespace
 
 // Small-batch bf16 linear (gemv_bindings.cpp).
@@ -326,5 +346,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("rms_norm", &rms_norm);
   m.def("silu_and_mul", &silu_and_mul);
   m.def("rotary", &rotary);
+  m.def("embedding", &embedding);
   heron_cpu_register_gemv(m);
 }

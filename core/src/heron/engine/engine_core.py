@@ -69,6 +69,11 @@ class EngineCore:
         self.runner.load_weights(self.source.weights())
         self.kv_plan = self._plan_kv_cache()
         self.runner.init_kv_cache(self.kv_plan.num_blocks)
+        step_graphs = (
+            "off (--enforce-eager)"
+            if args.enforce_eager
+            else self.runner.enable_step_graphs(self.max_model_len)
+        )
 
         budget = args.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
         if not args.enable_chunked_prefill:
@@ -90,7 +95,8 @@ class EngineCore:
         self.platform.seed(args.seed)
         logger.info(
             "Model %s (%s) on %s (kernels: attention %s, other %s): dtype %s, max_model_len %d, "
-            "block size %d, prefix caching %s, token budget %d per step, up to %d sequences",
+            "block size %d, prefix caching %s, token budget %d per step, up to %d sequences, "
+            "step graphs %s",
             self.source.name,
             model_cls.__name__,
             self.platform.name,
@@ -102,6 +108,7 @@ class EngineCore:
             "on" if args.enable_prefix_caching else "off",
             budget,
             args.max_num_seqs,
+            step_graphs,
         )
         logger.info(
             "KV cache: %d blocks = %d tokens, %.2f GiB (%s)",

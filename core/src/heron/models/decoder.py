@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from heron.layers import FusedLinear, Linear, RMSNorm, RotaryEmbedding, SiluAndMul
 from heron.models.context import ModelContext
 from heron_interfaces import AttentionLayerSpec, AttentionMetadata
+from heron_interfaces.kernel_ops import KernelOps
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,11 +103,9 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
-        v = (
-            qkv[:, self.q_size + self.kv_size :]
-            .reshape(num_tokens, self.num_kv_heads, self.head_size)
-            .contiguous()
-        )
+        # A strided view: backends take column slices of the fused projection (conformance
+        # suite), and a copy here would be a torch op inside a recorded step graph.
+        v = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_size)
         if self.q_norm is not None and self.k_norm is not None:
             q, k, _ = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = self.q_norm(q.view(num_tokens, self.num_heads, self.head_size))
@@ -192,14 +190,17 @@ class DecoderLayer(nn.Module):
 class Embedding(nn.Module):
     """Token embedding table ``[vocab_size, hidden_size]``; also the tied output projection."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, *, dtype: torch.dtype) -> None:
+    def __init__(
+        self, vocab_size: int, hidden_size: int, *, dtype: torch.dtype, ops: KernelOps | None = None
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(
             torch.empty(vocab_size, hidden_size, dtype=dtype), requires_grad=False
         )
+        self.ops = ops or KernelOps()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, self.weight)
+        return self.ops.embedding(input_ids, self.weight)
 
 
 class DecoderModel(nn.Module):
@@ -207,7 +208,9 @@ class DecoderModel(nn.Module):
 
     def __init__(self, opts: DecoderOptions, ctx: ModelContext) -> None:
         super().__init__()
-        self.embed_tokens = Embedding(opts.vocab_size, opts.hidden_size, dtype=ctx.dtype)
+        self.embed_tokens = Embedding(
+            opts.vocab_size, opts.hidden_size, dtype=ctx.dtype, ops=ctx.ops
+        )
         # One cos/sin table shared by every layer (a shared submodule, stored once).
         rotary_emb = RotaryEmbedding(
             head_size=opts.head_size,

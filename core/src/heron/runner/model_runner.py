@@ -17,8 +17,9 @@ from heron.models.context import ModelContext
 from heron.plugins import resolve_reference
 from heron.runner.input_batch import StepInputs, build_step_inputs
 from heron.runner.sampler import Sampler, SamplingBatch, SamplingRow, compute_prompt_logprobs
+from heron.runner.step_graphs import StepGraphs
 from heron.sched.output import RunnerOutput, ScheduledRequest, SchedulerOutput
-from heron_interfaces import AttentionBackend, Platform
+from heron_interfaces import AttentionBackend, AttentionMetadata, Platform
 from heron_interfaces.kernel_ops import KernelOps
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class TorchModelRunner:
         self._generators: dict[str, torch.Generator] = {}
         self._prompt_tail: dict[str, torch.Tensor] = {}
         """Hidden state of the last prompt position of a chunk, which scores the next chunk's first."""
+        self.step_graphs: StepGraphs | None = None
 
     # -- set-up ----------------------------------------------------------------------------------
     def load_weights(self, weights: Any) -> None:
@@ -87,6 +89,22 @@ class TorchModelRunner:
             self.attention_cls.allocate_kv_cache(shape, self.dtype, self.device)
             for _ in range(self.model.num_layers)
         ]
+        if self.step_graphs is not None:
+            self.step_graphs.clear()
+
+    def enable_step_graphs(self, max_model_len: int) -> str:
+        """Replay decode steps from recorded kernel launches where the platform can; says which."""
+        probe = self.kernel_ops.capture_graph(1)
+        if probe is None or not self.attention_cls.supports_step_graphs:
+            return f"off ({self.platform.name} kernels do not record their launches)"
+        self.step_graphs = StepGraphs(
+            forward=self._model_forward,
+            kernel_ops=self.kernel_ops,
+            device=self.device,
+            block_size=self.block_size,
+            max_model_len=max_model_len,
+        )
+        return "on (each decode batch size recorded on first use)"
 
     # -- one step --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -99,7 +117,16 @@ class TorchModelRunner:
         return build_step_inputs(out, self.block_size, self.device)
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
+        if self.step_graphs is not None:
+            hidden = self.step_graphs.run(inputs)
+            if hidden is not None:
+                return hidden
+        return self._model_forward(inputs.input_ids, inputs.positions, inputs.metadata)
+
+    def _model_forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, self.kv_caches, metadata)
 
     def sample(
         self, out: SchedulerOutput, inputs: StepInputs, hidden: torch.Tensor

@@ -26,10 +26,12 @@ from heron_interfaces.testing.comm_suite import (
 from heron_interfaces.testing.kernel_ops_suite import (
     kernel_ops,
     reference_ops,
+    test_embedding_matches_reference,
     test_linear_matches_reference,
     test_rms_norm_matches_reference,
     test_rotary_matches_reference,
     test_silu_and_mul_matches_reference,
+    test_step_graph_replays_recorded_ops,
 )
 from heron_interfaces.testing.memory_suite import (
     profiler,
@@ -54,6 +56,7 @@ __all__ = [
     "test_backend_spec",
     "test_capabilities_are_consistent",
     "test_collective",
+    "test_embedding_matches_reference",
     "test_forward_block_boundaries",
     "test_forward_fresh_prefill_matches_dense",
     "test_forward_long_context",
@@ -68,5 +71,6 @@ __all__ = [
     "test_silu_and_mul_matches_reference",
     "test_single_process_communicator_is_identity",
     "test_snapshot_is_sane",
+    "test_step_graph_replays_recorded_ops",
     "test_write_kv_matches_reference",
 ]

@@ -160,3 +160,53 @@ def test_linear_matches_reference(
     assert out.shape == (rows, 200) and out.dtype == dtype
     tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+def test_embedding_matches_reference(
+    kernel_ops: KernelOps,
+    reference_ops: KernelOps,
+    capabilities: Capabilities,
+    backend_device,
+    dtype_name: str,
+) -> None:
+    import torch
+
+    dtype = _dtype(capabilities, dtype_name)
+    gen = torch.Generator().manual_seed(5)
+    table = torch.randn(300, 96, generator=gen).to(dtype)
+    ids = torch.tensor([0, 299, 17, 17, 5])
+    out = kernel_ops.embedding(ids.to(backend_device), table.to(backend_device)).cpu()
+    assert torch.equal(out, reference_ops.embedding(ids, table)), "embedding"
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+def test_step_graph_replays_recorded_ops(
+    kernel_ops: KernelOps,
+    reference_ops: KernelOps,
+    capabilities: Capabilities,
+    backend_device,
+    dtype_name: str,
+) -> None:
+    """What core relies on: a recorded pass, replayed after its inputs change in place."""
+    import torch
+
+    dtype = _dtype(capabilities, dtype_name)
+    graph = kernel_ops.capture_graph(2)
+    if graph is None:
+        pytest.skip("the backend's KernelOps do not record launches (capture_graph gives None)")
+    gen = torch.Generator().manual_seed(9)
+    dev = backend_device
+    table = torch.randn(50, 128, generator=gen).to(dtype).to(dev)
+    weight = torch.randn(128, generator=gen).to(dtype).to(dev)
+    ids = torch.tensor([3, 4]).to(dev)
+    with graph:
+        hidden = kernel_ops.embedding(ids, table)
+        normed = kernel_ops.rms_norm(hidden, weight, 1e-6)
+        gated = kernel_ops.silu_and_mul(normed)
+    for new_ids in ([7, 49], [0, 0]):
+        ids.copy_(torch.tensor(new_ids))
+        graph.replay()
+        want = reference_ops.embedding(torch.tensor(new_ids), table.cpu())
+        want = reference_ops.silu_and_mul(reference_ops.rms_norm(want, weight.cpu(), 1e-6))
+        _assert_matches(gated, want, f"replayed step for ids {new_ids}")

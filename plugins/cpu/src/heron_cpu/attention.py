@@ -23,6 +23,7 @@ class CpuAttentionBackend(AttentionBackend):
     """One instance per layer; stateless between steps, as the interface requires."""
 
     name = "cpu"
+    supports_step_graphs = True  # every launch goes through heron_cpu.launch
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         super().__init__(spec)

@@ -18,6 +18,7 @@ import functools
 import torch
 
 from heron_cpu._kernels import _C
+from heron_cpu.launch import launch
 
 __all__ = ["MAX_ROWS", "PATHS", "available", "available_paths", "linear_small"]
 
@@ -100,7 +101,8 @@ def linear_small(
         valid = False
     if not valid:
         _raise_invalid(x, weight, bias, out, path)
-    _C.linear_bf16(
+    launch(
+        _C.linear_bf16,
         out.data_ptr(),
         x.data_ptr(),
         weight.data_ptr(),

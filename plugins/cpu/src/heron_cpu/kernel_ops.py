@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from heron_cpu import gemv
 from heron_cpu._kernels import _C
+from heron_cpu.launch import LaunchGraph, launch
 from heron_cpu.memory import HugePageArena
 from heron_cpu.ops import DTYPE_CODES
 from heron_interfaces.kernel_ops import KernelOps
@@ -55,6 +56,31 @@ class CpuKernelOps(KernelOps):
         self._gemv_rows = gemv.MAX_ROWS if gemv.available() else 0
         self._arena = HugePageArena()
 
+    # -- step graphs -----------------------------------------------------------------------------
+    def capture_graph(self, num_tokens: int) -> LaunchGraph | None:
+        """Up to the GEMV's rows every op of a decode step is one of ours; beyond, oneDNN's is not."""
+        return LaunchGraph() if 0 < num_tokens <= self._gemv_rows else None
+
+    # -- embedding -------------------------------------------------------------------------------
+    def embedding(self, token_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        if not (
+            token_ids.dim() == 1
+            and token_ids.dtype == torch.int64
+            and token_ids.is_contiguous()
+            and token_ids.is_cpu
+            and table.dim() == 2
+            and table.is_contiguous()
+            and table.is_cpu
+        ):
+            return super().embedding(token_ids, table)
+        out = table.new_empty((token_ids.shape[0], table.shape[1]))
+        launch(
+            _C.embedding,
+            token_ids.data_ptr(), table.data_ptr(), out.data_ptr(), token_ids.shape[0],
+            table.shape[0], table.shape[1] * table.element_size(),
+        )  # fmt: skip
+        return out
+
     # -- matmuls ---------------------------------------------------------------------------------
     def prepare_linear(self, weight: torch.Tensor) -> Any:
         if weight.dtype != torch.bfloat16 or not weight.is_cpu:
@@ -83,7 +109,8 @@ class CpuKernelOps(KernelOps):
             return super().rms_norm(x, weight, eps)
         rows, hidden = x.shape
         out = torch.empty((rows, hidden), dtype=x.dtype)
-        _C.rms_norm(
+        launch(
+            _C.rms_norm,
             x.data_ptr(), 0, weight.data_ptr(), out.data_ptr(), 0, rows, hidden,
             x.stride(0), 0, eps, DTYPE_CODES[x.dtype], torch.get_num_threads(),
         )  # fmt: skip
@@ -103,7 +130,8 @@ class CpuKernelOps(KernelOps):
         rows, hidden = x.shape
         out = torch.empty((rows, hidden), dtype=x.dtype)
         summed = torch.empty((rows, hidden), dtype=x.dtype)
-        _C.rms_norm(
+        launch(
+            _C.rms_norm,
             x.data_ptr(), residual.data_ptr(), weight.data_ptr(), out.data_ptr(), summed.data_ptr(),
             rows, hidden, x.stride(0), residual.stride(0), eps, DTYPE_CODES[x.dtype],
             torch.get_num_threads(),
@@ -116,7 +144,8 @@ class CpuKernelOps(KernelOps):
             return super().silu_and_mul(x)
         rows, width = x.shape[0], x.shape[1] // 2
         out = torch.empty((rows, width), dtype=x.dtype)
-        _C.silu_and_mul(
+        launch(
+            _C.silu_and_mul,
             x.data_ptr(), out.data_ptr(), rows, width, x.stride(0), DTYPE_CODES[x.dtype],
             torch.get_num_threads(),
         )  # fmt: skip
@@ -142,7 +171,8 @@ class CpuKernelOps(KernelOps):
             return super().rotary(positions, heads, cos_sin_cache)
         tokens, num_heads, head_size = heads.shape
         out = torch.empty((tokens, num_heads, head_size), dtype=heads.dtype)
-        _C.rotary(
+        launch(
+            _C.rotary,
             heads.data_ptr(), cos_sin_cache.data_ptr(), positions.data_ptr(), out.data_ptr(),
             tokens, num_heads, head_size, cos_sin_cache.shape[1], cos_sin_cache.shape[0],
             heads.stride(0), heads.stride(1), DTYPE_CODES[heads.dtype], torch.get_num_threads(),

@@ -22,6 +22,7 @@ import torch
 
 from heron_cpu import _kernels
 from heron_cpu._kernels import _C
+from heron_cpu.launch import launch
 from heron_cpu.platform import BLOCK_SIZES, HEAD_SIZES
 
 DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.bfloat16: 1}
@@ -105,7 +106,8 @@ def write_kv_eager(
         )
     if num_tokens == 0:
         return
-    _C.write_kv(
+    launch(
+        _C.write_kv,
         key.data_ptr(),
         value.data_ptr(),
         *_halves(kv_cache),
@@ -163,7 +165,8 @@ def paged_attention_eager(
         )
     if num_seqs == 0 or query.shape[0] == 0:
         return
-    _C.paged_attention(
+    launch(
+        _C.paged_attention,
         out.data_ptr(),
         query.data_ptr(),
         *_halves(kv_cache),

@@ -1,0 +1,212 @@
+"""Decode steps replayed from recorded kernel launches: the host's counterpart of CUDA graphs.
+
+A single-stream decode step of a small model makes ~300 kernel calls, and the Python around
+each (module calls, argument checks, allocation) costs more than a quarter of the step. Where
+the platform's kernels can record their launches (``KernelOps.capture_graph``, API 1.4), the
+first decode step of each batch size runs with its inputs in fixed buffers while the launches are
+recorded; later decode steps of that size copy their inputs into the same buffers and replay the
+launches. Nothing is compiled, and a size is recorded on its first use, so start-up pays nothing.
+
+Recording runs under :class:`_CaptureGuard`, which keeps every tensor the pass allocates (the
+recorded addresses must stay valid) and refuses the graph if any torch operation other than an
+allocation or a view ran: such work happens outside the recorded kernels and would be silently
+skipped on replay. A refused size runs eagerly from then on; the recording pass itself computed
+the step normally either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from heron.runner.input_batch import StepInputs
+from heron_interfaces import AttentionMetadata
+from heron_interfaces.kernel_ops import KernelOps, StepGraph
+
+logger = logging.getLogger(__name__)
+
+ModelForward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
+"""``(input_ids, positions, metadata) -> hidden`` with the runner's KV caches bound."""
+
+_aten = torch.ops.aten
+_ALLOCATIONS = frozenset(
+    {
+        _aten.empty.memory_format,
+        _aten.empty_strided.default,
+        _aten.new_empty.default,
+        _aten.new_empty_strided.default,
+        _aten.empty_like.default,
+    }
+)
+
+
+def _storages(tree: Any) -> set[int]:
+    return {
+        t.untyped_storage().data_ptr() for t in tree_leaves(tree) if isinstance(t, torch.Tensor)
+    }
+
+
+class _CaptureGuard(TorchDispatchMode):
+    """Sees every torch operation of the recorded pass (the backend's kernels are not torch ops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[torch.Tensor] = []
+        self.unrecorded: list[str] = []
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func in _ALLOCATIONS:
+            self.kept.append(out)
+            return out
+        outputs = _storages(out)
+        # A view reads nothing at run time; anything else (a copy, arithmetic, a mutation, a
+        # Python number read back) is work that a replay would not redo.
+        if func._schema.is_mutable or not outputs or not outputs <= _storages((args, kwargs)):
+            self.unrecorded.append(str(func))
+        return out
+
+
+@dataclass(slots=True)
+class _Recorded:
+    """One batch size's graph, the fixed buffers its launches read and write, and its tensors."""
+
+    graph: StepGraph
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    metadata: AttentionMetadata
+    hidden: torch.Tensor
+    kept: list[torch.Tensor]
+
+    def load(self, inputs: StepInputs) -> bool:
+        """Copy a step's inputs into the buffers; False if its block table is wider than them."""
+        md, fixed = inputs.metadata, self.metadata
+        width = md.block_tables.shape[1]
+        if width > fixed.block_tables.shape[1]:
+            return False
+        self.input_ids.copy_(inputs.input_ids)
+        self.positions.copy_(inputs.positions)
+        fixed.seq_lens.copy_(md.seq_lens)
+        fixed.slot_mapping.copy_(md.slot_mapping)
+        fixed.block_tables[:, :width].copy_(md.block_tables)
+        if fixed.seq_lens_cpu is not None and fixed.seq_lens_cpu is not fixed.seq_lens:
+            fixed.seq_lens_cpu.copy_(
+                md.seq_lens_cpu if md.seq_lens_cpu is not None else md.seq_lens
+            )
+        return True
+
+
+class StepGraphs:
+    """Records and replays pure decode steps (one new token per sequence), per batch size."""
+
+    def __init__(
+        self,
+        *,
+        forward: ModelForward,
+        kernel_ops: KernelOps,
+        device: torch.device,
+        block_size: int,
+        max_model_len: int,
+    ) -> None:
+        self._forward = forward
+        self._ops = kernel_ops
+        self._device = device
+        self._block_size = block_size
+        self._max_blocks = -(-max_model_len // block_size)
+        self._graphs: dict[tuple[int, int], _Recorded] = {}
+        self._refused: set[tuple[int, int]] = set()
+        self.replays = 0
+
+    @property
+    def recorded_sizes(self) -> list[int]:
+        return sorted(n for n, _ in self._graphs)
+
+    def clear(self) -> None:
+        """Forget every graph (their addresses point into KV caches that are being replaced)."""
+        self._graphs.clear()
+        self._refused.clear()
+
+    def run(self, inputs: StepInputs) -> torch.Tensor | None:
+        """The step's final hidden states from a graph, or None: the caller runs it eagerly."""
+        md = inputs.metadata
+        n = md.num_seqs
+        if n == 0 or md.num_prefill_tokens or md.num_decode_tokens != n:
+            return None
+        # The kernels were recorded with a thread count; another one needs its own graph.
+        key = (n, torch.get_num_threads())
+        recorded = self._graphs.get(key)
+        if recorded is not None:
+            if not recorded.load(inputs):
+                return None
+            recorded.graph.replay()
+            self.replays += 1
+            return recorded.hidden
+        if key in self._refused:
+            return None
+        return self._record(key, inputs)
+
+    def _record(self, key: tuple[int, int], inputs: StepInputs) -> torch.Tensor | None:
+        n = key[0]
+        graph = self._ops.capture_graph(n)
+        if graph is None:
+            self._refused.add(key)
+            return None
+        recorded = self._buffers(graph, n)
+        if not recorded.load(inputs):
+            return None
+        guard = _CaptureGuard()
+        with guard, graph:
+            hidden = self._forward(recorded.input_ids, recorded.positions, recorded.metadata)
+        if guard.unrecorded:
+            self._refused.add(key)
+            logger.info(
+                "Decode steps of %d sequences run eagerly: %s ran outside the backend's kernels",
+                n,
+                ", ".join(sorted(set(guard.unrecorded))),
+            )
+            return hidden
+        recorded.hidden = hidden
+        recorded.kept = guard.kept
+        self._graphs[key] = recorded
+        logger.info("Recorded a step graph for decode steps of %d sequences", n)
+        return hidden
+
+    def _buffers(self, graph: StepGraph, n: int) -> _Recorded:
+        def zeros(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=self._device)
+
+        query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=self._device)
+        seq_lens = zeros(n, dtype=torch.int32)
+        on_host = self._device.type == "cpu"
+        metadata = AttentionMetadata(
+            query_start_loc=query_start_loc,
+            seq_lens=seq_lens,
+            block_tables=zeros(n, self._max_blocks, dtype=torch.int32),
+            slot_mapping=zeros(n, dtype=torch.int64),
+            max_query_len=1,
+            max_seq_len=self._max_blocks * self._block_size,  # a bound, as the interface says
+            num_prefill_tokens=0,
+            num_decode_tokens=n,
+            num_seqs=n,
+            query_start_loc_cpu=query_start_loc if on_host else query_start_loc.cpu(),
+            seq_lens_cpu=seq_lens if on_host else torch.zeros(n, dtype=torch.int32),
+        )
+        return _Recorded(
+            graph=graph,
+            input_ids=zeros(n, dtype=torch.int64),
+            positions=zeros(n, dtype=torch.int64),
+            metadata=metadata,
+            hidden=torch.empty(0),
+            kept=[],
+        )
+
+
+__all__ = ["StepGraphs"]
