@@ -127,6 +127,20 @@ def test_recorded_step_replays_with_new_inputs() -> None:
     assert graphs.recorded_sizes == [2, 3]
 
 
+def test_steps_padded_to_the_capture_sizes() -> None:
+    graphs = _graphs(_kernel_forward, _RecordingOps(max_tokens=64))
+    ten = _decode_inputs(list(range(10)), list(range(30, 40)))
+    assert graphs.run(ten).tolist() == _expected(ten)  # 10 rows of the 12-row graph
+    nine = _decode_inputs(list(range(5, 14)), list(range(50, 59)))
+    assert graphs.run(nine).tolist() == _expected(nine)
+    assert graphs.recorded_sizes == [12] and graphs.replays == 1
+    fixed = graphs._graphs[(12, torch.get_num_threads())].metadata
+    # Padding rows (9 now, 10 and 11 since the start) write no KV and attend to one token.
+    assert fixed.slot_mapping[9:].tolist() == [-1, -1, -1]
+    assert fixed.seq_lens[9:].tolist() == [1, 1, 1]
+    assert fixed.num_seqs == 12
+
+
 def test_torch_ops_in_the_pass_refuse_the_graph(caplog: pytest.LogCaptureFixture) -> None:
     ops = _RecordingOps(max_tokens=4)
     graphs = _graphs(_torch_forward, ops)
@@ -163,11 +177,12 @@ def tiny_bf16_model(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_engine_with_graphs_equals_enforce_eager(tiny_bf16_model, backend: str) -> None:
-    """Batch sizes 1-3 and requests joining mid-decode: mixed steps eager, pure decodes replayed."""
+    """Batch sizes 1-12 as requests join and finish: mixed steps eager, pure decodes replayed."""
     prompts = ["Herons wade.", "a", "Paged attention stores keys in blocks", "The fox"]
+    prompts += [f"Request number {i} asks for {i * 7} tokens" for i in range(8)]
     params = [
         SamplingParams(temperature=0.0, max_tokens=n, min_tokens=n, logprobs=2)
-        for n in (20, 9, 14, 5)
+        for n in (20, 9, 14, 5, 12, 6, 15, 7, 11, 13, 8, 10)
     ]
     results = {}
     for eager in (True, False):
@@ -181,8 +196,8 @@ def test_engine_with_graphs_equals_enforce_eager(tiny_bf16_model, backend: str) 
                 if out.finished:
                     finished[out.request_id] = out.outputs[0]
             steps += 1
-            if steps == 4:  # join while the first two decode
-                for i in (2, 3):
+            if steps == 4:  # join while the first two decode: up to 12 sequences
+                for i in range(2, len(prompts)):
                     engine.add_request(str(i), prompts[i], params[i])
         results[eager] = {
             rid: (list(c.token_ids), [{t: lp.logprob for t, lp in e.items()} for e in c.logprobs])
@@ -193,5 +208,6 @@ def test_engine_with_graphs_equals_enforce_eager(tiny_bf16_model, backend: str) 
             assert graphs is None
         else:
             assert graphs is not None and graphs.replays > 0
-            assert {1, 2} <= set(graphs.recorded_sizes)
+            # 12: padded, and past the GEMV's rows (oneDNN's matmuls, recorded as torch launches)
+            assert {1, 2, 12} <= set(graphs.recorded_sizes)
     assert results[False] == results[True]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from heron_cpu import gemv
-from heron_cpu.kernel_ops import CpuKernelOps
+from heron_cpu.kernel_ops import CpuKernelOps, onednn_bf16_available
 from heron_cpu.launch import LaunchGraph
 from heron_interfaces.kernel_ops import KernelOps
 
@@ -64,11 +64,30 @@ def test_embedding_names_an_id_outside_the_vocabulary(bad: int) -> None:
         CpuKernelOps().embedding(torch.tensor([3, bad]), table)
 
 
-def test_graphs_offered_up_to_the_gemv_rows() -> None:
+def test_graphs_offered_when_every_matmul_is_recordable() -> None:
     ops = CpuKernelOps()
-    if not gemv.available():
-        assert ops.capture_graph(1) is None  # the matmuls are torch's: nothing to record
+    if not (gemv.available() or onednn_bf16_available()):
+        assert ops.capture_graph(1) is None
         return
     assert isinstance(ops.capture_graph(1), LaunchGraph)
-    assert isinstance(ops.capture_graph(gemv.MAX_ROWS), LaunchGraph)
-    assert ops.capture_graph(gemv.MAX_ROWS + 1) is None
+    assert isinstance(ops.capture_graph(64), LaunchGraph)
+
+
+@pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN bf16 is not available on this CPU")
+def test_onednn_linear_replays_into_the_recorded_output() -> None:
+    """Past the GEMV's rows the matmul is oneDNN's, a torch op: replayed and copied in place."""
+    ops = CpuKernelOps()
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=gen).bfloat16()
+    prepared = ops.prepare_linear(weight)
+    x = torch.randn(gemv.MAX_ROWS + 4, 64, generator=gen).bfloat16()
+    norm_weight = torch.ones(96).bfloat16()  # kept alive: the graph holds only its address
+    graph = LaunchGraph()
+    with graph:
+        out = ops.linear(x, prepared, None)
+        normed = ops.rms_norm(out, norm_weight, 1e-6)
+    assert len(graph) == 2
+    x.copy_(torch.randn(x.shape, generator=gen))
+    graph.replay()
+    assert torch.equal(out, ops.linear(x, prepared, None))
+    assert torch.equal(normed, ops.rms_norm(out, norm_weight, 1e-6))

@@ -6,6 +6,9 @@ the platform's kernels can record their launches (``KernelOps.capture_graph``, A
 first decode step of each batch size runs with its inputs in fixed buffers while the launches are
 recorded; later decode steps of that size copy their inputs into the same buffers and replay the
 launches. Nothing is compiled, and a size is recorded on its first use, so start-up pays nothing.
+Batch sizes are padded up to :data:`CAPTURE_SIZES` (as vLLM pads to its CUDA-graph sizes): each
+graph keeps its intermediate tensors (~0.6 MB per sequence for SmolLM2, 40 MB at 64), so a graph
+for every size would hold ~1.3 GB; padded rows have no KV slot (``-1``) and a one-token context.
 
 Recording runs under :class:`_CaptureGuard`, which keeps every tensor the pass allocates (the
 recorded addresses must stay valid) and refuses the graph if any torch operation other than an
@@ -33,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 ModelForward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
 """``(input_ids, positions, metadata) -> hidden`` with the runner's KV caches bound."""
+
+CAPTURE_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64)
+"""Decode batch sizes that get a graph; a step of another size up to the last runs in the next
+larger one. Larger steps run eagerly (their Python is a smaller share of the step)."""
 
 _aten = torch.ops.aten
 _ALLOCATIONS = frozenset(
@@ -87,20 +94,25 @@ class _Recorded:
     kept: list[torch.Tensor]
 
     def load(self, inputs: StepInputs) -> bool:
-        """Copy a step's inputs into the buffers; False if its block table is wider than them."""
+        """Copy a step's inputs into the buffers; False if its block table is wider than them.
+
+        Rows past the step's sequences are padding: no KV slot and a one-token context (their
+        ids, positions and block-table rows are whatever an earlier step left, all valid).
+        """
         md, fixed = inputs.metadata, self.metadata
-        width = md.block_tables.shape[1]
+        n, width = md.num_seqs, md.block_tables.shape[1]
         if width > fixed.block_tables.shape[1]:
             return False
-        self.input_ids.copy_(inputs.input_ids)
-        self.positions.copy_(inputs.positions)
-        fixed.seq_lens.copy_(md.seq_lens)
-        fixed.slot_mapping.copy_(md.slot_mapping)
-        fixed.block_tables[:, :width].copy_(md.block_tables)
+        self.input_ids[:n].copy_(inputs.input_ids)
+        self.positions[:n].copy_(inputs.positions)
+        fixed.seq_lens[:n].copy_(md.seq_lens)
+        fixed.slot_mapping[:n].copy_(md.slot_mapping)
+        fixed.block_tables[:n, :width].copy_(md.block_tables)
+        if n < fixed.num_seqs:
+            fixed.seq_lens[n:].fill_(1)
+            fixed.slot_mapping[n:].fill_(-1)
         if fixed.seq_lens_cpu is not None and fixed.seq_lens_cpu is not fixed.seq_lens:
-            fixed.seq_lens_cpu.copy_(
-                md.seq_lens_cpu if md.seq_lens_cpu is not None else md.seq_lens
-            )
+            fixed.seq_lens_cpu.copy_(fixed.seq_lens)
         return True
 
 
@@ -140,21 +152,24 @@ class StepGraphs:
         n = md.num_seqs
         if n == 0 or md.num_prefill_tokens or md.num_decode_tokens != n:
             return None
+        size = next((size for size in CAPTURE_SIZES if size >= n), None)
+        if size is None:
+            return None
         # The kernels were recorded with a thread count; another one needs its own graph.
-        key = (n, torch.get_num_threads())
+        key = (size, torch.get_num_threads())
         recorded = self._graphs.get(key)
         if recorded is not None:
             if not recorded.load(inputs):
                 return None
             recorded.graph.replay()
             self.replays += 1
-            return recorded.hidden
+            return recorded.hidden[:n]
         if key in self._refused:
             return None
         return self._record(key, inputs)
 
     def _record(self, key: tuple[int, int], inputs: StepInputs) -> torch.Tensor | None:
-        n = key[0]
+        n = key[0]  # the padded size
         graph = self._ops.capture_graph(n)
         if graph is None:
             self._refused.add(key)
@@ -172,12 +187,12 @@ class StepGraphs:
                 n,
                 ", ".join(sorted(set(guard.unrecorded))),
             )
-            return hidden
-        recorded.hidden = hidden
-        recorded.kept = guard.kept
-        self._graphs[key] = recorded
-        logger.info("Recorded a step graph for decode steps of %d sequences", n)
-        return hidden
+        else:
+            recorded.hidden = hidden
+            recorded.kept = guard.kept
+            self._graphs[key] = recorded
+            logger.info("Recorded a step graph for decode steps of %d sequences", n)
+        return hidden[: inputs.metadata.num_seqs]
 
     def _buffers(self, graph: StepGraph, n: int) -> _Recorded:
         def zeros(*shape: int, dtype: torch.dtype) -> torch.Tensor:

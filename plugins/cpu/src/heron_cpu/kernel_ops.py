@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from heron_cpu import gemv
 from heron_cpu._kernels import _C
-from heron_cpu.launch import LaunchGraph, launch
+from heron_cpu.launch import LaunchGraph, launch, launch_torch
 from heron_cpu.memory import HugePageArena
 from heron_cpu.ops import DTYPE_CODES
 from heron_interfaces.kernel_ops import KernelOps
@@ -58,8 +58,8 @@ class CpuKernelOps(KernelOps):
 
     # -- step graphs -----------------------------------------------------------------------------
     def capture_graph(self, num_tokens: int) -> LaunchGraph | None:
-        """Up to the GEMV's rows every op of a decode step is one of ours; beyond, oneDNN's is not."""
-        return LaunchGraph() if 0 < num_tokens <= self._gemv_rows else None
+        """Any size: past the GEMV's rows, oneDNN's prepacked GEMM is recorded as a torch launch."""
+        return LaunchGraph() if num_tokens > 0 and (self._gemv_rows or self._onednn) else None
 
     # -- embedding -------------------------------------------------------------------------------
     def embedding(self, token_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,9 @@ class CpuKernelOps(KernelOps):
         if x.dim() == 2 and x.shape[0] <= self._gemv_rows:
             return gemv.linear_small(x, prepared.weight, bias)
         if prepared.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, prepared.packed, bias, "none", [], "")
+            return launch_torch(
+                torch.ops.mkldnn._linear_pointwise, x, prepared.packed, bias, "none", [], ""
+            )
         return F.linear(x, prepared.weight, bias)
 
     # -- normalisation ---------------------------------------------------------------------------

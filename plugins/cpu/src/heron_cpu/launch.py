@@ -14,7 +14,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LaunchGraph", "launch"]
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+
+__all__ = ["LaunchGraph", "launch", "launch_torch"]
 
 _local = threading.local()
 """``_local.calls``: the list being recorded on this thread, if any (engines in other threads
@@ -27,6 +30,33 @@ def launch(kernel: Callable[..., Any], *args: int | float) -> None:
     calls = getattr(_local, "calls", None)
     if calls is not None:
         calls.append((kernel, args))
+
+
+def launch_torch(op: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """``op(*args)`` (a torch op that returns a new tensor, e.g. oneDNN's GEMM), recordable.
+
+    A replay calls ``op`` again and copies its result into the tensor the recorded pass returned,
+    which is where the recorded launches after it read. While recording, the op runs with the
+    torch dispatch modes set aside: it is part of the graph, so the capture guard of core (a
+    dispatch mode that refuses torch work a replay would skip) must not count it.
+    """
+    calls = getattr(_local, "calls", None)
+    if calls is None:
+        return op(*args)
+    with _disable_current_modes():
+        out = op(*args)
+    calls.append((_ReplayInto(op, args, out), ()))
+    return out
+
+
+class _ReplayInto:
+    __slots__ = ("args", "op", "out")
+
+    def __init__(self, op: Callable[..., torch.Tensor], args: tuple, out: torch.Tensor) -> None:
+        self.op, self.args, self.out = op, args, out
+
+    def __call__(self) -> None:
+        self.out.copy_(self.op(*self.args))
 
 
 class LaunchGraph:
