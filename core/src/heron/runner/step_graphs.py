@@ -135,6 +135,7 @@ class StepGraphs:
         self._max_blocks = -(-max_model_len // block_size)
         self._graphs: dict[tuple[int, int], _Recorded] = {}
         self._refused: set[tuple[int, int]] = set()
+        self._told_refusal = False
         self.replays = 0
 
     @property
@@ -182,11 +183,14 @@ class StepGraphs:
             hidden = self._forward(recorded.input_ids, recorded.positions, recorded.metadata)
         if guard.unrecorded:
             self._refused.add(key)
-            logger.info(
+            # Once at INFO: the same ops are usually refused at every size (e.g. float32 matmuls).
+            logger.log(
+                logging.DEBUG if self._told_refusal else logging.INFO,
                 "Decode steps of %d sequences run eagerly: %s ran outside the backend's kernels",
                 n,
                 ", ".join(sorted(set(guard.unrecorded))),
             )
+            self._told_refusal = True
         else:
             recorded.hidden = hidden
             recorded.kept = guard.kept

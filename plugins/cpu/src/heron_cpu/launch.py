@@ -15,7 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import _disable_current_modes
+
+try:  # private torch API: without it, core's capture guard sees the op and refuses the graph
+    from torch.utils._python_dispatch import _disable_current_modes
+except ImportError:  # pragma: no cover - depends on the torch version
+    from contextlib import nullcontext as _disable_current_modes
 
 __all__ = ["LaunchGraph", "launch", "launch_torch"]
 
