@@ -186,7 +186,7 @@ class StepGraphs:
             # Once at INFO: the same ops are usually refused at every size (e.g. float32 matmuls).
             logger.log(
                 logging.DEBUG if self._told_refusal else logging.INFO,
-                "Decode steps of %d sequences run eagerly: %s ran outside the backend's kernels",
+                "%d-sequence decode steps run eagerly: %s ran outside the backend's kernels",
                 n,
                 ", ".join(sorted(set(guard.unrecorded))),
             )
@@ -195,7 +195,7 @@ class StepGraphs:
             recorded.hidden = hidden
             recorded.kept = guard.kept
             self._graphs[key] = recorded
-            logger.info("Recorded a step graph for decode steps of %d sequences", n)
+            logger.info("Recorded a step graph for %d-sequence decode steps", n)
         return hidden[: inputs.metadata.num_seqs]
 
     def _buffers(self, graph: StepGraph, n: int) -> _Recorded:
