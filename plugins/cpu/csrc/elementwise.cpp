@@ -15,7 +15,6 @@
 #include <omp.h>
 
 #include <cmath>
-#include <cstring>
 
 #include "kernels.h"
 #include "scalar_math.h"
@@ -79,40 +78,6 @@ void rms_norm_impl(const RmsNormArgs& a) {
   }
 }
 
-#if defined(__FMA__)
-#define HERON_FMA(a, b, c) __builtin_fmaf((a), (b), (c))
-#else
-#define HERON_FMA(a, b, c) ((a) * (b) + (c))
-#endif
-
-// silu(g) = g / (1 + exp(-g)) in float, before the rounding torch applies. exp_clamped's
-// polynomial with FMAs where the variant has them, and one 2^n scaling: clamped to [-87, 88],
-// n = round(x / ln 2) stays in [-126, 127], a normal power of two. Differs from exp_clamped by an
-// ulp or two of float, which the bf16 rounding after it hides (the conformance suite checks it).
-inline float silu_value(float g) {
-  float x = -g;
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float t = HERON_FMA(x, 1.44269504088896341f, shifter);
-  const float n = t - shifter;
-  int32_t t_bits, shifter_bits;
-  std::memcpy(&t_bits, &t, sizeof t_bits);
-  std::memcpy(&shifter_bits, &shifter, sizeof shifter_bits);
-  float r = HERON_FMA(n, -0.693359375f, x);
-  r = HERON_FMA(n, 2.12194440e-4f, r);
-  float p = 1.9875691500e-4f;
-  p = HERON_FMA(p, r, 1.3981999507e-3f);
-  p = HERON_FMA(p, r, 8.3334519073e-3f);
-  p = HERON_FMA(p, r, 4.1665795894e-2f);
-  p = HERON_FMA(p, r, 1.6666665459e-1f);
-  p = HERON_FMA(p, r, 5.0000001201e-1f);
-  const float y = HERON_FMA(p, r * r, r) + 1.0f;
-  const int32_t scale_bits = (t_bits - shifter_bits + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &scale_bits, sizeof scale);
-  return g / HERON_FMA(y, scale, 1.0f);
-}
-
 template <typename T>
 void silu_and_mul_impl(const SiluAndMulArgs& a) {
   const T* x = static_cast<const T*>(a.x);
@@ -127,7 +92,7 @@ void silu_and_mul_impl(const SiluAndMulArgs& a) {
 #pragma omp simd
     for (int64_t i = 0; i < d; ++i) {
       const float g = to_float(gate[i]);
-      const float silu = round_as(silu_value(g), o);
+      const float silu = round_as(g / (1.0f + exp_clamped(-g)), o);
       store(o + i, silu * to_float(up[i]));
     }
   }

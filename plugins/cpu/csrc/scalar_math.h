@@ -30,33 +30,38 @@ inline uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
+// a * b + c, fused where the variant has FMA (one rounding), plain elsewhere.
+#if defined(__FMA__)
+#define HERON_FMA(a, b, c) __builtin_fmaf((a), (b), (c))
+#else
+#define HERON_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
 // exp(x) to about 2 ulp for x in [-87, 88] (clamped outside), in plain arithmetic so that `omp
 // simd` loops vectorise it on every variant (libm's expf is a scalar call). Cephes' polynomial;
-// 2^n is built in the exponent field, in two halves so that n = 128 (x near 88) does not overflow
-// it. For x <= 0 the two halves multiply exactly, so the result equals a single 2^n scaling.
+// 2^n is built in the exponent field: with the clamp, n = round(x / ln 2) stays in [-126, 127],
+// a normal power of two, so one scaling is exact.
 inline float exp_clamped(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float t = x * 1.44269504088896341f + shifter;
+  const float t = HERON_FMA(x, 1.44269504088896341f, shifter);
   const float n = t - shifter;
   int32_t t_bits, shifter_bits;
   std::memcpy(&t_bits, &t, sizeof t_bits);
   std::memcpy(&shifter_bits, &shifter, sizeof shifter_bits);
-  const int32_t n_int = t_bits - shifter_bits;
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float r = HERON_FMA(n, -0.693359375f, x);
+  r = HERON_FMA(n, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t half = n_int / 2;
-  const int32_t b1 = (half + 127) << 23, b2 = (n_int - half + 127) << 23;
-  float s1, s2;
-  std::memcpy(&s1, &b1, sizeof s1);
-  std::memcpy(&s2, &b2, sizeof s2);
-  return y * s1 * s2;
+  p = HERON_FMA(p, r, 1.3981999507e-3f);
+  p = HERON_FMA(p, r, 8.3334519073e-3f);
+  p = HERON_FMA(p, r, 4.1665795894e-2f);
+  p = HERON_FMA(p, r, 1.6666665459e-1f);
+  p = HERON_FMA(p, r, 5.0000001201e-1f);
+  const float y = HERON_FMA(p, r * r, r) + 1.0f;
+  const int32_t scale_bits = (t_bits - shifter_bits + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
+  return y * scale;
 }
 
 }  // namespace
