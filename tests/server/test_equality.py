@@ -75,7 +75,9 @@ def smollm2_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteS
     # The test is about the server's plumbing, so both sides run the same kernels.
     remote = start_server(
         tmp_path_factory.mktemp("smollm2"),
-        *("--max-model-len", "1024", "--no-enable-prefix-caching"),
+        "--max-model-len",
+        "1024",
+        "--no-enable-prefix-caching",
         heron_cli=True,
     )
     yield remote
