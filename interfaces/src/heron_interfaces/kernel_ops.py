@@ -14,6 +14,8 @@ Step graphs (API 1.4): a backend whose every launch in a decode step goes throug
 kernels (no torch op in between) can record those launches once and replay them on later steps,
 the CPU counterpart of CUDA graphs: the per-op Python of ~300 calls per step is what a small
 model's single-stream decode spends a quarter of its time on. See :meth:`KernelOps.capture_graph`.
+Since API 1.5 a recorder may instead capture every device operation of the pass (CUDA graphs,
+hipGraph): it says so with ``StepGraph.records_torch_ops``.
 
 Importing this module imports torch, so ``heron_interfaces`` itself only names it lazily.
 """
@@ -34,6 +36,12 @@ class StepGraph(Protocol):
     with the same arguments: the same addresses, so the caller keeps every tensor of the recorded
     pass alive and writes each step's inputs into the recorded input tensors before replaying.
     """
+
+    records_torch_ops: bool
+    """API 1.5, optional (absent means False): True when the recorder captures every device
+    operation issued while entered, torch's own included, as a CUDA graph does. Core then
+    accepts passes in which torch ran matmuls or copies; otherwise it refuses such a pass, since
+    a replay of the backend's launches alone would skip that work."""
 
     def __enter__(self) -> StepGraph: ...
 

@@ -12,7 +12,7 @@ __global__ void silu_and_mul_kernel(T* __restrict__ out, int64_t out_stride,
   T* out_row = out + blockIdx.x * out_stride;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     const float g = to_float(gate[i]);
-    out_row[i] = from_float<T>(g / (1.f + expf(-g)) * to_float(up[i]));
+    out_row[i] = from_float<T>(round_to<T>(g / (1.f + expf(-g))) * to_float(up[i]));
   }
 }
 

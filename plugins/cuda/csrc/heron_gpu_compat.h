@@ -81,6 +81,16 @@ __device__ __forceinline__ bf16 from_float<bf16>(float x) {
   return bf16{static_cast<uint16_t>(u >> 16)};
 }
 
+// `x` rounded to T's precision, kept as a float. Where Hugging Face's eager PyTorch stores an
+// intermediate in the model dtype (RMSNorm before its weight, SiLU before the gate product, each
+// rotary product), the elementwise kernels round there too: results then equal the reference bit
+// for bit in nearly every element, so half-precision greedy decoding follows HF's token choices
+// instead of drifting one rounding away at near-ties.
+template <typename T>
+__device__ __forceinline__ float round_to(float x) {
+  return to_float(from_float<T>(x));
+}
+
 // Sum / max over the 32 lanes of a lane group; every lane receives the result.
 __device__ __forceinline__ float group_sum(float v) {
 #pragma unroll

@@ -1,4 +1,5 @@
-// RMSNorm: out = x / sqrt(mean(x^2) + eps) * weight, accumulated in float32 and rounded once.
+// RMSNorm: out = round(x / sqrt(mean(x^2) + eps)) * weight, with the statistics in float32 and the
+// normalised row rounded to the model dtype before the weight multiply, as Hugging Face does.
 #include "launch_utils.h"
 
 namespace heron {
@@ -18,9 +19,10 @@ __global__ void rms_norm_kernel(T* __restrict__ out, int64_t out_stride, const T
     sum_squares += v * v;
   }
   sum_squares = block_sum(sum_squares, scratch);
-  const float inv_rms = rsqrtf(sum_squares / static_cast<float>(hidden_size) + eps);
+  // 1 / sqrtf, both correctly rounded, rather than the approximate rsqrtf.
+  const float inv_rms = 1.f / sqrtf(sum_squares / static_cast<float>(hidden_size) + eps);
   for (int i = threadIdx.x; i < hidden_size; i += blockDim.x) {
-    out_row[i] = from_float<T>(to_float(row[i]) * inv_rms * to_float(weight[i]));
+    out_row[i] = from_float<T>(round_to<T>(to_float(row[i]) * inv_rms) * to_float(weight[i]));
   }
 }
 

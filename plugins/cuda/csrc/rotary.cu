@@ -32,8 +32,9 @@ __global__ void rotary_neox_kernel(const int64_t* __restrict__ positions, T* __r
     const float x2 = to_float(base[i + half]);
     const float c = cos[i];
     const float s = sin[i];
-    base[i] = from_float<T>(x1 * c - x2 * s);
-    base[i + half] = from_float<T>(x2 * c + x1 * s);
+    // Each product rounded on its own (and never fused into an FMA), as eager PyTorch does.
+    base[i] = from_float<T>(round_to<T>(__fmul_rn(x1, c)) - round_to<T>(__fmul_rn(x2, s)));
+    base[i + half] = from_float<T>(round_to<T>(__fmul_rn(x2, c)) + round_to<T>(__fmul_rn(x1, s)));
   }
 }
 

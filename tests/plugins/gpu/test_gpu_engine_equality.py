@@ -11,6 +11,7 @@ models in half precision on the GPU while the reference is Hugging Face in float
   ``check_logprobs_close`` rule: ids agree up to a first difference, where each side's token must
   be among the other's top logprobs; the rest of that sequence is not compared.
 * Logprobs of the float16 run are close to the float32 reference's.
+* Decode steps replay captured device graphs, with the same ids as eager mode.
 
 Without a usable GPU every test skips, through the ``gpu`` fixture, with the reason.
 """
@@ -156,3 +157,16 @@ def test_bfloat16_ids_follow_hf_until_a_near_tie(tiny_model, on_gpu: GpuBackend)
                 + _describe_divergence(list(completion.token_ids), ref, position)
             )
             break
+
+
+def test_decode_steps_replay_device_graphs(tiny_model, on_gpu: GpuBackend) -> None:
+    """Decode steps run from captured graphs, and give what eager mode gives."""
+    folder, prompt_ids, reference = tiny_model
+    llm, outputs = _run(folder, prompt_ids[:3], "float16", None)
+    graphs = llm.llm_engine.core.runner.step_graphs
+    assert graphs is not None and graphs.replays > 0, "no decode step was replayed from a graph"
+    eager, eager_outputs = _run(folder, prompt_ids[:3], "float16", None, enforce_eager=True)
+    assert eager.llm_engine.core.runner.step_graphs is None
+    got = [list(o.outputs[0].token_ids) for o in outputs]
+    assert got == [list(o.outputs[0].token_ids) for o in eager_outputs]
+    assert got == [ref["ids"] for ref in reference[:3]]

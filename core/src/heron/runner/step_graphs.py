@@ -14,7 +14,9 @@ Recording runs under :class:`_CaptureGuard`, which keeps every tensor the pass a
 recorded addresses must stay valid) and refuses the graph if any torch operation other than an
 allocation or a view ran: such work happens outside the recorded kernels and would be silently
 skipped on replay. A refused size runs eagerly from then on; the recording pass itself computed
-the step normally either way.
+the step normally either way. A recorder that captures all device work (``records_torch_ops``:
+CUDA graphs on the GPU backends) needs no guard: its graph holds the torch ops too, and the
+device runtime keeps the captured allocations alive in the graph's memory pool.
 """
 
 from __future__ import annotations
@@ -178,6 +180,13 @@ class StepGraphs:
         recorded = self._buffers(graph, n)
         if not recorded.load(inputs):
             return None
+        if getattr(graph, "records_torch_ops", False):
+            with graph:
+                hidden = self._forward(recorded.input_ids, recorded.positions, recorded.metadata)
+            recorded.hidden = hidden
+            self._graphs[key] = recorded
+            logger.info("Captured a device graph for %d-sequence decode steps", n)
+            return hidden[: inputs.metadata.num_seqs]
         guard = _CaptureGuard()
         with guard, graph:
             hidden = self._forward(recorded.input_ids, recorded.positions, recorded.metadata)

@@ -28,6 +28,10 @@ class GpuAttentionBackend(AttentionBackend):
     """Writes the batch's keys and values into the cache, then runs the paged attention kernels."""
 
     name = "gpu"
+    # Every per-step value (slots, lengths, block tables, query offsets) is read from tensors;
+    # max_seq_len is only a bound that sizes the partition grid, so a graph captured with the
+    # largest bound serves every later step.
+    supports_step_graphs = True
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         super().__init__(spec)

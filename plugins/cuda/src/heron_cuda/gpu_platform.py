@@ -51,10 +51,14 @@ class GpuPlatform(Platform):
             head_sizes=tuple(cls.kernels().HEAD_SIZES),
             default_dtype="bfloat16",
             pinned_memory=True,
-            # The kernels use the current stream and never sync, but capture (CUDA graphs or
-            # hipGraph) has not been validated on hardware yet; core keeps eager mode until it is.
-            graph_capture=False,
+            # The kernels use the current stream and never sync, so decode steps are captured
+            # as CUDA graphs (hipGraph on ROCm) by GpuKernelOps.capture_graph.
+            graph_capture=True,
         )
+
+    @classmethod
+    def kernel_ops(cls) -> str:
+        return f"{cls.package}.gpu_kernel_ops:GpuKernelOps"
 
     @classmethod
     def attention_backend(cls) -> str:

@@ -295,8 +295,9 @@ def paged_attention(
 def rms_norm(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
     """``out = x / sqrt(mean(x**2, -1) + eps) * weight`` over the last dimension.
 
-    Accumulates in float32 and rounds once, so half-precision results can differ from a
-    step-by-step torch version by one rounding.
+    Statistics in float32; the normalised row is rounded to ``x``'s dtype before the weight
+    multiply, as Hugging Face's RMSNorm does, so results match its eager version bit for bit in
+    nearly every element.
     """
     _check_device("x", x)
     _check_dtype("x", x, ELEMENTWISE_DTYPES)
@@ -348,6 +349,9 @@ def rotary_embedding(
     ``cos_sin_cache`` is float32 ``[max_position, rot_dim]`` with the cosines in the first half of
     each row and the sines in the second. The first ``rot_dim`` features of every head rotate as
     two halves; the rest are untouched. Tokens whose position is outside the cache are skipped.
+    Each product and each sum is rounded to ``query``'s dtype, as eager PyTorch rounds
+    ``x1 * cos - x2 * sin``; a cache widened from the model dtype thus reproduces Hugging Face's
+    rotation bit for bit.
     """
     _check_device("query", query)
     device = query.device

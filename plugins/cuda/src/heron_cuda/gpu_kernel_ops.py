@@ -1,0 +1,156 @@
+"""The model's elementwise ops on this package's kernels, and decode steps as CUDA/HIP graphs.
+
+Core's layers call :class:`~heron_interfaces.kernel_ops.KernelOps`; this subclass routes RMSNorm,
+the residual add + RMSNorm, SiLU-and-multiply and rotary embedding to the compiled kernels, which
+round where the plain-torch reference rounds (see ``round_to`` in ``heron_gpu_compat.h``), and
+leaves embedding and matmuls to torch (cuBLAS / hipBLASLt already run those at the GPU's rate).
+Layouts the kernels do not take (a 3-D strided view under Qwen3's per-head norms, say) go to the
+reference implementation.
+
+:meth:`GpuKernelOps.capture_graph` hands core a :class:`GpuStepGraph`: a ``torch.cuda.CUDAGraph``
+(a hipGraph on ROCm builds of torch) that captures every launch on the capture stream, torch's
+own kernels included. A single-sequence decode step of a 30-layer model is ~400 launches; eager
+Python issues them slower than the GPU runs them, so replaying a graph is what makes small decode
+batches fast.
+
+This file is shared verbatim by heron_cuda and heron_rocm (plugins/rocm's CMake installs it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from heron_interfaces.kernel_ops import KernelOps
+
+
+class GpuStepGraph:
+    """One forward pass captured as a device graph; the protocol of ``heron_interfaces.StepGraph``.
+
+    Capture records without running anything, so leaving the context replays the graph once: the
+    captured pass then has its result, as the protocol promises. Graphs of one :class:`GpuKernelOps`
+    share a memory pool, as vLLM's do, since only one of them runs at a time.
+    """
+
+    records_torch_ops = True
+    """Every device operation issued while capturing is in the graph, not only this package's
+    kernels, so core need not refuse a pass in which torch ran a matmul or a copy."""
+
+    def __init__(self, pool: Any) -> None:
+        self._graph = torch.cuda.CUDAGraph()
+        self._pool = pool
+        self._capture: Any = None
+
+    def __enter__(self) -> GpuStepGraph:
+        self._capture = torch.cuda.graph(self._graph, pool=self._pool)
+        self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        capture, self._capture = self._capture, None
+        capture.__exit__(*exc_info)
+        if exc_info[0] is None:
+            self._graph.replay()
+
+    def replay(self) -> None:
+        self._graph.replay()
+
+
+def _plain_rows(t: torch.Tensor) -> bool:
+    """Rows the kernels can index as ``row * stride + feature``."""
+    return (t.dim() == 2 and (t.stride(1) == 1 or t.shape[1] <= 1)) or t.is_contiguous()
+
+
+class GpuKernelOps(KernelOps):
+    """The compiled elementwise kernels where their layout fits, torch elsewhere."""
+
+    name = __package__.removeprefix("heron_") if __package__ else "gpu"
+
+    def __init__(self) -> None:
+        from . import ops
+
+        self._ops = ops
+        self._pool: Any = None
+        self._float_caches: dict[tuple[int, int], torch.Tensor] = {}
+
+    # -- step graphs -----------------------------------------------------------------------------
+    def capture_graph(self, num_tokens: int) -> GpuStepGraph | None:
+        if not torch.cuda.is_available():
+            return None
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return GpuStepGraph(self._pool)
+
+    # -- normalisation ---------------------------------------------------------------------------
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if not (
+            x.is_cuda
+            and x.dtype in self._ops.ELEMENTWISE_DTYPES
+            and weight.dtype == x.dtype
+            and weight.is_contiguous()
+            and _plain_rows(x)
+        ):
+            return super().rms_norm(x, weight, eps)
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        self._ops.rms_norm(out, x, weight, eps)
+        return out
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        summed = x + residual
+        return self.rms_norm(summed, weight, eps), summed
+
+    # -- activation ------------------------------------------------------------------------------
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        if not (
+            x.is_cuda
+            and x.dtype in self._ops.ELEMENTWISE_DTYPES
+            and x.dim() >= 1
+            and x.shape[-1] % 2 == 0
+            and _plain_rows(x)
+        ):
+            return super().silu_and_mul(x)
+        out = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=x.dtype, device=x.device)
+        self._ops.silu_and_mul(out, x)
+        return out
+
+    # -- rotary embedding ------------------------------------------------------------------------
+    def rotary(
+        self, positions: torch.Tensor, heads: torch.Tensor, cos_sin_cache: torch.Tensor
+    ) -> torch.Tensor:
+        if not (
+            heads.is_cuda
+            and heads.dim() == 3
+            and heads.shape[1] >= 1
+            and heads.dtype in self._ops.ELEMENTWISE_DTYPES
+            and positions.dtype == torch.int64
+            and positions.is_contiguous()
+            and cos_sin_cache.dim() == 2
+            and cos_sin_cache.shape[1] % 2 == 0
+            and 0 < cos_sin_cache.shape[1] <= heads.shape[2]
+        ):
+            return super().rotary(positions, heads, cos_sin_cache)
+        out = heads.clone(memory_format=torch.contiguous_format)  # inputs are never modified
+        # The kernel rotates two head sets in one launch; any split of ``out`` works.
+        self._ops.rotary_embedding(
+            positions, out[:, :1], out[:, 1:], self._float_cache(cos_sin_cache), heads.shape[2]
+        )
+        return out
+
+    def _float_cache(self, cache: torch.Tensor) -> torch.Tensor:
+        """The model's cos/sin table (model dtype) widened to the float32 the kernel reads.
+
+        Widening is exact, and the kernel rounds each product to the model dtype, so the result
+        equals the reference's half-precision arithmetic. Made once per table, on the first
+        (eager) step: never inside a graph capture.
+        """
+        if cache.dtype == torch.float32 and cache.is_contiguous():
+            return cache
+        key = (cache.data_ptr(), cache.shape[0])
+        widened = self._float_caches.get(key)
+        if widened is None:
+            widened = cache.float().contiguous()
+            self._float_caches[key] = widened
+        return widened
