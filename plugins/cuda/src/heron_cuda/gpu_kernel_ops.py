@@ -72,7 +72,10 @@ class GpuKernelOps(KernelOps):
 
         self._ops = ops
         self._pool: Any = None
-        self._float_caches: dict[tuple[int, int], torch.Tensor] = {}
+        # id(model's table) -> (that table, its float32 copy); the table is held, so its id stays
+        # unique (tables are never written after the model is built). An address would not do: a freed table's memory
+        # goes to the next table allocated, and the copy would be stale.
+        self._float_caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- step graphs -----------------------------------------------------------------------------
     def capture_graph(self, num_tokens: int) -> GpuStepGraph | None:
@@ -148,9 +151,10 @@ class GpuKernelOps(KernelOps):
         """
         if cache.dtype == torch.float32 and cache.is_contiguous():
             return cache
-        key = (cache.data_ptr(), cache.shape[0])
-        widened = self._float_caches.get(key)
-        if widened is None:
-            widened = cache.float().contiguous()
-            self._float_caches[key] = widened
-        return widened
+        entry = self._float_caches.get(id(cache))
+        if entry is None or entry[0] is not cache:
+            if len(self._float_caches) >= 8:  # one table per model; tests make many
+                self._float_caches.clear()
+            entry = (cache, cache.float().contiguous())
+            self._float_caches[id(cache)] = entry
+        return entry[1]
