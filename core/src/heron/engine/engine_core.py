@@ -67,7 +67,10 @@ class EngineCore:
                 "HERON_BACKEND (e.g. HERON_BACKEND=reference)."
             ) from exc
         self.runner.load_weights(self.source.weights())
-        self.kv_plan = self._plan_kv_cache()
+        budget = args.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+        if not args.enable_chunked_prefill:
+            budget = max(budget, self.max_model_len)
+        self.kv_plan = self._plan_kv_cache(budget)
         self.runner.init_kv_cache(self.kv_plan.num_blocks)
         step_graphs = (
             "off (--enforce-eager)"
@@ -75,9 +78,6 @@ class EngineCore:
             else self.runner.enable_step_graphs(self.max_model_len)
         )
 
-        budget = args.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
-        if not args.enable_chunked_prefill:
-            budget = max(budget, self.max_model_len)
         self.scheduler_config = SchedulerConfig(
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=budget,
@@ -152,15 +152,30 @@ class EngineCore:
             )
         return requested
 
-    def _plan_kv_cache(self) -> KVPlan:
+    def _plan_kv_cache(self, max_step_tokens: int) -> KVPlan:
         profiler = self.platform.memory_profiler()
         snapshot = profiler.snapshot()
+        scratch = 0
+        if snapshot.kv_budget is None and self.args.num_gpu_blocks_override is None:
+            # No explicit KV space: measure what the biggest step needs before sizing the cache.
+            profiler.reset_peak()
+            started = time.monotonic()
+            scratch = self.runner.profile_run(
+                max_step_tokens, self.args.max_num_seqs, self.max_model_len
+            )
+            snapshot = profiler.snapshot()
+            logger.info(
+                "Profiled a %d-token step in %.2f s: %.2f GiB of activations at peak",
+                max_step_tokens,
+                time.monotonic() - started,
+                max(0, snapshot.peak - snapshot.allocated - scratch) / 2**30,
+            )
         return plan_kv_cache(
             snapshot=snapshot,
             bytes_per_block=self.runner.kv_bytes_per_block(),
             block_size=self.block_size,
             weights_bytes=self.runner.weights_bytes(),
-            peak_activation_bytes=max(0, snapshot.peak - snapshot.allocated),
+            peak_activation_bytes=max(0, snapshot.peak - snapshot.allocated - scratch),
             memory_utilization=self.args.gpu_memory_utilization,
             max_model_len=self.max_model_len,
             max_num_seqs=self.args.max_num_seqs,

@@ -78,3 +78,55 @@ def build_step_inputs(out: SchedulerOutput, block_size: int, device: torch.devic
         metadata=metadata,
         query_start_loc=cu,
     )
+
+
+def build_profile_inputs(
+    num_tokens: int, num_seqs: int, max_model_len: int, block_size: int, device: torch.device
+) -> tuple[StepInputs, int]:
+    """The largest prefill step the scheduler may build, over a scratch block range.
+
+    ``num_tokens`` prompt tokens split as evenly as possible over ``num_seqs`` sequences (more
+    where one would exceed ``max_model_len``), each on its own consecutive blocks starting at 0.
+    Returns the inputs and the number of KV blocks they address.
+    """
+    num_tokens = max(1, num_tokens)
+    count = max(1, min(num_seqs, num_tokens), -(-num_tokens // max_model_len))
+    lens = np.full(count, num_tokens // count, dtype=np.int64)
+    lens[: num_tokens % count] += 1
+    blocks = -(-lens // block_size)
+    first_block = np.zeros(count, dtype=np.int64)
+    np.cumsum(blocks[:-1], out=first_block[1:])
+    width = int(blocks.max())
+    # Columns past a sequence's own blocks point at its neighbours' (valid, never read).
+    block_table = (first_block[:, None] + np.arange(width)[None, :]).astype(np.int32)
+    num_blocks = int(blocks.sum()) + width
+    cu = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(lens, out=cu[1:])
+    positions = np.arange(num_tokens, dtype=np.int64) - np.repeat(cu[:-1], lens)
+    rows = np.repeat(np.arange(count), lens)
+    slots = block_table[rows, positions // block_size].astype(np.int64) * block_size + (
+        positions % block_size
+    )
+    num_decode_tokens = int(lens[lens == 1].sum())
+    qsl = torch.from_numpy(cu.astype(np.int32))
+    seq_lens = torch.from_numpy(lens.astype(np.int32))
+    metadata = AttentionMetadata(
+        query_start_loc=qsl.to(device),
+        seq_lens=seq_lens.to(device),
+        block_tables=torch.from_numpy(block_table).to(device),
+        slot_mapping=torch.from_numpy(slots).to(device),
+        max_query_len=int(lens.max()),
+        max_seq_len=int(lens.max()),
+        num_prefill_tokens=num_tokens - num_decode_tokens,
+        num_decode_tokens=num_decode_tokens,
+        num_seqs=count,
+        query_start_loc_cpu=qsl,
+        seq_lens_cpu=seq_lens,
+    )
+    inputs = StepInputs(
+        input_ids=torch.zeros(num_tokens, dtype=torch.long, device=device),
+        positions=torch.from_numpy(positions).to(device),
+        metadata=metadata,
+        query_start_loc=cu,
+    )
+    return inputs, num_blocks

@@ -15,7 +15,7 @@ import torch
 
 from heron.models.context import ModelContext
 from heron.plugins import resolve_reference
-from heron.runner.input_batch import StepInputs, build_step_inputs
+from heron.runner.input_batch import StepInputs, build_profile_inputs, build_step_inputs
 from heron.runner.sampler import Sampler, SamplingBatch, SamplingRow, compute_prompt_logprobs
 from heron.runner.step_graphs import StepGraphs
 from heron.sched.output import RunnerOutput, ScheduledRequest, SchedulerOutput
@@ -66,6 +66,35 @@ class TorchModelRunner:
             prepare = getattr(self.model, "prepare_for_inference", None)
             if prepare is not None:
                 prepare()
+
+    @torch.inference_mode()
+    def profile_run(self, num_tokens: int, num_seqs: int, max_model_len: int) -> int:
+        """Run the largest step the scheduler may build, on a scratch KV cache, and free it.
+
+        Why: where the platform gives no explicit KV budget (GPUs), the KV cache may take only
+        what the weights *and* the biggest step's activations leave (vLLM's profile run), and the
+        allocator's peak after this call holds both. The step is ``num_tokens`` prompt tokens
+        over up to ``num_seqs`` sequences, with the logits and log-softmax of one row per
+        sequence, as the sampler makes them. Returns the scratch cache's bytes: they are in that
+        peak but are not activations.
+        """
+        inputs, num_blocks = build_profile_inputs(
+            num_tokens, num_seqs, max_model_len, self.block_size, self.device
+        )
+        shape = self.kv_cache_shape(num_blocks)
+        scratch = [
+            self.attention_cls.allocate_kv_cache(shape, self.dtype, self.device)
+            for _ in range(self.model.num_layers)
+        ]
+        kept, self.kv_caches = self.kv_caches, scratch
+        try:
+            hidden = self._model_forward(inputs.input_ids, inputs.positions, inputs.metadata)
+            last = torch.from_numpy(inputs.query_start_loc[1:] - 1).to(self.device)
+            torch.log_softmax(self.model.compute_logits(hidden[last]), dim=-1)
+            self.platform.synchronize()
+        finally:
+            self.kv_caches = kept
+        return sum(t.numel() * t.element_size() for t in scratch)
 
     def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
         return tuple(
