@@ -28,7 +28,7 @@ from model_utils import (
 from heron.loader import build_model, default_model_path, load_model_source
 from heron.loader.dequant import dequantize
 from heron.loader.gguf_file import read_gguf
-from heron.loader.gguf_source import hf_tensor_name, unpermute_rotary
+from heron.loader.gguf_source import hf_tensor_name, load_cached_metadata, unpermute_rotary
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -137,6 +137,37 @@ def test_metadata_is_converted_once(tmp_path):
     again = load_model_source(str(path))
     assert again.hf_config.architectures == ["LlamaForCausalLM"]
     assert len(list((tmp_path / "heron-cache" / "gguf").iterdir())) == 1
+
+
+def test_cached_metadata_reads_like_the_auto_classes(tmp_path):
+    """The fast path (base config class, TokenizersBackend) gives what AutoConfig/AutoTokenizer do."""
+    import json
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = tmp_path / "fast.gguf"
+    write_tiny_gguf(path, tiny_hf_model(tiny_config("llama")))
+    load_model_source(str(path))
+    (meta,) = (tmp_path / "heron-cache" / "gguf").iterdir()
+    fast = load_cached_metadata(meta)
+    if fast is None:
+        pytest.skip("this transformers has no TokenizersBackend: the Auto classes are used")
+    config, tokenizer = fast
+    auto_config = AutoConfig.from_pretrained(str(meta))
+    assert type(config).__name__ == "PreTrainedConfig"
+    # Not model fields: where it was read from, and a generation flag the base class keeps out.
+    skipped = {"_name_or_path", "use_cache"}
+    for key, value in auto_config.to_dict().items():
+        assert key in skipped or getattr(config, key) == value, key
+    auto_tokenizer = AutoTokenizer.from_pretrained(str(meta))
+    chat = [{"role": "user", "content": "Herons wade."}]
+    assert tokenizer.apply_chat_template(chat) == auto_tokenizer.apply_chat_template(chat)
+    assert tokenizer.eos_token_id == auto_tokenizer.eos_token_id
+    # Another tokenizer class: the caller falls back to the Auto classes.
+    settings = json.loads((meta / "tokenizer_config.json").read_text())
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (meta / "tokenizer_config.json").write_text(json.dumps(settings))
+    assert load_cached_metadata(meta) is None
 
 
 @pytest.fixture(scope="module")

