@@ -153,6 +153,49 @@ def test_torch_ops_in_the_pass_refuse_the_graph(caplog: pytest.LogCaptureFixture
     assert ops.offered == [2]  # refused once, not offered again
 
 
+class _DeviceTape(_Tape):
+    """A recorder that, like a CUDA graph, takes every operation: core applies no guard."""
+
+    records_torch_ops = True
+
+
+class _RefusedDeviceTape(_DeviceTape):
+    """A capture the device refuses when it ends, as CUDA does after a host sync inside it."""
+
+    def __exit__(self, *exc_info: object) -> None:
+        super().__exit__(*exc_info)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+class _DeviceOps(_RecordingOps):
+    def __init__(self, fail_capture: bool = False) -> None:
+        super().__init__(max_tokens=64)
+        self.tape_cls = _RefusedDeviceTape if fail_capture else _DeviceTape
+
+    def capture_graph(self, num_tokens: int) -> _Tape | None:
+        self.offered.append(num_tokens)
+        return self.tape_cls()
+
+
+def test_a_device_graph_keeps_torch_ops() -> None:
+    """With ``records_torch_ops`` the graph holds torch's work too, so nothing is refused."""
+    graphs = _graphs(_torch_forward, _DeviceOps())
+    first = _decode_inputs([3, 4], [20, 40])
+    assert graphs.run(first).tolist() == _expected(first)
+    assert graphs.recorded_sizes == [2]
+
+
+def test_a_failed_device_capture_falls_back_to_eager(caplog: pytest.LogCaptureFixture) -> None:
+    ops = _DeviceOps(fail_capture=True)
+    graphs = _graphs(_torch_forward, ops)
+    with caplog.at_level(logging.WARNING, logger="heron.runner.step_graphs"):
+        assert graphs.run(_decode_inputs([3, 4], [20, 40])) is None  # the caller runs it eagerly
+    assert "capturing them failed" in caplog.text and "stream is capturing" in caplog.text
+    assert graphs.recorded_sizes == []
+    assert graphs.run(_decode_inputs([5, 6], [21, 41])) is None
+    assert ops.offered == [2]  # refused once, not offered again
+
+
 def test_only_pure_decode_steps_within_the_backend_sizes() -> None:
     ops = _RecordingOps(max_tokens=2)
     graphs = _graphs(_kernel_forward, ops)

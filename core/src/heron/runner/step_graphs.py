@@ -181,8 +181,20 @@ class StepGraphs:
         if not recorded.load(inputs):
             return None
         if getattr(graph, "records_torch_ops", False):
-            with graph:
-                hidden = self._forward(recorded.input_ids, recorded.positions, recorded.metadata)
+            try:
+                with graph:
+                    hidden = self._forward(
+                        recorded.input_ids, recorded.positions, recorded.metadata
+                    )
+            except Exception as exc:  # a capture the device refused must not fail the request
+                self._refused.add(key)
+                logger.warning(
+                    "%d-sequence decode steps run eagerly: capturing them failed (%s: %s)",
+                    n,
+                    type(exc).__name__,
+                    exc,
+                )
+                return None
             recorded.hidden = hidden
             self._graphs[key] = recorded
             logger.info("Captured a device graph for %d-sequence decode steps", n)
