@@ -232,3 +232,17 @@ def test_backend_that_cannot_run_the_model_is_named(tmp_path, monkeypatch) -> No
     monkeypatch.setenv("HERON_BACKEND", "cpu")
     with pytest.raises(EngineConfigError, match=r"head size 16.*HERON_BACKEND"):
         LLM(str(folder), dtype="float32")
+
+
+def test_prompt_bursts_split_for_streams_and_admitted_whole_offline(model_dir) -> None:
+    """Offline batches return all at once, so staggering their admission would only cost time."""
+    kwargs = {"dtype": "float32", "block_size": 16, "max_model_len": 256}
+    offline = LLM(str(model_dir), **kwargs)
+    assert offline.llm_engine.core.scheduler_config.split_prompt_bursts is False
+    asked = LLM(str(model_dir), split_prompt_bursts=True, **kwargs)
+    assert asked.llm_engine.core.scheduler_config.split_prompt_bursts is True
+    streaming = AsyncLLM(model=str(model_dir), **kwargs)
+    try:
+        assert streaming.engine.core.scheduler_config.split_prompt_bursts is True
+    finally:
+        streaming.shutdown()

@@ -40,10 +40,12 @@ class EngineArgs(BaseModel):
     enable_chunked_prefill: bool = Field(
         True, description="Split long prompts across steps so decodes keep flowing."
     )
-    split_prompt_bursts: bool = Field(
-        True,
+    split_prompt_bursts: bool | None = Field(
+        None,
         description="Admit at most half of the waiting requests per step, so that a burst of "
-        "prompts gets first tokens after half its prefill instead of all of it.",
+        "prompts gets first tokens after half its prefill instead of all of it. Default: on for "
+        "the server and AsyncLLM, off for offline LLM.generate, where only the batch's total "
+        "time counts.",
     )
     enforce_eager: bool = Field(
         False,
@@ -101,7 +103,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ..
         flag = "--" + name.replace("_", "-")
         annotation = info.annotation
         help_text = info.description or ""
-        if annotation is bool:
+        if annotation is bool or set(get_args(annotation)) == {bool, type(None)}:
             group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )

@@ -33,6 +33,8 @@ class AsyncLLM:
 
     def __init__(self, args: EngineArgs | None = None, **kwargs: Any) -> None:
         self.engine_args = args or make_engine_args(**kwargs)
+        if self.engine_args.split_prompt_bursts is None:  # streams want first tokens early
+            self.engine_args = self.engine_args.model_copy(update={"split_prompt_bursts": True})
         # The lock guards only the hand-over structures below, never a whole engine step, so the
         # event loop can accept and abort requests while the engine thread computes.
         self._lock = threading.Lock()

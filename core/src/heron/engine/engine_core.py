@@ -85,7 +85,7 @@ class EngineCore:
             block_size=self.block_size,
             enable_prefix_caching=args.enable_prefix_caching,
             enable_chunked_prefill=args.enable_chunked_prefill,
-            split_prompt_bursts=args.split_prompt_bursts,
+            split_prompt_bursts=args.split_prompt_bursts is not False,
         )
         self.kv_manager = KVCacheManager(
             self.kv_plan.num_blocks, self.block_size, args.enable_prefix_caching
@@ -96,7 +96,7 @@ class EngineCore:
         logger.info(
             "Model %s (%s) on %s (kernels: attention %s, other %s): dtype %s, max_model_len %d, "
             "block size %d, prefix caching %s, token budget %d per step, up to %d sequences, "
-            "step graphs %s",
+            "prompt bursts %s, step graphs %s",
             self.source.name,
             model_cls.__name__,
             self.platform.name,
@@ -108,6 +108,7 @@ class EngineCore:
             "on" if args.enable_prefix_caching else "off",
             budget,
             args.max_num_seqs,
+            "split" if self.scheduler_config.split_prompt_bursts else "admitted whole",
             step_graphs,
         )
         logger.info(

@@ -25,7 +25,12 @@ class LLM:
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
-        self.engine_args = make_engine_args(model=model, **kwargs)
+        args = make_engine_args(model=model, **kwargs)
+        if args.split_prompt_bursts is None:
+            # Staggered admission buys earlier first tokens, which an offline batch does not
+            # return anyway, at ~7 % of its throughput (W64 on 2 CPUs: 478 vs 511 tok/s).
+            args = args.model_copy(update={"split_prompt_bursts": False})
+        self.engine_args = args
         self.llm_engine = LLMEngine(self.engine_args)
 
     def get_tokenizer(self) -> Any:
