@@ -28,7 +28,8 @@ class LLM:
         args = make_engine_args(model=model, **kwargs)
         if args.split_prompt_bursts is None:
             # Staggered admission buys earlier first tokens, which an offline batch does not
-            # return anyway, at ~7 % of its throughput (W64 on 2 CPUs: 478 vs 511 tok/s).
+            # return anyway, with more and emptier steps (W64 on 2 CPUs, interleaved A/B: within
+            # noise, 469 vs 464 tok/s median; benchmarks/RESULTS.md).
             args = args.model_copy(update={"split_prompt_bursts": False})
         self.engine_args = args
         self.llm_engine = LLMEngine(self.engine_args)
