@@ -22,7 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "tests" / "core"))
-from model_utils import make_tiny_model_dir
+from model_utils import SMOLLM2_SHAPE, make_tiny_model_dir
 
 from heron import LLM, SamplingParams
 
@@ -30,12 +30,7 @@ PROMPT = [{"prompt_token_ids": list(range(1000, 1032))}]
 
 
 def main() -> None:
-    folder = make_tiny_model_dir(
-        Path(tempfile.mkdtemp()), "llama", name="model", hidden_size=576,
-        intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    )  # fmt: skip
+    folder = make_tiny_model_dir(Path(tempfile.mkdtemp()), "llama", name="model", **SMOLLM2_SHAPE)
     llm = LLM(str(folder), dtype="bfloat16", backend="cuda", max_model_len=1024)
     params = SamplingParams(temperature=0.0, max_tokens=256, min_tokens=256, ignore_eos=True)
     for _ in range(2):

@@ -54,6 +54,41 @@ KERNEL_FRIENDLY = {
     "max_position_embeddings": 512,
 }
 
+# SmolLM2-135M's shapes, for benchmarks on machines the bundled GGUF cannot be carried to.
+SMOLLM2_SHAPE = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+
+# Prompts of very different lengths, batched together by the engine-vs-HF equality tests.
+EQUALITY_PROMPTS = [
+    "Herons wade.",
+    "The quick brown fox jumps over the lazy dog, then naps in the warm afternoon sun",
+    "a",
+    "Paged attention stores keys and values in fixed-size blocks; a block table maps them.",
+]
+# Engine modes that must all give HF's greedy ids on the tiny models.
+ENGINE_MODES = {
+    "default": {},
+    "no-prefix-caching": {"enable_prefix_caching": False},
+    "small-chunks": {"max_num_batched_tokens": 16, "max_num_seqs": 3},
+    "preemption": {"num_gpu_blocks_override": 8, "max_model_len": 112},
+}
+
+
+def kernel_friendly_overrides(arch: str) -> dict[str, Any]:
+    """KERNEL_FRIENDLY for ``arch``; Qwen3's explicit head_dim is raised to the same 64."""
+    overrides = dict(KERNEL_FRIENDLY)
+    if arch == "qwen3":
+        overrides["head_dim"] = 64
+    return overrides
+
 
 def build_tokenizer() -> Any:
     """A byte-level BPE tokenizer without merges, special tokens and a ChatML template."""
@@ -215,6 +250,22 @@ class Harness:
         )
         logits = self.model.compute_logits(hidden)
         return {s: logits[starts[i] : starts[i + 1]] for i, s in enumerate(seqs)}
+
+
+@torch.no_grad()
+def hf_greedy(hf_model: Any, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Exactly ``new_tokens`` greedy ids of ``generate()`` after each prompt, one at a time."""
+    outputs = []
+    for ids in prompts:
+        generated = hf_model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+        )
+        outputs.append(generated[0, len(ids) :].tolist())
+    return outputs
 
 
 @torch.no_grad()

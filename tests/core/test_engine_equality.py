@@ -6,58 +6,34 @@ prefill, a KV cache so small that requests are preempted and recomputed) must al
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from model_utils import ARCHS, KERNEL_FRIENDLY, make_tiny_model_dir
+from model_utils import (
+    ARCHS,
+    ENGINE_MODES,
+    EQUALITY_PROMPTS,
+    hf_greedy,
+    kernel_friendly_overrides,
+    make_tiny_model_dir,
+)
 
 from heron import LLM, SamplingParams
 
 NEW_TOKENS = 12
-PROMPTS = [
-    "Herons wade.",
-    "The quick brown fox jumps over the lazy dog, then naps in the warm afternoon sun",
-    "a",
-    "Paged attention stores keys and values in fixed-size blocks; a block table maps them.",
-]
-
-MODES = {
-    "default": {},
-    "no-prefix-caching": {"enable_prefix_caching": False},
-    "small-chunks": {"max_num_batched_tokens": 16, "max_num_seqs": 3},
-    "preemption": {"num_gpu_blocks_override": 8, "max_model_len": 112},
-}
-
-
-def hf_greedy(folder: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    outputs = []
-    for ids in prompts:
-        generated = model.generate(
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            do_sample=False,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-        )
-        outputs.append(generated[0, len(ids) :].tolist())
-    return outputs
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    overrides = dict(KERNEL_FRIENDLY)
-    if request.param == "qwen3":
-        overrides["head_dim"] = 64
-    folder = make_tiny_model_dir(tmp_path_factory.mktemp(request.param), request.param, **overrides)
-    from transformers import AutoTokenizer
+    arch = request.param
+    folder = make_tiny_model_dir(
+        tmp_path_factory.mktemp(arch), arch, **kernel_friendly_overrides(arch)
+    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
-    return folder, prompt_ids, hf_greedy(folder, prompt_ids, NEW_TOKENS)
+    prompt_ids = [tokenizer(p)["input_ids"] for p in EQUALITY_PROMPTS]
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return folder, prompt_ids, hf_greedy(hf, prompt_ids, NEW_TOKENS)
 
 
 def greedy(n: int = NEW_TOKENS) -> SamplingParams:
@@ -66,9 +42,9 @@ def greedy(n: int = NEW_TOKENS) -> SamplingParams:
 
 def test_greedy_ids_equal_hf_in_every_mode(tiny_model, backend: str) -> None:
     folder, prompt_ids, expected = tiny_model
-    for mode, kwargs in MODES.items():
+    for mode, kwargs in ENGINE_MODES.items():
         llm = LLM(str(folder), dtype="float32", block_size=16, **kwargs)
-        outputs = llm.generate(PROMPTS, greedy(), use_tqdm=False)
+        outputs = llm.generate(EQUALITY_PROMPTS, greedy(), use_tqdm=False)
         got = [list(o.outputs[0].token_ids) for o in outputs]
         assert [o.prompt_token_ids for o in outputs] == prompt_ids
         assert got == expected, f"mode {mode} on {backend}"

@@ -7,7 +7,7 @@ transformers' GGUF loader in test_loader_gguf.py), so any difference is the engi
 from __future__ import annotations
 
 import pytest
-import torch
+from model_utils import hf_greedy
 
 from heron import LLM, SamplingParams
 from heron.loader import load_model_source
@@ -49,17 +49,7 @@ def reference():
         for q in QUESTIONS
     ]
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    expected = []
-    with torch.no_grad():
-        for ids in prompt_ids:
-            out = hf.generate(
-                torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                do_sample=False,
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-            )
-            expected.append(out[0, len(ids) :].tolist())
+    expected = hf_greedy(hf, prompt_ids, NEW_TOKENS)
     return prompt_ids, expected
 
 

@@ -26,21 +26,16 @@ import torch
 from gpu_backends import GpuBackend
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "core"))
-from model_utils import ARCHS, KERNEL_FRIENDLY, make_tiny_model_dir
+from model_utils import (
+    ARCHS,
+    ENGINE_MODES,
+    EQUALITY_PROMPTS,
+    hf_greedy,
+    kernel_friendly_overrides,
+    make_tiny_model_dir,
+)
 
 NEW_TOKENS = 16
-PROMPTS = [
-    "Herons wade.",
-    "The quick brown fox jumps over the lazy dog, then naps in the warm afternoon sun",
-    "a",
-    "Paged attention stores keys and values in fixed-size blocks; a block table maps them.",
-]
-MODES = {
-    "default": {},
-    "no-prefix-caching": {"enable_prefix_caching": False},
-    "small-chunks": {"max_num_batched_tokens": 16, "max_num_seqs": 3},
-    "preemption": {"num_gpu_blocks_override": 8, "max_model_len": 112},
-}
 TOP_LOGPROBS = 5
 FLOAT16_LOGPROB_TOLERANCE = 0.05
 """Absolute, in nats: float16 activations through two layers of a model with 0.2-std weights."""
@@ -52,31 +47,24 @@ def _hf_reference(folder: Path, prompts: list[list[int]]) -> list[dict]:
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     out = []
-    for ids in prompts:
-        generated = model.generate(
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            do_sample=False,
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
-        )
-        full = generated[0]
+    for ids, generated in zip(prompts, hf_greedy(model, prompts, NEW_TOKENS)):
+        full = torch.tensor(ids + generated)
         with torch.no_grad():
             logits = model(full[None, :-1]).logits[0, len(ids) - 1 :]
-        out.append({"ids": full[len(ids) :].tolist(), "logprobs": torch.log_softmax(logits, -1)})
+        out.append({"ids": generated, "logprobs": torch.log_softmax(logits, -1)})
     return out
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    overrides = dict(KERNEL_FRIENDLY)
-    if request.param == "qwen3":
-        overrides["head_dim"] = 64
-    folder = make_tiny_model_dir(tmp_path_factory.mktemp(request.param), request.param, **overrides)
+    arch = request.param
+    folder = make_tiny_model_dir(
+        tmp_path_factory.mktemp(arch), arch, **kernel_friendly_overrides(arch)
+    )
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    prompt_ids = [tokenizer(p)["input_ids"] for p in EQUALITY_PROMPTS]
     return folder, prompt_ids, _hf_reference(folder, prompt_ids)
 
 
@@ -114,9 +102,9 @@ def _describe_divergence(got: list[int], ref: dict, position: int) -> str:
 
 def test_float16_greedy_ids_equal_hf_in_every_mode(tiny_model, on_gpu: GpuBackend) -> None:
     folder, prompt_ids, reference = tiny_model
-    for mode, kwargs in MODES.items():
+    for mode, kwargs in ENGINE_MODES.items():
         llm, outputs = _run(folder, prompt_ids, "float16", None, **kwargs)
-        for prompt, out, ref in zip(PROMPTS, outputs, reference):
+        for prompt, out, ref in zip(EQUALITY_PROMPTS, outputs, reference):
             got = list(out.outputs[0].token_ids)
             if got != ref["ids"]:
                 position = next(i for i, (a, b) in enumerate(zip(got, ref["ids"])) if a != b)
@@ -145,7 +133,7 @@ def test_float16_logprobs_close_to_hf(tiny_model, on_gpu: GpuBackend) -> None:
 def test_bfloat16_ids_follow_hf_until_a_near_tie(tiny_model, on_gpu: GpuBackend) -> None:
     folder, prompt_ids, reference = tiny_model
     _llm, outputs = _run(folder, prompt_ids, "bfloat16", TOP_LOGPROBS)
-    for prompt, out, ref in zip(PROMPTS, outputs, reference):
+    for prompt, out, ref in zip(EQUALITY_PROMPTS, outputs, reference):
         completion = out.outputs[0]
         for position, token in enumerate(completion.token_ids):
             expected = ref["ids"][position]

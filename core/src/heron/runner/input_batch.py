@@ -29,9 +29,6 @@ def build_step_inputs(out: SchedulerOutput, block_size: int, device: torch.devic
     num_seqs = len(scheduled)
     q_lens = np.fromiter((s.num_new_tokens for s in scheduled), dtype=np.int64, count=num_seqs)
     starts = np.fromiter((s.start for s in scheduled), dtype=np.int64, count=num_seqs)
-    cu = np.zeros(num_seqs + 1, dtype=np.int64)
-    np.cumsum(q_lens, out=cu[1:])
-    total = int(cu[-1])
 
     token_ids: list[int] = []
     for s in scheduled:
@@ -44,13 +41,35 @@ def build_step_inputs(out: SchedulerOutput, block_size: int, device: torch.devic
         else:
             token_ids.extend(s.request.token_ids_range(s.start, s.start + s.num_new_tokens))
 
-    positions = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1] - starts, q_lens)
-    seq_lens = starts + q_lens
-    max_blocks = max(1, int((seq_lens.max() + block_size - 1) // block_size)) if num_seqs else 1
+    longest = int((starts + q_lens).max()) if num_seqs else 0
+    max_blocks = max(1, -(-longest // block_size))
     block_table = np.zeros((num_seqs, max_blocks), dtype=np.int32)
     for i, s in enumerate(scheduled):
         ids = s.request.block_ids[:max_blocks]
         block_table[i, : len(ids)] = ids
+    input_ids = torch.tensor(token_ids, dtype=torch.long, device=device)
+    return _assemble(q_lens, starts, block_table, input_ids, block_size, device)
+
+
+def _assemble(
+    q_lens: np.ndarray,
+    starts: np.ndarray,
+    block_table: np.ndarray,
+    input_ids: torch.Tensor,
+    block_size: int,
+    device: torch.device,
+) -> StepInputs:
+    """Positions, slots and attention metadata of a step from per-sequence arrays.
+
+    Sequence ``i`` computes ``q_lens[i]`` tokens from position ``starts[i]`` on, over the blocks
+    of ``block_table[i]``.
+    """
+    num_seqs = len(q_lens)
+    cu = np.zeros(num_seqs + 1, dtype=np.int64)
+    np.cumsum(q_lens, out=cu[1:])
+    total = int(cu[-1])
+    positions = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1] - starts, q_lens)
+    seq_lens = starts + q_lens
     rows = np.repeat(np.arange(num_seqs), q_lens)
     slots = block_table[rows, positions // block_size].astype(np.int64) * block_size + (
         positions % block_size
@@ -73,7 +92,7 @@ def build_step_inputs(out: SchedulerOutput, block_size: int, device: torch.devic
         seq_lens_cpu=lens,
     )
     return StepInputs(
-        input_ids=torch.tensor(token_ids, dtype=torch.long, device=device),
+        input_ids=input_ids,
         positions=torch.from_numpy(positions).to(device),
         metadata=metadata,
         query_start_loc=cu,
@@ -100,33 +119,6 @@ def build_profile_inputs(
     # Columns past a sequence's own blocks point at its neighbours' (valid, never read).
     block_table = (first_block[:, None] + np.arange(width)[None, :]).astype(np.int32)
     num_blocks = int(blocks.sum()) + width
-    cu = np.zeros(count + 1, dtype=np.int64)
-    np.cumsum(lens, out=cu[1:])
-    positions = np.arange(num_tokens, dtype=np.int64) - np.repeat(cu[:-1], lens)
-    rows = np.repeat(np.arange(count), lens)
-    slots = block_table[rows, positions // block_size].astype(np.int64) * block_size + (
-        positions % block_size
-    )
-    num_decode_tokens = int(lens[lens == 1].sum())
-    qsl = torch.from_numpy(cu.astype(np.int32))
-    seq_lens = torch.from_numpy(lens.astype(np.int32))
-    metadata = AttentionMetadata(
-        query_start_loc=qsl.to(device),
-        seq_lens=seq_lens.to(device),
-        block_tables=torch.from_numpy(block_table).to(device),
-        slot_mapping=torch.from_numpy(slots).to(device),
-        max_query_len=int(lens.max()),
-        max_seq_len=int(lens.max()),
-        num_prefill_tokens=num_tokens - num_decode_tokens,
-        num_decode_tokens=num_decode_tokens,
-        num_seqs=count,
-        query_start_loc_cpu=qsl,
-        seq_lens_cpu=seq_lens,
-    )
-    inputs = StepInputs(
-        input_ids=torch.zeros(num_tokens, dtype=torch.long, device=device),
-        positions=torch.from_numpy(positions).to(device),
-        metadata=metadata,
-        query_start_loc=cu,
-    )
-    return inputs, num_blocks
+    input_ids = torch.zeros(num_tokens, dtype=torch.long, device=device)
+    starts = np.zeros(count, dtype=np.int64)
+    return _assemble(lens, starts, block_table, input_ids, block_size, device), num_blocks

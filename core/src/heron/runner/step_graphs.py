@@ -195,9 +195,7 @@ class StepGraphs:
                     exc,
                 )
                 return None
-            recorded.hidden = hidden
-            self._graphs[key] = recorded
-            logger.info("Captured a device graph for %d-sequence decode steps", n)
+            self._keep(key, recorded, hidden, [], "Captured a device graph")
             return hidden[: inputs.metadata.num_seqs]
         guard = _CaptureGuard()
         with guard, graph:
@@ -213,11 +211,20 @@ class StepGraphs:
             )
             self._told_refusal = True
         else:
-            recorded.hidden = hidden
-            recorded.kept = guard.kept
-            self._graphs[key] = recorded
-            logger.info("Recorded a step graph for %d-sequence decode steps", n)
+            self._keep(key, recorded, hidden, guard.kept, "Recorded a step graph")
         return hidden[: inputs.metadata.num_seqs]
+
+    def _keep(
+        self,
+        key: tuple[int, int],
+        recorded: _Recorded,
+        hidden: torch.Tensor,
+        kept: list[torch.Tensor],
+        what: str,
+    ) -> None:
+        recorded.hidden, recorded.kept = hidden, kept
+        self._graphs[key] = recorded
+        logger.info("%s for %d-sequence decode steps", what, key[0])
 
     def _buffers(self, graph: StepGraph, n: int) -> _Recorded:
         def zeros(*shape: int, dtype: torch.dtype) -> torch.Tensor:

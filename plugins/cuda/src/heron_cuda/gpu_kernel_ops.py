@@ -1,7 +1,8 @@
 """The model's elementwise ops on this package's kernels, and decode steps as CUDA/HIP graphs.
 
-Core's layers call :class:`~heron_interfaces.kernel_ops.KernelOps`; this subclass routes RMSNorm,
-the residual add + RMSNorm, SiLU-and-multiply and rotary embedding to the compiled kernels, which
+Core's layers call :class:`~heron_interfaces.kernel_ops.KernelOps`; this subclass routes RMSNorm
+(the base class's residual add + RMSNorm calls it too), SiLU-and-multiply and rotary embedding to
+the compiled kernels, which
 round where the plain-torch reference rounds (see ``round_to`` in ``heron_gpu_compat.h``), and
 leaves embedding and matmuls to torch (cuBLAS / hipBLASLt already run those at the GPU's rate).
 Layouts the kernels do not take (a 3-D strided view under Qwen3's per-head norms, say) go to the
@@ -98,12 +99,6 @@ class GpuKernelOps(KernelOps):
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         self._ops.rms_norm(out, x, weight, eps)
         return out
-
-    def add_rms_norm(
-        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        summed = x + residual
-        return self.rms_norm(summed, weight, eps), summed
 
     # -- activation ------------------------------------------------------------------------------
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
