@@ -1,4 +1,7 @@
-"""heron_cpu.gemv.linear_small against a plain fp32 torch reference, on every path this CPU runs.
+"""The bf16 linear kernels against a plain fp32 torch reference, on every path this CPU runs.
+
+``heron_cpu.gemv.linear_small`` (plain weight; its auto, AVX512-BF16, AMX and portable loops) and
+``heron_cpu.gemm.linear_packed`` (the ``packed`` path here: the weight packed into panels first).
 
 The kernels accumulate in fp32 and round once, so they may differ from the reference only by the
 order of the fp32 sums: at most one bf16 ulp, and on almost no elements.
@@ -6,20 +9,36 @@ order of the fp32 sums: at most one bf16 ulp, and on almost no elements.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 
 gemv = pytest.importorskip("heron_cpu.gemv", reason="heron-cpu is not installed")
+from heron_cpu import gemm  # noqa: E402 - after the skip
 
-PATHS = gemv.available_paths()
+PATHS = gemv.available_paths() + (["packed"] if gemm.available() else [])
 BF16 = torch.bfloat16
 
 
 @pytest.fixture(params=["auto", *PATHS])
 def path(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+def _linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    out: torch.Tensor | None = None,
+    *,
+    path: str,
+) -> torch.Tensor:
+    if path == "packed":
+        packed = gemm.pack(w)
+        assert torch.equal(packed.unpack(), w)
+        return gemm.linear_packed(x, packed, b, out)
+    return gemv.linear_small(x, w, b, out, path=path)
 
 
 @pytest.fixture
@@ -58,8 +77,8 @@ def _assert_matches(y: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 # Rows: each count up to MAX_ROWS, then the pass boundaries of the kernels (4 rows per dpbf16
-# pass, 16 per AMX pass) and past them. K: a tail of 8 columns, SmolLM2's 576 and 1536.
-ROWS = sorted({*range(1, gemv.MAX_ROWS + 1), 9, 16, 17, 33})
+# pass, 8 per packed pass, 16 per AMX pass, 64 per packed chunk) and past them. K: a tail of 8 columns, SmolLM2's 576 and 1536.
+ROWS = sorted({*range(1, gemv.MAX_ROWS + 1), 9, 16, 17, 33, 64, 71})
 
 
 @pytest.mark.parametrize("k", [40, 576, 1536])
@@ -67,16 +86,16 @@ ROWS = sorted({*range(1, gemv.MAX_ROWS + 1), 9, 16, 17, 33})
 def test_matches_reference(path: str, m: int, k: int) -> None:
     # N = 1000 splits over threads, into 32-row AMX blocks and 4-row dpbf16 blocks with tails.
     x, w, b = _inputs(m, 1000, k, bias=m % 2 == 1, seed=m * 7 + k)
-    _assert_matches(gemv.linear_small(x, w, b, path=path), _reference(x, w, b))
+    _assert_matches(_linear(x, w, b, path=path), _reference(x, w, b))
 
 
-@pytest.mark.parametrize("n", [1, 3, 7, 15, 16, 17, 31, 33, 100])
+@pytest.mark.parametrize("n", [1, 3, 7, 15, 16, 17, 31, 33, 47, 48, 49, 100])
 @pytest.mark.parametrize("m", [1, 3, 8])
 def test_row_tails(path: str, m: int, n: int) -> None:
-    """Weight-row counts that leave partial 4-row and 16-row blocks."""
+    """Weight-row counts that leave partial 4-row, 16-row and 48-column blocks; odd K."""
     for bias in (False, True):
-        x, w, b = _inputs(m, n, 576, bias=bias, seed=n)
-        _assert_matches(gemv.linear_small(x, w, b, path=path), _reference(x, w, b))
+        x, w, b = _inputs(m, n, 576 + m % 2, bias=bias, seed=n)
+        _assert_matches(_linear(x, w, b, path=path), _reference(x, w, b))
 
 
 @pytest.mark.parametrize("m", [1, 2, 5])
@@ -87,7 +106,7 @@ def test_strided_rows_and_out(path: str, m: int) -> None:
     assert x.stride() == (680, 1)
     _, w, b = _inputs(m, 96, 640, bias=True)
     out = torch.full((m, 96), float("nan"), dtype=BF16)
-    y = gemv.linear_small(x, w, b, out, path=path)
+    y = _linear(x, w, b, out, path=path)
     assert y is out
     _assert_matches(y, _reference(x, w, b))
 
@@ -96,10 +115,10 @@ def test_paths_and_threads_agree(threads: None) -> None:
     """Each path splits the rows of the weight, never a dot product: thread counts agree exactly."""
     x, w, b = _inputs(3, 3072, 576, bias=True)
     torch.set_num_threads(1)
-    serial = {p: gemv.linear_small(x, w, b, path=p) for p in PATHS}
+    serial = {p: _linear(x, w, b, path=p) for p in PATHS}
     torch.set_num_threads(2)
     for p in PATHS:
-        assert torch.equal(gemv.linear_small(x, w, b, path=p), serial[p]), p
+        assert torch.equal(_linear(x, w, b, path=p), serial[p]), p
 
 
 def test_interleaves_with_onednn(path: str) -> None:
@@ -110,7 +129,7 @@ def test_interleaves_with_onednn(path: str) -> None:
     ref = _reference(x, w, None)
     for _ in range(10):
         assert torch.equal(torch.nn.functional.linear(big, w), expected_big)
-        _assert_matches(gemv.linear_small(x, w, None, path=path), ref)
+        _assert_matches(_linear(x, w, None, path=path), ref)
 
 
 @pytest.mark.parametrize("k", [3, 32])
@@ -124,7 +143,7 @@ def test_rounds_to_nearest_even(path: str, k: int) -> None:
     w[1, 1] = 3 * 2.0**-8  # halfway between 1 + 2^-7 and 1 + 2^-6 -> 1 + 2^-6 (even)
     w[2, 1] = 2.0**-8  # with w[2, 2], just above halfway -> 1 + 2^-7
     w[2, 2] = 2.0**-16
-    y = gemv.linear_small(x, w, None, path=path)
+    y = _linear(x, w, None, path=path)
     assert y[0, :3].tolist() == [1.0, 1.0 + 2.0**-6, 1.0 + 2.0**-7]
 
 
@@ -132,7 +151,7 @@ def test_non_finite_propagates(path: str) -> None:
     x, w, _ = _inputs(3, 40, 64, bias=False)
     x[1, 5] = float("nan")
     x[2, 7] = float("inf")
-    y = gemv.linear_small(x, w, None, path=path)
+    y = _linear(x, w, None, path=path)
     ref = _reference(x, w, None)
     assert torch.equal(y.isnan(), ref.isnan()) and y[1].isnan().all()
     assert torch.equal(y.isinf(), ref.isinf())
@@ -140,11 +159,11 @@ def test_non_finite_propagates(path: str) -> None:
 
 def test_empty(path: str) -> None:
     x, w, b = _inputs(0, 8, 64, bias=True)
-    assert gemv.linear_small(x, w, b, path=path).shape == (0, 8)
+    assert _linear(x, w, b, path=path).shape == (0, 8)
     # K = 0: the products are empty sums, so out is the bias (or zeros).
     x, w, b = _inputs(4, 40, 0, bias=True)
-    assert torch.equal(gemv.linear_small(x, w, b, path=path), b.expand(4, 40))
-    assert torch.equal(gemv.linear_small(x, w, None, path=path), torch.zeros(4, 40, dtype=BF16))
+    assert torch.equal(_linear(x, w, b, path=path), b.expand(4, 40))
+    assert torch.equal(_linear(x, w, None, path=path), torch.zeros(4, 40, dtype=BF16))
 
 
 def test_available() -> None:
@@ -162,20 +181,32 @@ def _good() -> dict:
     return {"x": x, "weight": w, "bias": b, "out": torch.empty(2, 16, dtype=BF16)}
 
 
+@pytest.fixture(params=["gemv", *(["packed"] if gemm.available() else [])])
+def checked(request: pytest.FixtureRequest) -> Callable[..., torch.Tensor]:
+    """The function whose checks a test exercises; the packed one packs ``weight`` first."""
+    if request.param == "gemv":
+        return gemv.linear_small
+
+    def packed(x: object, weight: object, bias: object, out: object) -> torch.Tensor:
+        return gemm.linear_packed(x, gemm.pack(weight), bias, out)
+
+    return packed
+
+
 @pytest.mark.parametrize("name", ["x", "weight", "bias", "out"])
-def test_rejects_wrong_dtype(name: str) -> None:
+def test_rejects_wrong_dtype(checked: Callable[..., torch.Tensor], name: str) -> None:
     args = _good()
     args[name] = args[name].float()
     with pytest.raises(ValueError, match=f"{name} must be bfloat16"):
-        gemv.linear_small(**args)
+        checked(**args)
 
 
 @pytest.mark.parametrize("name", ["x", "weight", "bias", "out"])
-def test_rejects_wrong_device(name: str) -> None:
+def test_rejects_wrong_device(checked: Callable[..., torch.Tensor], name: str) -> None:
     args = _good()
     args[name] = args[name].to("meta")
     with pytest.raises(ValueError, match=f"{name} must be on the CPU"):
-        gemv.linear_small(**args)
+        checked(**args)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +215,7 @@ def test_rejects_wrong_device(name: str) -> None:
         ("x", torch.zeros(64, dtype=BF16), "x must have 2 dimensions"),
         ("x", [[1.0]], "x must be a tensor"),
         ("weight", torch.zeros(1, 16, 64, dtype=BF16), "weight must have 2 dimensions"),
-        ("weight", torch.zeros(16, 48, dtype=BF16), "weight has K = 48"),
+        ("weight", torch.zeros(16, 48, dtype=BF16), "the weight has K = 48"),
         ("weight", torch.zeros(64, 16, dtype=BF16).T, "weight must be contiguous"),
         ("bias", torch.zeros(15, dtype=BF16), r"bias must have shape \(16,\)"),
         ("bias", torch.zeros(32, dtype=BF16)[::2], "bias must be contiguous"),
@@ -194,11 +225,15 @@ def test_rejects_wrong_device(name: str) -> None:
         ("x", torch.zeros(1, 64, dtype=BF16).expand(2, 64), "x rows must not overlap"),
     ],
 )
-def test_rejects_bad_shapes(name: str, value: object, message: str) -> None:
+def test_rejects_bad_shapes(
+    checked: Callable[..., torch.Tensor], name: str, value: object, message: str
+) -> None:
+    if checked is not gemv.linear_small and message == "weight must be contiguous":
+        pytest.skip("packing copies the weight, so any layout packs")
     args = _good()
     args[name] = value
     with pytest.raises(ValueError, match=message):
-        gemv.linear_small(**args)
+        checked(**args)
 
 
 def test_rejects_unknown_path() -> None:

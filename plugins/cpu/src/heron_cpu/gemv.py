@@ -20,7 +20,16 @@ import torch
 from heron_cpu._kernels import _C
 from heron_cpu.launch import launch
 
-__all__ = ["MAX_ROWS", "PATHS", "available", "available_paths", "linear_small"]
+__all__ = [
+    "MAX_ROWS",
+    "PATHS",
+    "available",
+    "available_paths",
+    "check_tensor",
+    "kernel_paths",
+    "linear_small",
+    "raise_invalid_operands",
+]
 
 MAX_ROWS = 8
 """The most rows of ``x`` for which :func:`linear_small` was measured to beat oneDNN's prepacked
@@ -35,19 +44,20 @@ _BF16 = torch.bfloat16
 
 
 @functools.cache
-def _paths() -> dict[str, bool]:
+def kernel_paths() -> dict[str, bool]:
+    """Which compiled linear loops this CPU runs (``_C.gemv_paths``), asked once per process."""
     # The first call asks Linux for the AMX tile state, so it is not done at import.
     return dict(_C.gemv_paths())
 
 
 def available() -> bool:
     """Whether the fast path (AVX512-BF16, plus AMX where present) runs on this CPU."""
-    return _paths()["avx512_bf16"]
+    return kernel_paths()["avx512_bf16"]
 
 
 def available_paths() -> list[str]:
     """The explicit paths this CPU runs, for tests and benchmarks."""
-    return [name for name, ok in _paths().items() if ok]
+    return [name for name, ok in kernel_paths().items() if ok and name in PATHS]
 
 
 def linear_small(
@@ -117,7 +127,8 @@ def linear_small(
     return out
 
 
-def _check_tensor(name: str, t: object, ndim: int) -> torch.Tensor:
+def check_tensor(name: str, t: object, ndim: int) -> torch.Tensor:
+    """``t`` if it is a ``ndim``-D bfloat16 CPU tensor, else a ValueError naming ``name``."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
     if not t.is_cpu:
@@ -131,31 +142,37 @@ def _check_tensor(name: str, t: object, ndim: int) -> torch.Tensor:
 
 def _raise_invalid(x: object, weight: object, bias: object, out: object, path: str) -> None:
     """Names the first bad argument of a call whose combined check failed."""
-    x = _check_tensor("x", x, 2)
-    weight = _check_tensor("weight", weight, 2)
-    m, k = x.shape
-    n = weight.shape[0]
-    if weight.shape[1] != k:
-        raise ValueError(
-            f"weight has K = {weight.shape[1]} (shape {tuple(weight.shape)}), x has {k}"
-        )
+    weight = check_tensor("weight", weight, 2)
+    if not weight.is_contiguous():
+        raise ValueError("weight must be contiguous")
+    raise_invalid_operands(x, weight.shape[0], weight.shape[1], bias, out)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {sorted(PATHS)}, got {path!r}")
+    raise ValueError("invalid arguments")  # unreachable unless the two checks disagree
+
+
+def raise_invalid_operands(x: object, n: int, k: int, bias: object, out: object) -> None:
+    """Names the first bad one of ``x`` (``[M, k]``), ``bias`` (``[n]``) and ``out`` (``[M, n]``).
+
+    Returns if all are valid (the caller then names what else was wrong); shared with
+    :mod:`heron_cpu.gemm`, whose weight is packed but whose other operands are the same.
+    """
+    x = check_tensor("x", x, 2)
+    m = x.shape[0]
+    if x.shape[1] != k:
+        raise ValueError(f"x has K = {x.shape[1]} (shape {tuple(x.shape)}), the weight has K = {k}")
     if k > 1 and x.stride(1) != 1:
         raise ValueError(f"x must have a contiguous last dimension, got strides {x.stride()}")
     if m > 1 and x.stride(0) < k:
         raise ValueError(f"x rows must not overlap, got strides {x.stride()} for shape {(m, k)}")
-    if not weight.is_contiguous():
-        raise ValueError("weight must be contiguous")
     if bias is not None:
-        bias = _check_tensor("bias", bias, 1)
+        bias = check_tensor("bias", bias, 1)
         if bias.shape[0] != n:
             raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
         if not bias.is_contiguous():
             raise ValueError("bias must be contiguous")
-    out = _check_tensor("out", out, 2)  # None was replaced by a valid tensor
+    out = check_tensor("out", out, 2)  # None was replaced by a valid tensor
     if out.shape != (m, n):
         raise ValueError(f"out must have shape {(m, n)}, got {tuple(out.shape)}")
     if not out.is_contiguous():
         raise ValueError("out must be contiguous")
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {sorted(PATHS)}, got {path!r}")
-    raise ValueError("invalid arguments")  # unreachable unless the two checks disagree

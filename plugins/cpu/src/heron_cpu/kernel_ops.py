@@ -1,9 +1,14 @@
 """The CPU backend's :class:`KernelOps`: fused per-token kernels and the matmul paths.
 
-- Matmuls: bfloat16 weights are prepacked once into oneDNN's blocked layout (oneDNN would
-  reorder them on every call otherwise); decode steps with only a few rows go to heron-cpu's own
-  GEMV kernel instead, which streams the plain weight at close to the memory bandwidth where
-  oneDNN's small-M path does not (see :mod:`heron_cpu.gemv`).
+- Matmuls, bfloat16 weights, one of two arrangements chosen per CPU (``HERON_CPU_GEMM``):
+  - ``packed`` (AVX512-BF16 without AMX, e.g. AMD Zen 4): every matmul runs heron-cpu's packed
+    GEMM on one layout packed at load (:mod:`heron_cpu.gemm`), faster than oneDNN there at every
+    row count from a single sequence to a prefill chunk.
+  - ``onednn`` (AMX CPUs, whose tile kernels oneDNN uses best; also CPUs without AVX512-BF16):
+    weights are prepacked once into oneDNN's blocked layout (oneDNN would reorder them on every
+    call otherwise), and decode steps with only a few rows go to heron-cpu's own GEMV kernel
+    instead, which streams the plain weight at close to the memory bandwidth where oneDNN's
+    small-M path does not (see :mod:`heron_cpu.gemv`).
 - RMSNorm (+ residual add), SiLU-and-mul and rotary embedding: one compiled call each instead of
   half a dozen torch calls, rounding where the torch reference rounds (csrc/elementwise.cpp).
 
@@ -13,21 +18,46 @@ of the base class, so the ops are always correct and only sometimes fast.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from heron_cpu import gemv
+from heron_cpu import gemm, gemv
 from heron_cpu._kernels import _C
 from heron_cpu.launch import LaunchGraph, launch, launch_torch
 from heron_cpu.memory import HugePageArena
 from heron_cpu.ops import DTYPE_CODES
 from heron_interfaces.kernel_ops import KernelOps
 
+logger = logging.getLogger(__name__)
+
 # Rows per matmul oneDNN's packed layout is tuned for: a decode step of a busy batch.
 PACK_BATCH_HINT = 64
+
+GEMM_ENV = "HERON_CPU_GEMM"
+"""``auto`` (default), ``packed`` or ``onednn``: which matmul arrangement the backend uses."""
+GEMM_CHOICES = ("auto", "packed", "onednn")
+
+
+def choose_gemm(environ: Any = None) -> str:
+    """``packed`` or ``onednn`` for this CPU, honouring ``HERON_CPU_GEMM``.
+
+    ``auto`` takes the packed GEMM where it runs and AMX does not: on AMX CPUs oneDNN's tile
+    kernels beat AVX512-BF16 dot products at every row count past a few. Asking for ``packed`` on
+    a CPU without AVX512-BF16 is an error rather than a silent slow path.
+    """
+    raw = (os.environ if environ is None else environ).get(GEMM_ENV, "auto").strip().lower()
+    if raw not in GEMM_CHOICES:
+        raise ValueError(f"{GEMM_ENV}={raw!r}: expected one of {', '.join(GEMM_CHOICES)}")
+    if raw == "packed" and not gemm.available():
+        raise ValueError(f"{GEMM_ENV}=packed: this CPU has no AVX512-BF16")
+    if raw == "auto":
+        return "packed" if gemm.available() and not gemv.kernel_paths()["amx"] else "onednn"
+    return raw
 
 
 def onednn_bf16_available() -> bool:
@@ -48,18 +78,34 @@ def _rows_ok(x: torch.Tensor) -> bool:
     return x.dim() == 2 and x.dtype in DTYPE_CODES and x.stride(1) == 1 and x.is_cpu
 
 
+def _bf16_rows(x: torch.Tensor) -> bool:
+    """A bfloat16 CPU tensor whose rows are contiguous: what the linear kernels take as x."""
+    return x.dtype == torch.bfloat16 and x.stride(-1) == 1 and x.is_cpu
+
+
 class CpuKernelOps(KernelOps):
     name = "heron-cpu"
 
     def __init__(self) -> None:
-        self._onednn = onednn_bf16_available()
-        self._gemv_rows = gemv.MAX_ROWS if gemv.available() else 0
+        self.gemm = choose_gemm()
+        self._packed = self.gemm == "packed"
+        self._onednn = not self._packed and onednn_bf16_available()
+        self._gemv_rows = gemv.MAX_ROWS if gemv.available() and not self._packed else 0
         self._arena = HugePageArena()
+        logger.info("heron-cpu: bfloat16 matmuls on %s", self._describe_gemm())
+
+    def _describe_gemm(self) -> str:
+        if self._packed:
+            return f"the packed AVX512-BF16 GEMM ({GEMM_ENV}={self.gemm})"
+        engine = "oneDNN" if self._onednn else "torch"
+        rows = f", the GEMV up to {self._gemv_rows} rows" if self._gemv_rows else ""
+        return f"{engine}{rows} ({GEMM_ENV}={self.gemm})"
 
     # -- step graphs -----------------------------------------------------------------------------
     def capture_graph(self, num_tokens: int) -> LaunchGraph | None:
         """Any size: past the GEMV's rows, oneDNN's prepacked GEMM is recorded as a torch launch."""
-        return LaunchGraph() if num_tokens > 0 and (self._gemv_rows or self._onednn) else None
+        fast = self._packed or self._gemv_rows or self._onednn
+        return LaunchGraph() if num_tokens > 0 and fast else None
 
     # -- embedding -------------------------------------------------------------------------------
     def embedding(self, token_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -85,6 +131,11 @@ class CpuKernelOps(KernelOps):
     def prepare_linear(self, weight: torch.Tensor) -> Any:
         if weight.dtype != torch.bfloat16 or not weight.is_cpu:
             return weight
+        if self._packed:
+            packed = gemm.pack(weight.detach())
+            return gemm.PackedWeight(
+                self._arena.adopt(packed.data, "packed weights"), packed.n, packed.k
+            )
         # The GEMV streams this copy at the memory bandwidth on every decode step.
         weight = self._arena.adopt(weight).detach().contiguous()
         packed = (
@@ -95,15 +146,28 @@ class CpuKernelOps(KernelOps):
         return PreparedLinear(weight, packed)
 
     def linear(self, x: torch.Tensor, prepared: Any, bias: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(prepared, gemm.PackedWeight):
+            return self._linear_packed(x, prepared, bias)
         if not isinstance(prepared, PreparedLinear):
             return F.linear(x, prepared, bias)
-        if x.dim() == 2 and x.shape[0] <= self._gemv_rows:
+        if x.dim() == 2 and x.shape[0] <= self._gemv_rows and _bf16_rows(x):
             return gemv.linear_small(x, prepared.weight, bias)
         if prepared.packed is not None:
             return launch_torch(
                 torch.ops.mkldnn._linear_pointwise, x, prepared.packed, bias, "none", [], ""
             )
         return F.linear(x, prepared.weight, bias)
+
+    @staticmethod
+    def _linear_packed(
+        x: torch.Tensor, weight: gemm.PackedWeight, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if x.dim() == 2 and _bf16_rows(x):
+            return gemm.linear_packed(x, weight, bias)
+        if x.dtype != torch.bfloat16:  # torch's own error for mixed dtypes, or its result
+            return F.linear(x, weight.unpack(), bias)
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        return gemm.linear_packed(rows, weight, bias).view(*x.shape[:-1], weight.n)
 
     # -- normalisation ---------------------------------------------------------------------------
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,0 +1,121 @@
+"""Packed bf16 GEMM for CPUs with AVX512-BF16 and no AMX: ``out = x @ weight.T (+ bias)``.
+
+On such CPUs (measured: AMD EPYC Zen 4) oneDNN's bf16 GEMM runs a decode step's small
+projections well below the dot-product peak, and every call also pays torch's dispatch. The loop in
+``csrc/gemm.cpp`` reaches the peak on those shapes and matches oneDNN at prefill sizes, from one
+weight layout packed once at load (:func:`pack`), so the backend keeps a single copy of each
+weight for every row count (``benchmarks/bench_gemm.py`` has the figures). On AMX machines
+oneDNN's tile kernels are faster and this module is not used (see ``heron_cpu.kernel_ops``).
+
+Like :mod:`heron_cpu.gemv`, the call goes straight to ``_C`` with one combined check; only a
+failing call pays for naming the bad argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from heron_cpu._kernels import _C
+from heron_cpu.gemv import check_tensor, kernel_paths, raise_invalid_operands
+from heron_cpu.launch import launch
+
+__all__ = ["PANEL", "PackedWeight", "available", "linear_packed", "pack"]
+
+PANEL: int = _C.packed_panel_columns()
+"""Output columns per panel of the packed layout (three 16-lane accumulators per x row)."""
+
+_BF16 = torch.bfloat16
+
+
+def available() -> bool:
+    """Whether this CPU runs the packed GEMM (it has AVX512-BF16)."""
+    return kernel_paths()["packed"]
+
+
+@dataclass(frozen=True, slots=True)
+class PackedWeight:
+    """A ``[n, k]`` bf16 weight as panels: ``data[p, kk, c, e] = weight[p * PANEL + c, 2 * kk + e]``.
+
+    Zero past ``n`` and ``k``. One 64-byte load of a panel is 16 output columns times one pair of
+    K, the operand layout of the AVX512-BF16 dot product.
+    """
+
+    data: torch.Tensor
+    n: int
+    k: int
+
+    def unpack(self) -> torch.Tensor:
+        """The ``[n, k]`` weight again (for tests and for the torch fallback of odd calls)."""
+        panels, pairs = self.data.shape[:2]
+        plain = self.data.transpose(1, 2).reshape(panels * PANEL, pairs * 2)
+        return plain[: self.n, : self.k]
+
+
+def pack(weight: torch.Tensor) -> PackedWeight:
+    """Pack a ``[n, k]`` bfloat16 CPU weight into panels (a copy; the input is not kept)."""
+    weight = check_tensor("weight", weight, 2)
+    n, k = weight.shape
+    padded = F.pad(weight, (0, k % 2, 0, -n % PANEL))
+    data = padded.view(padded.shape[0] // PANEL, PANEL, padded.shape[1] // 2, 2)
+    return PackedWeight(data.transpose(1, 2).contiguous(), n, k)
+
+
+def linear_packed(
+    x: torch.Tensor,
+    weight: PackedWeight,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x @ weight.T + bias`` in bfloat16, accumulated in fp32 and rounded to nearest even.
+
+    ``x`` is ``[M, K]`` with a contiguous last dimension (rows may be strided), ``bias`` ``[N]`` or
+    None, ``out`` ``[M, N]`` contiguous (allocated when None; it must not overlap the inputs). Runs
+    on ``torch.get_num_threads()`` threads, without autograd.
+    """
+    n, k = weight.n, weight.k
+    try:
+        m, x_k = x.shape
+        x_stride, x_step = x.stride()
+        if out is None:
+            out = x.new_empty(m, n)
+        valid = (
+            x.dtype is _BF16
+            and out.dtype is _BF16
+            and x.is_cpu
+            and out.is_cpu
+            and x_k == k
+            and (x_step == 1 or k <= 1)
+            and (x_stride >= k or m <= 1)
+            and out.is_contiguous()
+            and out.shape == (m, n)
+            and (
+                bias is None
+                or (
+                    bias.dtype is _BF16
+                    and bias.is_cpu
+                    and bias.shape == (n,)
+                    and bias.is_contiguous()
+                )
+            )
+        )
+    except (AttributeError, TypeError, ValueError):  # not tensors, or not 2-D
+        valid = False
+    if not valid:
+        raise_invalid_operands(x, n, k, bias, out)
+        raise ValueError("invalid arguments")  # unreachable unless the two checks disagree
+    launch(
+        _C.linear_bf16_packed,
+        out.data_ptr(),
+        x.data_ptr(),
+        weight.data.data_ptr(),
+        0 if bias is None else bias.data_ptr(),
+        m,
+        n,
+        k,
+        x_stride,
+        torch.get_num_threads(),
+    )
+    return out
