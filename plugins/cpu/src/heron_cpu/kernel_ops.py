@@ -92,6 +92,8 @@ class CpuKernelOps(KernelOps):
         self._onednn = not self._packed and onednn_bf16_available()
         self._gemv_rows = gemv.MAX_ROWS if gemv.available() and not self._packed else 0
         self._arena = HugePageArena()
+        # The engine's start-up log names the kernels by this: say which matmuls run.
+        self.name = f"heron-cpu ({self.gemm} GEMM)"
         logger.info("heron-cpu: bfloat16 matmuls on %s", self._describe_gemm())
 
     def _describe_gemm(self) -> str:
