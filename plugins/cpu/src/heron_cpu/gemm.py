@@ -13,6 +13,7 @@ failing call pays for naming the bad argument.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,13 +55,29 @@ class PackedWeight:
         return plain[: self.n, : self.k]
 
 
-def pack(weight: torch.Tensor) -> PackedWeight:
-    """Pack a ``[n, k]`` bfloat16 CPU weight into panels (a copy; the input is not kept)."""
+def pack(
+    weight: torch.Tensor,
+    empty: Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None = None,
+) -> PackedWeight:
+    """Pack a ``[n, k]`` bfloat16 CPU weight into panels (a copy; the input is not kept).
+
+    ``empty(shape, dtype)`` allocates the packed tensor (default ``torch.empty``): the backend
+    passes its huge-page arena, so that the panels are written once, where they will stay.
+    """
     weight = check_tensor("weight", weight, 2)
     n, k = weight.shape
-    padded = F.pad(weight, (0, k % 2, 0, -n % PANEL))
-    data = padded.view(padded.shape[0] // PANEL, PANEL, padded.shape[1] // 2, 2)
-    return PackedWeight(data.transpose(1, 2).contiguous(), n, k)
+    if n % PANEL or k % 2:
+        weight = F.pad(weight, (0, k % 2, 0, -n % PANEL))
+    rows, cols = weight.shape
+    panels = weight.view(rows // PANEL, PANEL, cols // 2, 2).transpose(1, 2)
+    data = (empty or _empty)(tuple(panels.shape), weight.dtype)
+    with torch.no_grad():
+        data.copy_(panels)
+    return PackedWeight(data, n, k)
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
 
 
 def linear_packed(

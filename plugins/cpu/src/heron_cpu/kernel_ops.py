@@ -134,9 +134,8 @@ class CpuKernelOps(KernelOps):
         if weight.dtype != torch.bfloat16 or not weight.is_cpu:
             return weight
         if self._packed:
-            packed = gemm.pack(weight.detach())
-            return gemm.PackedWeight(
-                self._arena.adopt(packed.data, "packed weights"), packed.n, packed.k
+            return gemm.pack(
+                weight.detach(), lambda shape, dtype: self._arena.empty(shape, dtype, "weights")
             )
         # The GEMV streams this copy at the memory bandwidth on every decode step.
         weight = self._arena.adopt(weight).detach().contiguous()

@@ -9,6 +9,7 @@ on unless set to 0): the KV cache and the weights the GEMV kernel streams.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,7 +117,20 @@ class HugePageArena:
 
         if not huge_pages_enabled() or not weight.is_contiguous():
             return weight
-        nbytes = weight.numel() * weight.element_size()
+        slot = self.empty(weight.shape, weight.dtype, what)
+        with torch.no_grad():
+            slot.copy_(weight)
+        weight.data = slot
+        return weight
+
+    def empty(self, shape: Any, dtype: Any, what: str) -> Any:
+        """An uninitialised contiguous tensor in the arena (plain ``torch.empty`` without huge
+        pages), its pages already faulted in: for a layout built straight into it."""
+        import torch
+
+        if not huge_pages_enabled():
+            return torch.empty(shape, dtype=dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
         padded = -(-nbytes // self.align) * self.align
         if nbytes >= self.chunk_bytes // 2:
             chunk, offset = self._new_chunk(padded, what), 0
@@ -125,12 +139,9 @@ class HugePageArena:
                 self._chunk, self._used = self._new_chunk(self.chunk_bytes, what), 0
             chunk, offset = self._chunk, self._used
             self._used += padded
-        slot = chunk[offset : offset + nbytes].view(weight.dtype).view(weight.shape)
+        slot = chunk[offset : offset + nbytes].view(dtype).view(shape)
         host_memory.prefault_for_write(slot.data_ptr(), nbytes)
-        with torch.no_grad():
-            slot.copy_(weight)
-        weight.data = slot
-        return weight
+        return slot
 
     @staticmethod
     def _new_chunk(nbytes: int, what: str) -> Any:
