@@ -2,10 +2,10 @@
 // AVX512-BF16 and without AMX (AMX machines keep oneDNN, whose tile kernels are faster there).
 //
 // Why a kernel of our own: on such CPUs (AMD Zen 4 is the one measured) oneDNN's bf16 GEMM at a
-// decode step's 64 rows runs SmolLM2-135M's small projections at 240-360 GFLOP/s with cold
-// weights, and each call also pays torch's dispatch. This loop reaches 320-410 GFLOP/s on the
-// same shapes and matches oneDNN at prefill's 2,048 rows (benchmarks/bench_gemm.py), and one
-// packed copy serves every row count, so the backend keeps no second weight layout.
+// decode step's 64 rows runs SmolLM2-135M's projections at 225-375 GFLOP/s with cold weights, and
+// each call also pays torch's dispatch. This loop reaches 340-405 GFLOP/s on the same shapes
+// (two cores peak at ~465), matches oneDNN at prefill's 2,048 rows, and at one row streams the
+// weight faster than the GEMV (benchmarks/bench_gemv.py); one packed copy serves every row count.
 //
 // - The weight is packed once (heron_cpu/gemm.py) into panels of kPanel = 48 output columns:
 //   packed[panel][kk][c][e] = weight[panel * 48 + c][2 * kk + e], zero past N and K. One 64-byte

@@ -4,7 +4,7 @@ On such CPUs (measured: AMD EPYC Zen 4) oneDNN's bf16 GEMM runs a decode step's 
 projections well below the dot-product peak, and every call also pays torch's dispatch. The loop in
 ``csrc/gemm.cpp`` reaches the peak on those shapes and matches oneDNN at prefill sizes, from one
 weight layout packed once at load (:func:`pack`), so the backend keeps a single copy of each
-weight for every row count (``benchmarks/bench_gemm.py`` has the figures). On AMX machines
+weight for every row count (``benchmarks/bench_gemv.py`` has the figures). On AMX machines
 oneDNN's tile kernels are faster and this module is not used (see ``heron_cpu.kernel_ops``).
 
 Like :mod:`heron_cpu.gemv`, the call goes straight to ``_C`` with one combined check; only a

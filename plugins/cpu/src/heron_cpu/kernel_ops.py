@@ -105,7 +105,8 @@ class CpuKernelOps(KernelOps):
 
     # -- step graphs -----------------------------------------------------------------------------
     def capture_graph(self, num_tokens: int) -> LaunchGraph | None:
-        """Any size: past the GEMV's rows, oneDNN's prepacked GEMM is recorded as a torch launch."""
+        """Any size: the packed GEMM is a recorded launch; so is the GEMV, and past its rows oneDNN's
+        prepacked GEMM is recorded as a torch launch."""
         fast = self._packed or self._gemv_rows or self._onednn
         return LaunchGraph() if num_tokens > 0 and fast else None
 
