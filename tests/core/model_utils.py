@@ -166,6 +166,15 @@ def make_tiny_model_dir(
     return folder
 
 
+def make_equality_model(tmp_path: Path, arch: str) -> tuple[Path, list[list[int]]]:
+    """The engine-vs-HF equality tests' tiny ``arch`` model and EQUALITY_PROMPTS as its token ids."""
+    from transformers import AutoTokenizer
+
+    folder = make_tiny_model_dir(tmp_path, arch, **kernel_friendly_overrides(arch))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return folder, [tokenizer(p)["input_ids"] for p in EQUALITY_PROMPTS]
+
+
 def make_context(
     dtype: torch.dtype = torch.float32,
     block_size: int = 4,

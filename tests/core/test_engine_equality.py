@@ -8,14 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_utils import (
-    ARCHS,
-    ENGINE_MODES,
-    EQUALITY_PROMPTS,
-    hf_greedy,
-    kernel_friendly_overrides,
-    make_tiny_model_dir,
-)
+from model_utils import ARCHS, ENGINE_MODES, EQUALITY_PROMPTS, hf_greedy, make_equality_model
 
 from heron import LLM, SamplingParams
 
@@ -24,14 +17,9 @@ NEW_TOKENS = 12
 
 @pytest.fixture(scope="module", params=ARCHS)
 def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    arch = request.param
-    folder = make_tiny_model_dir(
-        tmp_path_factory.mktemp(arch), arch, **kernel_friendly_overrides(arch)
-    )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder, prompt_ids = make_equality_model(tmp_path_factory.mktemp(request.param), request.param)
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    prompt_ids = [tokenizer(p)["input_ids"] for p in EQUALITY_PROMPTS]
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return folder, prompt_ids, hf_greedy(hf, prompt_ids, NEW_TOKENS)
 

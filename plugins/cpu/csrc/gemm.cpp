@@ -24,13 +24,13 @@
 // functions chosen at run time, and every helper has internal linkage (see kernels.cpp's header).
 
 #include "gemm.h"
+#include "gemv.h"
 #include "scalar_math.h"
 
 #include <omp.h>
 
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define HERON_GEMM_X86 1
-#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -154,25 +154,12 @@ void thread_share(const GemmArgs& a, int64_t t, int64_t count) {
   }
 }
 
-bool cpu_has_avx512_bf16() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
-  const bool bf16 = (eax >> 5) & 1u;  // CPUID.(EAX=7,ECX=1):EAX[5] = AVX512_BF16
-  return bf16 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-}
 #endif  // HERON_GEMM_X86
 
 }  // namespace
 
-bool supported() {
-#if defined(HERON_GEMM_X86)
-  static const bool ok = cpu_has_avx512_bf16();
-  return ok;
-#else
-  return false;
-#endif
-}
+// The same instructions as the GEMV's dot-product loop, so the same CPUID check.
+bool supported() { return gemv::avx512_bf16_supported(); }
 
 void linear_bf16_packed(const GemmArgs& args) {
 #if defined(HERON_GEMM_X86)

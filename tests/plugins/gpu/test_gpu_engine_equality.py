@@ -26,14 +26,7 @@ import torch
 from gpu_backends import GpuBackend
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "core"))
-from model_utils import (
-    ARCHS,
-    ENGINE_MODES,
-    EQUALITY_PROMPTS,
-    hf_greedy,
-    kernel_friendly_overrides,
-    make_tiny_model_dir,
-)
+from model_utils import ARCHS, ENGINE_MODES, EQUALITY_PROMPTS, hf_greedy, make_equality_model
 
 NEW_TOKENS = 16
 TOP_LOGPROBS = 5
@@ -57,14 +50,7 @@ def _hf_reference(folder: Path, prompts: list[list[int]]) -> list[dict]:
 
 @pytest.fixture(scope="module", params=ARCHS)
 def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    arch = request.param
-    folder = make_tiny_model_dir(
-        tmp_path_factory.mktemp(arch), arch, **kernel_friendly_overrides(arch)
-    )
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    prompt_ids = [tokenizer(p)["input_ids"] for p in EQUALITY_PROMPTS]
+    folder, prompt_ids = make_equality_model(tmp_path_factory.mktemp(request.param), request.param)
     return folder, prompt_ids, _hf_reference(folder, prompt_ids)
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from heron_cpu._kernels import _C
-from heron_cpu.gemv import check_tensor, kernel_paths, raise_invalid_operands
+from heron_cpu.gemv import check_tensor, kernel_paths, operands_ok, raise_invalid_operands
 from heron_cpu.launch import launch
 
 __all__ = ["PANEL", "PackedWeight", "available", "linear_packed", "pack"]
@@ -94,30 +94,9 @@ def linear_packed(
     """
     n, k = weight.n, weight.k
     try:
-        m, x_k = x.shape
-        x_stride, x_step = x.stride()
         if out is None:
-            out = x.new_empty(m, n)
-        valid = (
-            x.dtype is _BF16
-            and out.dtype is _BF16
-            and x.is_cpu
-            and out.is_cpu
-            and x_k == k
-            and (x_step == 1 or k <= 1)
-            and (x_stride >= k or m <= 1)
-            and out.is_contiguous()
-            and out.shape == (m, n)
-            and (
-                bias is None
-                or (
-                    bias.dtype is _BF16
-                    and bias.is_cpu
-                    and bias.shape == (n,)
-                    and bias.is_contiguous()
-                )
-            )
-        )
+            out = x.new_empty(x.shape[0], n)
+        valid = operands_ok(x, n, k, bias, out)
     except (AttributeError, TypeError, ValueError):  # not tensors, or not 2-D
         valid = False
     if not valid:
@@ -129,10 +108,10 @@ def linear_packed(
         x.data_ptr(),
         weight.data.data_ptr(),
         0 if bias is None else bias.data_ptr(),
-        m,
+        x.shape[0],
         n,
         k,
-        x_stride,
+        x.stride(0),
         torch.get_num_threads(),
     )
     return out

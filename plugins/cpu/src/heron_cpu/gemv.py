@@ -14,6 +14,7 @@ failing call pays for finding and naming the bad argument.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
@@ -28,6 +29,7 @@ __all__ = [
     "check_tensor",
     "kernel_paths",
     "linear_small",
+    "operands_ok",
     "raise_invalid_operands",
 ]
 
@@ -77,35 +79,16 @@ def linear_small(
     Runs on ``torch.get_num_threads()`` threads, without autograd.
     """
     try:
-        m, k = x.shape
-        n, weight_k = weight.shape
-        x_stride, x_step = x.stride()
+        n, k = weight.shape
         if out is None:
-            out = x.new_empty(m, n)  # like x, checked below; faster than torch.empty
+            out = x.new_empty(x.shape[0], n)  # like x, checked below; faster than torch.empty
         code = PATHS.get(path)
         valid = (
-            x.dtype is _BF16
-            and weight.dtype is _BF16
-            and out.dtype is _BF16
-            and x.is_cpu
+            weight.dtype is _BF16
             and weight.is_cpu
-            and out.is_cpu
-            and weight_k == k
-            and (x_step == 1 or k <= 1)
-            and (x_stride >= k or m <= 1)
             and weight.is_contiguous()
-            and out.is_contiguous()
-            and out.shape == (m, n)
-            and (
-                bias is None
-                or (
-                    bias.dtype is _BF16
-                    and bias.is_cpu
-                    and bias.shape == (n,)
-                    and bias.is_contiguous()
-                )
-            )
             and code is not None
+            and operands_ok(x, n, k, bias, out)
         )
     except (AttributeError, TypeError, ValueError):  # not tensors, or not 2-D
         valid = False
@@ -117,14 +100,40 @@ def linear_small(
         x.data_ptr(),
         weight.data_ptr(),
         0 if bias is None else bias.data_ptr(),
-        m,
+        x.shape[0],
         n,
         k,
-        x_stride,
+        x.stride(0),
         torch.get_num_threads(),
         code,
     )
     return out
+
+
+def operands_ok(x: Any, n: int, k: int, bias: Any, out: Any) -> bool:
+    """One combined check of x (``[M, k]``), bias (``[n]`` or None) and out (``[M, n]``).
+
+    Both linear kernels run it before every call (shared with :mod:`heron_cpu.gemm`); it may
+    raise AttributeError, TypeError or ValueError for non-tensors, which callers treat as False
+    and then call :func:`raise_invalid_operands` to name the bad argument.
+    """
+    m, x_k = x.shape
+    x_stride, x_step = x.stride()
+    return (
+        x.dtype is _BF16
+        and out.dtype is _BF16
+        and x.is_cpu
+        and out.is_cpu
+        and x_k == k
+        and (x_step == 1 or k <= 1)
+        and (x_stride >= k or m <= 1)
+        and out.is_contiguous()
+        and out.shape == (m, n)
+        and (
+            bias is None
+            or (bias.dtype is _BF16 and bias.is_cpu and bias.shape == (n,) and bias.is_contiguous())
+        )
+    )
 
 
 def check_tensor(name: str, t: object, ndim: int) -> torch.Tensor:
