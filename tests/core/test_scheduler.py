@@ -248,17 +248,53 @@ def test_missing_sampled_token_is_an_error() -> None:
 
 
 # -- prompt bursts ---------------------------------------------------------------------------------
-def test_a_burst_is_admitted_half_per_step_in_arrival_order() -> None:
-    sched = make_scheduler(split_prompt_bursts=True)
+def test_a_burst_gets_a_quarter_of_its_prompt_tokens_per_step_in_whole_prompts() -> None:
+    sched = make_scheduler(split_prompt_bursts=True, max_num_batched_tokens=80)
     for i in range(7):
-        sched.add_request(make_request(f"r{i}", 5, first=10 + 10 * i, max_tokens=4))
+        sched.add_request(make_request(f"r{i}", 20, first=100 * i, max_tokens=8))
     out, _ = step(sched)
-    assert list(new_tokens(out)) == ["r0", "r1", "r2", "r3"]  # ceil(7 / 2)
+    assert new_tokens(out) == {"r0": 20}  # 140 / 4 = 35 tokens: r1 would not finish, so it waits
     out, _ = step(sched)
-    assert new_tokens(out) == {"r0": 1, "r1": 1, "r2": 1, "r3": 1, "r4": 5, "r5": 5}
+    assert new_tokens(out) == {"r0": 1, "r1": 20}  # 1 decode + 120 / 4
+    admitted = ["r0", "r1"]
+    for _ in range(20):
+        out, _ = step(sched)
+        fresh = [r for r in new_tokens(out) if r not in admitted]
+        # Only a step's first prompt may be a chunk: one behind it must finish in this step.
+        assert all(new_tokens(out)[r] == 20 for r in fresh[1:])
+        admitted += fresh
+        if not sched.num_waiting:
+            break
+    assert admitted == [f"r{i}" for i in range(7)]
+
+
+def test_a_prompt_longer_than_a_short_step_is_chunked_when_it_comes_first() -> None:
+    sched = make_scheduler(split_prompt_bursts=True, max_num_batched_tokens=80)
+    sched.add_request(make_request("a", 30, max_tokens=8))
+    sched.add_request(make_request("b", 30, first=300, max_tokens=8))
+    steps = [new_tokens(step(sched)[0]) for _ in range(4)]
+    # 60 / 4 = 15, then 45 / 4 = 12, then the eighth of the budget (10): a's last 3 tokens, and b
+    # (30) waits; alone, b gets the whole budget.
+    assert steps == [{"a": 15}, {"a": 12}, {"a": 3}, {"a": 1, "b": 30}]
+
+
+def test_short_bursts_get_an_eighth_of_the_budget_and_decodes_always_run() -> None:
+    sched = make_scheduler(split_prompt_bursts=True, max_num_batched_tokens=80)
+    for i in range(3):
+        sched.add_request(make_request(f"d{i}", 3, first=100 * i, max_tokens=8))
+    step(sched)
+    for i in range(4):
+        sched.add_request(make_request(f"r{i}", 5, first=500 + 10 * i, max_tokens=8))
     out, _ = step(sched)
-    assert new_tokens(out)["r6"] == 5
-    assert sched.num_waiting == 0
+    # 20 prompt tokens wait: max(80 // 8, 20 / 4) = 10 of them, beside the three decodes.
+    assert new_tokens(out) == {"d0": 1, "d1": 1, "d2": 1, "r0": 5, "r1": 5}
+
+
+def test_a_lone_long_prompt_gets_the_whole_budget() -> None:
+    sched = make_scheduler(split_prompt_bursts=True, max_num_batched_tokens=80)
+    sched.add_request(make_request("a", 70, max_tokens=3))
+    out, _ = step(sched)
+    assert new_tokens(out) == {"a": 70}
 
 
 def test_a_lone_waiting_request_is_admitted_at_once() -> None:

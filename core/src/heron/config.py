@@ -42,10 +42,11 @@ class EngineArgs(BaseModel):
     )
     split_prompt_bursts: bool | None = Field(
         None,
-        description="Admit at most half of the waiting requests per step, so that a burst of "
-        "prompts gets first tokens after half its prefill instead of all of it. Default: on for "
-        "the server and AsyncLLM, off for offline LLM.generate, where only the batch's total "
-        "time counts.",
+        description="While several prompts wait for prefill, compute at most a quarter of their "
+        "tokens per step (at least an eighth of the budget), so that a burst of prompts gets first "
+        "tokens prompt after prompt instead of all after the whole burst. Default: on for the "
+        "server and AsyncLLM, off for offline LLM.generate, where only the batch's total time "
+        "counts.",
     )
     enforce_eager: bool = Field(
         False,

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from heron.config import EngineArgs
 from heron.engine.kv_sizing import KVPlan, plan_kv_cache
@@ -37,11 +38,11 @@ class EngineConfigError(ValueError):
 class EngineCore:
     def __init__(self, args: EngineArgs, *, host: PluginHost | None = None) -> None:
         started = time.monotonic()
-        self.args = args
         host = host or load_plugins()
         if args.backend:
             os.environ["HERON_BACKEND"] = args.backend
         self.platform, self.backend = select_platform(host)
+        self.args = args = self._apply_platform_changes(args)
         self.source: ModelSource = load_model_source(
             args.model, revision=args.revision, trust_remote_code=args.trust_remote_code
         )
@@ -121,6 +122,35 @@ class EngineCore:
         logger.info("Engine ready in %.2f s", time.monotonic() - started)
 
     # -- start-up decisions ----------------------------------------------------------------------
+    def _apply_platform_changes(self, args: EngineArgs) -> EngineArgs:
+        """The platform's ``check_config`` changes, applied to a copy and each logged with its reason,
+        so a user sees every value the backend chose instead of finding it silently mutated."""
+        changes = self.platform.check_config(args)
+        if not changes:
+            return args
+        changed = args.model_copy()
+        for change in changes:
+            if change.field not in EngineArgs.model_fields:
+                raise EngineConfigError(
+                    f"backend {self.platform.name!r} asked to change {change.field!r}, which is "
+                    "not an engine argument"
+                )
+            try:
+                setattr(changed, change.field, change.value)
+            except ValidationError as exc:
+                raise EngineConfigError(
+                    f"backend {self.platform.name!r} asked for {change.field}={change.value!r}, "
+                    f"which is not allowed: {exc.errors()[0]['msg']}"
+                ) from exc
+            logger.info(
+                "Backend %s sets %s = %r: %s",
+                self.platform.name,
+                change.field,
+                change.value,
+                change.reason,
+            )
+        return changed
+
     def _resolve_dtype(self, requested: str) -> torch.dtype:
         caps = self.platform.capabilities()
         name = caps.default_dtype if requested == "auto" else requested

@@ -3,8 +3,8 @@
 There are no prefill and decode phases (vLLM V1's design): every request has
 ``num_computed_tokens``, which catches up with ``num_tokens`` under a budget of
 ``max_num_batched_tokens`` per step. Running requests go first, so decodes are never starved by a
-burst of long prompts; waiting requests fill what is left, a long prompt in chunks, at most half
-of the waiting requests per step when several wait (see ``_admission_limit``). When the KV
+burst of long prompts; waiting requests fill what is left, a long prompt in chunks, and a burst of
+prompts in steps shorter than the budget when bursts are split (see ``_step_budget``). When the KV
 cache runs out, the newest running request is preempted: its blocks are freed and it is recomputed
 later (its own blocks often survive in the prefix cache). The scheduler knows tokens and blocks,
 never tensors.
@@ -36,7 +36,7 @@ class SchedulerConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     split_prompt_bursts: bool = True
-    """Admit at most half of the waiting requests (rounded up) per step: see ``_admission_limit``."""
+    """Prefill a burst of prompts in shorter steps, so first tokens come sooner: ``_step_budget``."""
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size"):
@@ -143,7 +143,8 @@ class Scheduler:
         since a step short of blocks should not take on more work.
         """
         cfg = self.config
-        budget = cfg.max_num_batched_tokens
+        budget = self._step_budget()
+        shortened = budget < cfg.max_num_batched_tokens
         decodes: list[ScheduledRequest] = []
         prefills: list[ScheduledRequest] = []
         preempted: list[str] = []
@@ -170,28 +171,36 @@ class Scheduler:
             index += 1
 
         if not preempted:
-            budget = self._schedule_waiting(budget, decodes, prefills)
+            budget = self._schedule_waiting(budget, decodes, prefills, whole_prompts=shortened)
 
         scheduled = decodes + prefills
         return SchedulerOutput(
             scheduled=scheduled,
             preempted_ids=preempted,
-            num_scheduled_tokens=cfg.max_num_batched_tokens - budget,
+            num_scheduled_tokens=sum(s.num_new_tokens for s in scheduled),
         )
 
     def _schedule_waiting(
-        self, budget: int, decodes: list[ScheduledRequest], prefills: list[ScheduledRequest]
+        self,
+        budget: int,
+        decodes: list[ScheduledRequest],
+        prefills: list[ScheduledRequest],
+        *,
+        whole_prompts: bool = False,
     ) -> int:
-        """Admit waiting requests while budget, sequence slots and blocks last; the budget left."""
+        """Admit waiting requests while budget, sequence slots and blocks last; the budget left.
+
+        With ``whole_prompts`` (a step shortened for a burst), a prompt that does not fit what is
+        left waits for the next step unless the step has no prefill yet: starting it here would
+        delay the prompts before it and still not give it a first token.
+        """
         cfg = self.config
-        admit = self._admission_limit()
-        while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs and admit:
-            admit -= 1
+        while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
             request = self.waiting.peek()
             computed_blocks, num_cached = self.kv.get_computed_blocks(request)
             num_new = request.num_tokens - num_cached
             if num_new > budget:
-                if not cfg.enable_chunked_prefill:
+                if not cfg.enable_chunked_prefill or (whole_prompts and prefills):
                     break  # FIFO: it waits for a step with enough budget, and so do those behind it
                 num_new = budget
             if self.kv.allocate_slots(request, num_new, computed_blocks, num_cached) is None:
@@ -208,20 +217,34 @@ class Scheduler:
             budget -= num_new
         return budget
 
-    def _admission_limit(self) -> int:
-        """How many waiting requests this step may admit.
+    def _step_budget(self) -> int:
+        """This step's token budget: all of it, unless prompt bursts are split.
 
-        When a burst of N prompts arrives together, computing all of them in one step makes every
-        one of them wait for the whole burst's prefill. Admitting half (the first ceil(N/2), in
-        FIFO order) gives the first half their first token after half the work, and the rest one
-        step later: a lower median and mean time to first token whenever a step's fixed cost is
-        small next to half a burst's prefill, and the same total work (the prompts still go in
-        large batches). A lone waiting request is admitted at once.
+        Then, while two or more prompts wait for prefill, the step computes at most a quarter of
+        their tokens (but at least an eighth of the budget), plus one token per decoding request.
+        A step of a whole burst makes every prompt in it wait for all the others, and anything
+        arriving meanwhile waits for that long step too; shorter steps hand out first tokens
+        prompt after prompt. A deep queue still gets full-budget steps, where chunking finer would
+        only add steps (each re-reads the weights and the decoding requests' KV) while every
+        prompt waits for most of the queue anyway. A lone prompt gets the whole budget.
         """
-        waiting = len(self.waiting)
-        if not self.config.split_prompt_bursts or waiting <= 1:
-            return waiting
-        return (waiting + 1) // 2
+        cfg = self.config
+        budget = cfg.max_num_batched_tokens
+        if not (cfg.split_prompt_bursts and cfg.enable_chunked_prefill):
+            return budget
+        decoding = 0
+        prefill_left: list[int] = []
+        for request in self.running:
+            left = request.num_tokens - request.num_computed_tokens
+            if left > 1:
+                prefill_left.append(left)
+            else:
+                decoding += 1
+        prefill_left.extend(r.num_tokens - r.num_computed_tokens for r in self.waiting)
+        if len(prefill_left) < 2:
+            return budget
+        prefill = max(budget // 8, -(-sum(prefill_left) // 4))
+        return min(budget, decoding + prefill)
 
     def _preempt(self, request: Request) -> None:
         """Free the request's KV and queue it first in line, to be recomputed from scratch."""
