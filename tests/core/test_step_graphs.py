@@ -9,6 +9,8 @@ logprobs, with batch sizes changing as requests join and finish.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -254,3 +256,19 @@ def test_engine_with_graphs_equals_enforce_eager(tiny_bf16_model, backend: str) 
             # 12: padded, and past the GEMV's rows (oneDNN's matmuls, recorded as torch launches)
             assert {1, 2, 12} <= set(graphs.recorded_sizes)
     assert results[False] == results[True]
+
+
+def test_recording_does_not_import_dynamo() -> None:
+    """torch imports torch._dynamo (~1 s) the first time a dispatch mode that keeps dynamo out
+    runs; the guard opts out, so the server's first request does not pay for it."""
+    code = (
+        "import sys, torch\n"
+        "from heron.runner.step_graphs import _CaptureGuard\n"
+        "with _CaptureGuard() as guard:\n"
+        "    torch.empty(4).add_(1)\n"
+        "assert guard.unrecorded, 'the guard saw nothing'\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

@@ -69,6 +69,13 @@ class _CaptureGuard(TorchDispatchMode):
         self.kept: list[torch.Tensor] = []
         self.unrecorded: list[str] = []
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ to keep dynamo out of it, and that wrapper
+        # imports torch._dynamo on its first call: ~1 s inside the server's first request (the
+        # first decode step records its graph). Nothing is compiled under this guard.
+        return False
+
     def __torch_dispatch__(
         self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
