@@ -18,23 +18,34 @@ namespace {
 using heron_cpu::gemv::GemvArgs;
 using heron_cpu::gemv::Path;
 
+// The size checks and the argument struct both bindings share (GemvArgs and GemmArgs have the same
+// fields; only what `weight` points at differs: a plain [n, k] weight or a packed one).
+template <typename Args>
+Args matmul_args(const char* name, uintptr_t out, uintptr_t x, uintptr_t weight, uintptr_t bias,
+                 int64_t m, int64_t n, int64_t k, int64_t x_stride, int num_threads) {
+  if (m < 0 || n < 0 || k < 0) throw py::value_error(std::string(name) + ": negative size");
+  if (m > 1 && x_stride < k) {
+    throw py::value_error(std::string(name) + ": x rows overlap (stride < k)");
+  }
+  return Args{reinterpret_cast<uint16_t*>(out),
+              reinterpret_cast<const uint16_t*>(x),
+              reinterpret_cast<const uint16_t*>(weight),
+              reinterpret_cast<const uint16_t*>(bias),
+              m,
+              n,
+              k,
+              x_stride,
+              n,
+              num_threads > 0 ? num_threads : 1};
+}
+
 void linear_bf16(uintptr_t out, uintptr_t x, uintptr_t weight, uintptr_t bias, int64_t m, int64_t n,
                  int64_t k, int64_t x_stride, int num_threads, int path) {
-  if (m < 0 || n < 0 || k < 0) throw py::value_error("linear_bf16: negative size");
-  if (m > 1 && x_stride < k) throw py::value_error("linear_bf16: x rows overlap (stride < k)");
+  const auto args = matmul_args<GemvArgs>("linear_bf16", out, x, weight, bias, m, n, k, x_stride,
+                                          num_threads);
   if (path < static_cast<int>(Path::kAuto) || path > static_cast<int>(Path::kPortable)) {
     throw py::value_error("linear_bf16: unknown path " + std::to_string(path));
   }
-  const GemvArgs args{reinterpret_cast<uint16_t*>(out),
-                      reinterpret_cast<const uint16_t*>(x),
-                      reinterpret_cast<const uint16_t*>(weight),
-                      reinterpret_cast<const uint16_t*>(bias),
-                      m,
-                      n,
-                      k,
-                      x_stride,
-                      n,
-                      num_threads > 0 ? num_threads : 1};
   py::gil_scoped_release release;
   heron_cpu::gemv::linear_bf16(args, static_cast<Path>(path));
 }
@@ -44,18 +55,8 @@ void linear_bf16_packed(uintptr_t out, uintptr_t x, uintptr_t packed, uintptr_t 
   if (!heron_cpu::gemm::supported()) {
     throw py::value_error("linear_bf16_packed: this CPU has no AVX512-BF16");
   }
-  if (m < 0 || n < 0 || k < 0) throw py::value_error("linear_bf16_packed: negative size");
-  if (m > 1 && x_stride < k) throw py::value_error("linear_bf16_packed: x rows overlap");
-  const heron_cpu::gemm::GemmArgs args{reinterpret_cast<uint16_t*>(out),
-                                       reinterpret_cast<const uint16_t*>(x),
-                                       reinterpret_cast<const uint16_t*>(packed),
-                                       reinterpret_cast<const uint16_t*>(bias),
-                                       m,
-                                       n,
-                                       k,
-                                       x_stride,
-                                       n,
-                                       num_threads > 0 ? num_threads : 1};
+  const auto args = matmul_args<heron_cpu::gemm::GemmArgs>("linear_bf16_packed", out, x, packed,
+                                                           bias, m, n, k, x_stride, num_threads);
   py::gil_scoped_release release;
   heron_cpu::gemm::linear_bf16_packed(args);
 }

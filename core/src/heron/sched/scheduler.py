@@ -143,8 +143,8 @@ class Scheduler:
         since a step short of blocks should not take on more work.
         """
         cfg = self.config
-        budget = self._step_budget()
-        shortened = budget < cfg.max_num_batched_tokens
+        step_budget = budget = self._step_budget()
+        shortened = step_budget < cfg.max_num_batched_tokens
         decodes: list[ScheduledRequest] = []
         prefills: list[ScheduledRequest] = []
         preempted: list[str] = []
@@ -177,7 +177,7 @@ class Scheduler:
         return SchedulerOutput(
             scheduled=scheduled,
             preempted_ids=preempted,
-            num_scheduled_tokens=sum(s.num_new_tokens for s in scheduled),
+            num_scheduled_tokens=step_budget - budget,
         )
 
     def _schedule_waiting(
