@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from heron_cpu import ops
+from heron_cpu import long_prefill, ops
 from heron_cpu.memory import place_on_huge_pages
 from heron_interfaces import AttentionBackend, AttentionLayerSpec, AttentionMetadata
 
@@ -88,9 +88,14 @@ class CpuAttentionBackend(AttentionBackend):
         out: torch.Tensor,
     ) -> torch.Tensor:
         _write_kv()(_rows(key), _rows(value), kv_cache, metadata.slot_mapping)
+        query = _rows(query)
+        threshold = long_prefill.min_query_tokens()
+        if threshold and metadata.max_query_len >= threshold and not torch.compiler.is_compiling():
+            self._forward_mixed(query, kv_cache, metadata, out, threshold)
+            return out
         _paged_attention()(
             out,
-            _rows(query),
+            query,
             kv_cache,
             metadata.query_start_loc,
             metadata.seq_lens,
@@ -99,6 +104,49 @@ class CpuAttentionBackend(AttentionBackend):
             metadata.num_seqs,
         )
         return out
+
+    def _forward_mixed(
+        self,
+        query: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        out: torch.Tensor,
+        threshold: int,
+    ) -> None:
+        """Long prefill chunks through :mod:`heron_cpu.long_prefill`, the rest through the kernel.
+
+        Never inside a recorded step graph: those hold decode steps, whose queries are one token.
+        """
+        num_seqs = metadata.num_seqs
+        qsl_tensor = metadata.query_start_loc_cpu
+        lens_tensor = metadata.seq_lens_cpu
+        starts = qsl_tensor if qsl_tensor is not None else metadata.query_start_loc
+        lens = lens_tensor if lens_tensor is not None else metadata.seq_lens
+        query_start_loc = starts[: num_seqs + 1].tolist()
+        seq_lens = lens[:num_seqs].tolist()
+        long_ids, runs = long_prefill.split_long_sequences(query_start_loc, threshold)
+        for first, end in runs:
+            _paged_attention()(
+                out,
+                query,
+                kv_cache,
+                metadata.query_start_loc[first : end + 1],
+                metadata.seq_lens[first:end],
+                metadata.block_tables[first:end],
+                self.spec.scale,
+                end - first,
+            )
+        for i in long_ids:
+            long_prefill.attend_sequence(
+                out,
+                query,
+                kv_cache,
+                metadata.block_tables[i],
+                query_start_loc[i],
+                query_start_loc[i + 1] - query_start_loc[i],
+                seq_lens[i],
+                self.spec.scale,
+            )
 
 
 # The custom ops are what torch.compile must see (opaque graph nodes); in eager mode their
