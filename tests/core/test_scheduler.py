@@ -315,6 +315,41 @@ def test_burst_splitting_off_admits_everything_that_fits() -> None:
     assert len(new_tokens(out)) == 7
 
 
+# -- head-of-line blocking ------------------------------------------------------------------------
+@pytest.mark.parametrize("split", [False, True])
+def test_a_short_request_is_not_held_behind_a_long_prefill(split: bool) -> None:
+    """A short request arriving during a long prefill gets its prefill in the next step, then
+    decodes in every step beside the long prompt's chunks (issue: it waited for the whole prefill)."""
+    sched = make_scheduler(
+        num_blocks=128, max_num_batched_tokens=16, split_prompt_bursts=split, max_model_len=400
+    )
+    sched.add_request(make_request("long", 200, max_tokens=2))
+    assert new_tokens(step(sched)[0]) == {"long": 16}
+    sched.add_request(make_request("short", 5, first=300, max_tokens=4))
+    steps = [new_tokens(step(sched)[0]) for _ in range(4)]
+    assert steps[0]["short"] == 5
+    assert [s["short"] for s in steps[1:]] == [1, 1, 1]  # three more tokens: max_tokens=4
+    assert all(0 < s["long"] < 16 for s in steps)  # the long prompt still advances every step
+    assert all(sum(s.values()) <= 16 for s in steps)
+
+
+def test_nothing_is_kept_for_waiting_requests_that_cannot_be_admitted() -> None:
+    sched = make_scheduler(num_blocks=128, max_num_batched_tokens=16, max_num_seqs=1)
+    sched.add_request(make_request("long", 60, max_tokens=2))
+    step(sched)
+    sched.add_request(make_request("short", 5, first=300))
+    assert new_tokens(step(sched)[0]) == {"long": 16}  # max_num_seqs: short cannot start
+
+
+def test_unchunked_prompts_are_never_split_for_waiting_requests() -> None:
+    sched = make_scheduler(
+        num_blocks=128, max_num_batched_tokens=64, max_model_len=64, enable_chunked_prefill=False
+    )
+    sched.add_request(make_request("a", 40))
+    sched.add_request(make_request("b", 30, first=200))
+    assert new_tokens(step(sched)[0]) == {"a": 40}
+
+
 # -- preemption ------------------------------------------------------------------------------------
 def test_newest_request_is_preempted_and_later_recomputed_to_completion() -> None:
     sched = make_scheduler(num_blocks=4)  # 16 tokens

@@ -141,6 +141,11 @@ class Scheduler:
         when the KV cache cannot hold them, the newest running request is preempted and the
         allocation retried. Waiting requests are admitted only in steps that preempted nothing,
         since a step short of blocks should not take on more work.
+
+        A running prompt's chunk never takes the tokens of the decodes behind it in ``running``,
+        nor, while requests wait, the share of the budget kept for them (``_waiting_reserve``):
+        otherwise one long prompt holds every request admitted after it, and every request that
+        arrives while it prefills, until its whole prefill is done (head-of-line blocking).
         """
         cfg = self.config
         step_budget = budget = self._step_budget()
@@ -148,11 +153,19 @@ class Scheduler:
         decodes: list[ScheduledRequest] = []
         prefills: list[ScheduledRequest] = []
         preempted: list[str] = []
+        chunking = cfg.enable_chunked_prefill
+        decodes_behind = sum(r.num_tokens - r.num_computed_tokens == 1 for r in self.running)
+        kept = self._waiting_reserve(step_budget, shortened)
 
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_left = request.num_tokens - request.num_computed_tokens
+            if num_left == 1:
+                decodes_behind -= 1
+            elif chunking:
+                num_left = min(num_left, budget - decodes_behind - kept)
+            num_new = min(num_left, budget)
             if num_new <= 0:
                 index += 1
                 continue
@@ -216,6 +229,33 @@ class Scheduler:
             )
             budget -= num_new
         return budget
+
+    def _waiting_reserve(self, step_budget: int, whole_prompts: bool) -> int:
+        """Tokens of this step that running prompts leave to waiting requests: what the waiting
+        ones need (prefix-cache hits aside), at most half of the step.
+
+        Half, so a long prompt still advances at least at half speed while others arrive, and a
+        short request that arrives during a long prefill gets its first token in the next step
+        instead of after the whole prefill. Nothing is kept for what could not be admitted: with
+        ``whole_prompts`` (see ``_schedule_waiting``) only the whole prompts at the head of the
+        queue that fit count.
+        """
+        cfg = self.config
+        if (
+            not (cfg.enable_chunked_prefill and self.waiting)
+            or len(self.running) >= cfg.max_num_seqs
+        ):
+            return 0
+        cap = step_budget // 2
+        wanted = 0
+        for request in self.waiting:
+            need = request.num_tokens - request.num_computed_tokens
+            if whole_prompts and wanted + need > cap:
+                return wanted
+            wanted += need
+            if wanted >= cap:
+                return cap
+        return wanted
 
     def _step_budget(self) -> int:
         """This step's token budget: all of it, unless prompt bursts are split.
