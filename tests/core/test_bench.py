@@ -190,6 +190,24 @@ def test_latency(tiny_model: Path, tmp_path: Path) -> None:
     assert r["decode_tok_s_per_seq"]["median"] > 0 and r["ttft_ms"]["count"] == 6
 
 
+@pytest.mark.usefixtures("small_kv")
+def test_prefill(tiny_model: Path, tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "p.json"
+    argv = ["prefill", "--model", str(tiny_model), "--max-model-len", "128", "--context-lens",
+            "16", "100", "--num-iters", "2", "--output-json", str(out)]  # fmt: skip
+    assert bench_main(argv) == 0
+    r = json.loads(out.read_text())
+    assert [row["context_len"] for row in r["results"]] == [16, 100]
+    for row in r["results"]:
+        assert len(row["prefill_s"]["all"]) == 2
+        assert row["prefill_tok_s"] == pytest.approx(
+            row["context_len"] / row["prefill_s"]["median"]
+        )
+    assert "100 tokens of context" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="max_model_len - 1"):
+        bench_main([*argv[:6], "128"])
+
+
 # -- bench serve against a fake OpenAI-compatible server -------------------------------------------
 class FakeServer:
     """A minimal HTTP/1.1 server that streams OpenAI-style SSE, one token per chunk; with
