@@ -17,6 +17,7 @@ from heron.config import EngineArgs, make_engine_args
 from heron.engine.input_processor import ChatMessages, ProcessedPrompt, PromptType
 from heron.engine.llm_engine import LLMEngine, PreparedRequest
 from heron.engine.output_processor import RequestOutputKind
+from heron.engine.stats_logger import EngineStats, StatsLogger, interval_from_env
 from heron.outputs import RequestOutput
 from heron.sampling_params import SamplingParams
 
@@ -42,7 +43,11 @@ class AsyncLLM:
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._pending: list[tuple[PreparedRequest, RequestOutputKind]] = []
         self._pending_aborts: list[str] = []
+        self._abort_all = False
         self._stopped = False
+        self._stats_logger = (
+            None if self.engine_args.disable_log_stats else StatsLogger(interval_from_env())
+        )
         self.dead_error: BaseException | None = None
         # The engine is built in the thread that steps it: OpenMP thread teams belong to the
         # thread that first runs parallel work, and stepping from another thread than the one that
@@ -88,7 +93,7 @@ class AsyncLLM:
     def is_running(self) -> bool:
         return self.dead_error is None and not self._stopped
 
-    def stats(self) -> Any:
+    def stats(self) -> EngineStats:
         return self.engine.stats()
 
     def process_prompt(self, prompt: PromptType) -> ProcessedPrompt:
@@ -138,6 +143,20 @@ class AsyncLLM:
                 self._pending_aborts.append(request_id)
                 self._wake.notify()
 
+    def abort_all(self) -> int:
+        """Abort every running request so that its caller gets a last output with
+        ``finish_reason == "abort"`` (a stream can then end properly); returns how many.
+
+        The server calls this when its shutdown timeout is reached: cancelling the streams
+        instead would cut their HTTP responses mid-body, with no final chunk for the client.
+        """
+        with self._wake:
+            count = len(self._queues)
+            if count:
+                self._abort_all = True
+                self._wake.notify()
+        return count
+
     def shutdown(self) -> None:
         with self._wake:
             self._stopped = True
@@ -149,31 +168,19 @@ class AsyncLLM:
         try:
             while True:
                 with self._wake:
-                    while not (
-                        self._stopped
-                        or self._pending
-                        or self._pending_aborts
-                        or self.engine.has_unfinished_requests()
-                    ):
-                        self._wake.wait()
+                    self._wait_for_work()
                     if self._stopped:
                         return
                     pending, self._pending = self._pending, []
                     aborts, self._pending_aborts = self._pending_aborts, []
+                    abort_all, self._abort_all = self._abort_all, False
                 for prepared, kind in pending:
                     self.engine.add_prepared(prepared, kind)
                 for rid in aborts:
                     self.engine.abort_request(rid)
-                outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
-                with self._lock:
-                    deliveries = [(self._queues.get(o.request_id), o) for o in outputs]
-                    for output in outputs:
-                        if output.finished:
-                            self._queues.pop(output.request_id, None)
-                for target, output in deliveries:
-                    if target is not None:
-                        loop, queue = target
-                        loop.call_soon_threadsafe(queue.put_nowait, output)
+                if abort_all:
+                    self._deliver(self.engine.abort_all())
+                self._deliver(self._step())
         except BaseException as exc:  # surface to every waiter instead of hanging them
             logger.exception("The engine loop stopped")
             self.dead_error = exc
@@ -181,3 +188,43 @@ class AsyncLLM:
                 targets, self._queues = list(self._queues.values()), {}
             for loop, queue in targets:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+    def _has_work(self) -> bool:
+        return bool(
+            self._stopped
+            or self._pending
+            or self._pending_aborts
+            or self._abort_all
+            or self.engine.has_unfinished_requests()
+        )
+
+    def _wait_for_work(self) -> None:
+        """Sleep (holding ``_wake``) until there is work; while idle, wake up once more when the
+        stats logger's open interval is due, so the line that shows the load ended is written."""
+        while not self._has_work():
+            timeout = self._stats_logger.seconds_until_due() if self._stats_logger else None
+            if not self._wake.wait(timeout) and self._stats_logger is not None:
+                self._stats_logger.maybe_log(self.engine.stats)
+
+    def _step(self) -> list[RequestOutput]:
+        if not self.engine.has_unfinished_requests():
+            return []
+        stats_logger = self._stats_logger
+        if stats_logger is not None:
+            stats_logger.begin(self.engine.stats)
+        outputs = self.engine.step()
+        if stats_logger is not None:
+            stats_logger.maybe_log(self.engine.stats)
+        return outputs
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        """Hand outputs to their callers' event loops; a finished request's queue is dropped."""
+        with self._lock:
+            deliveries = [(self._queues.get(o.request_id), o) for o in outputs]
+            for output in outputs:
+                if output.finished:
+                    self._queues.pop(output.request_id, None)
+        for target, output in deliveries:
+            if target is not None:
+                loop, queue = target
+                loop.call_soon_threadsafe(queue.put_nowait, output)

@@ -17,14 +17,15 @@ from pydantic import ValidationError
 from heron.config import EngineArgs
 from heron.engine.kv_sizing import KVPlan, plan_kv_cache
 from heron.engine.request import Request, RequestStatus
+from heron.engine.stats_logger import EngineStats
 from heron.kv.kv_cache_manager import KVCacheManager
 from heron.loader import ModelSource, load_model_source
 from heron.models.decoder import UnsupportedAttentionError
 from heron.models.registry import builtin_registry
 from heron.plugins import PluginHost, load_plugins, select_platform
 from heron.runner.model_runner import TorchModelRunner
-from heron.sched.output import RequestUpdate
-from heron.sched.scheduler import Scheduler, SchedulerConfig, SchedulerStats
+from heron.sched.output import RequestUpdate, SchedulerOutput
+from heron.sched.scheduler import Scheduler, SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ class EngineCore:
             self.kv_plan.num_blocks, self.block_size, args.enable_prefix_caching
         )
         self.scheduler = Scheduler(self.scheduler_config, self.kv_manager)
+        self.num_prompt_tokens = 0
+        """Prompt tokens computed since start-up (the stats logger's prompt throughput)."""
+        self.num_generation_tokens = 0
+        """Tokens sampled since start-up (the stats logger's generation throughput)."""
         torch.manual_seed(args.seed)
         self.platform.seed(args.seed)
         logger.info(
@@ -230,8 +235,10 @@ class EngineCore:
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
+        self.num_prompt_tokens += _prompt_tokens(out)
         runner_out = self.runner.execute(out)
         updates = self.scheduler.update_from_output(out, runner_out)
+        self.num_generation_tokens += sum(len(u.new_token_ids) for u in updates)
         finished = [u.request.request_id for u in updates if u.finished]
         if finished:
             self.runner.release(finished)
@@ -240,8 +247,29 @@ class EngineCore:
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 
-    def stats(self) -> SchedulerStats:
-        return self.scheduler.stats()
+    def stats(self) -> EngineStats:
+        """The scheduler's state plus the token counters: what /metrics and the stats log read."""
+        sched = self.scheduler.stats()
+        return EngineStats(
+            num_running=sched.num_running,
+            num_waiting=sched.num_waiting,
+            kv_cache_usage=sched.kv_cache_usage,
+            prefix_cache_queries=sched.prefix_cache_queries,
+            prefix_cache_hits=sched.prefix_cache_hits,
+            num_preemptions=sched.num_preemptions,
+            prompt_tokens=self.num_prompt_tokens,
+            generation_tokens=self.num_generation_tokens,
+        )
+
+
+def _prompt_tokens(out: SchedulerOutput) -> int:
+    """Prompt positions among the tokens a step computes (before the scheduler advances them);
+    a preempted request's recomputed outputs are not prompt tokens."""
+    total = 0
+    for scheduled in out.scheduled:
+        end = min(scheduled.start + scheduled.num_new_tokens, scheduled.request.num_prompt_tokens)
+        total += max(0, end - scheduled.start)
+    return total
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -8,16 +8,17 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from heron.config import EngineArgs
 from heron.engine.engine_core import EngineCore
 from heron.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from heron.engine.output_processor import OutputProcessor, RequestOutputKind
 from heron.engine.request import Request, RequestStatus
+from heron.engine.stats_logger import EngineStats
 from heron.outputs import RequestOutput
 from heron.plugins import PluginHost
 from heron.sampling_params import SamplingParams
+from heron.sched.output import RequestUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,19 @@ class LLMEngine:
         child_ids = self.output_processor.abort(request_id)
         self.core.abort_requests(child_ids)
 
+    def abort_all(self) -> list[RequestOutput]:
+        """Abort every unfinished request and return each one's final output
+        (``finish_reason == "abort"``, with any text not yet reported).
+
+        Unlike :meth:`abort_request`, whose caller has already gone, this is for callers that are
+        still listening, such as streams cut by a server shutdown: they get a last output to end
+        on instead of silence.
+        """
+        children = list(self.core.scheduler.requests.values())
+        self.core.abort_requests([r.request_id for r in children])
+        updates = [RequestUpdate(request=r, finished=True) for r in children]
+        return self.output_processor.process(updates).request_outputs
+
     def step(self) -> list[RequestOutput]:
         updates = self.core.step()
         if not updates:
@@ -117,5 +131,5 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return self.core.has_unfinished_requests()
 
-    def stats(self) -> Any:
+    def stats(self) -> EngineStats:
         return self.core.stats()
