@@ -25,8 +25,9 @@ from heron_server.app import build_app
 
 
 class FakeEngine:
-    """Generates "ab" (a letter per DELTA output); ``fail`` makes the next request raise after
-    its first letter."""
+    """Generates "ab" (a letter per DELTA output); ``fail`` makes the next request whose id
+    starts with ``fail_prefix`` raise after its first letter (handlers prepare requests in
+    threads, so concurrent requests reach the engine in no fixed order)."""
 
     model_name = "fake"
     max_model_len = 64
@@ -35,6 +36,7 @@ class FakeEngine:
         self.tokenizer = build_tokenizer()
         self.is_running = True
         self.fail: BaseException | None = None
+        self.fail_prefix = ""
         self.aborted: list[str] = []
 
     def process_prompt(self, prompt: str | list[int]) -> ProcessedPrompt:
@@ -59,7 +61,9 @@ class FakeEngine:
     async def generate(
         self, prompt: ProcessedPrompt, params: Any, request_id: str, *, output_kind: Any
     ) -> AsyncIterator[RequestOutput]:
-        fail, self.fail = self.fail, None
+        fail = None
+        if request_id.startswith(self.fail_prefix):
+            fail, self.fail = self.fail, None
         finished = False
         try:
             for i, letter in enumerate("ab"):
@@ -133,6 +137,7 @@ def test_an_unexpected_error_is_a_500_and_isolated(
 ) -> None:
     async def run() -> list[Any]:
         engine.fail = RuntimeError("kernel bug")
+        engine.fail_prefix = "chatcmpl"
         failing = client.chat.completions.create(
             model="fake", messages=[{"role": "user", "content": "x"}]
         )

@@ -29,7 +29,7 @@ API_KEY_ENV = "HERON_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from heron_server.app import DEFAULT_MAX_BODY_BYTES
+    from heron_server.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPTS, positive_int
 
     parser = argparse.ArgumentParser(
         prog="heron serve",
@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
         help=f"Larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES}).",
+    )
+    server.add_argument(
+        "--max-prompts-per-request",
+        type=positive_int,
+        default=DEFAULT_MAX_PROMPTS,
+        help="A completions request with more prompts gets 400 "
+        f"(default {DEFAULT_MAX_PROMPTS}).",
     )
     server.add_argument(
         "--shutdown-timeout",
@@ -155,6 +162,7 @@ def _serve(args: argparse.Namespace, engine: Any, api_keys: list[str], template:
         api_keys=api_keys,
         chat_template=template,
         max_body_bytes=args.max_request_body_bytes,
+        max_prompts_per_request=args.max_prompts_per_request,
     )
     config = uvicorn.Config(
         app,

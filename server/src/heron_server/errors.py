@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from heron.engine.async_llm import EngineDeadError
@@ -31,6 +32,40 @@ _TYPE_BY_STATUS = {
     413: "invalid_request_error",
     503: "service_unavailable",
 }
+
+
+class ErrorInfo(BaseModel):
+    """OpenAI's error object; described in the OpenAPI schema so client generators parse it."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx the server sends: ``{"error": {...}}``."""
+
+    error: ErrorInfo
+
+
+_MEANING = {
+    400: "Invalid request: a malformed body or field (`param` names it), a prompt too long "
+    "for the model, or a feature Heron does not support.",
+    401: "Missing or wrong API key (only when the server runs with `--api-key`).",
+    404: "The requested model is not served here.",
+    413: "The request body is larger than `--max-request-body-bytes`.",
+    500: "An internal error (a bug): the message says what failed.",
+    503: "The engine has stopped; see the server log.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route really sends, with the
+    OpenAI error body (FastAPI would otherwise document a 422 this server never sends)."""
+    return {
+        status: {"model": ErrorResponse, "description": _MEANING[status]} for status in statuses
+    }
 
 
 class APIError(Exception):

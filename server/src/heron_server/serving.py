@@ -14,10 +14,15 @@ from typing import Any
 
 from heron.engine.async_llm import AsyncLLM
 from heron.engine.input_processor import ProcessedPrompt
-from heron.outputs import Logprob
+from heron.outputs import CompletionOutput, Logprob, RequestOutput
 from heron.sampling_params import SamplingParams, SamplingParamsError
 from heron_server.errors import APIError
 from heron_server.metrics import ServerMetrics
+from heron_server.protocol import (
+    DEFAULT_MAX_PROMPTS,
+    check_no_lone_surrogates,
+    check_prompt_count,
+)
 
 LOGPROB_FLOOR = -9999.0
 """JSON has no -inf; OpenAI and vLLM clamp impossible tokens' logprobs to this value."""
@@ -28,6 +33,7 @@ class ServerState:
     engine: AsyncLLM
     served_model_names: list[str]
     chat_template: str | None = None
+    max_prompts_per_request: int = DEFAULT_MAX_PROMPTS
     metrics: ServerMetrics = field(init=False)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -54,6 +60,14 @@ class ServerState:
     def check_running(self) -> None:
         if not self.engine.is_running:
             raise APIError(503, "the engine is not running; see the server log", code="engine_dead")
+
+    def check_body(self, path: str, raw: bytes, data: Any) -> None:
+        """The checks that must run on the parsed JSON before pydantic validates it: the
+        number of prompts (validating 500,000 of them blocked the event loop for a second before
+        any limit could apply) and lone surrogates (tokenizers raise a TypeError, a 500)."""
+        if path == "/v1/completions" and isinstance(data, dict):
+            check_prompt_count(data.get("prompt"), self.max_prompts_per_request)
+        check_no_lone_surrogates(raw, data)
 
 
 def new_id(prefix: str) -> str:
@@ -106,6 +120,68 @@ def make_sampling_params(
         if param != exc.param:
             message = f"{param}{message.removeprefix(exc.param)}"
         raise APIError(400, message, param=param, code="invalid_value") from None
+
+
+class DeltaMerger:
+    """Builds a request's final output from its DELTA outputs.
+
+    Non-streaming requests ask the engine for DELTA outputs rather than FINAL_ONLY so that the
+    metrics see each token when it is generated: with FINAL_ONLY, a request aborted before its end
+    (the client left) delivered nothing, and its tokens were never counted.
+    """
+
+    def __init__(self) -> None:
+        self.sequences: dict[int, CompletionOutput] = {}
+        self.prompt_logprobs: list | None = None
+        self.last: RequestOutput | None = None
+
+    def add(self, output: RequestOutput) -> None:
+        for seq in output.outputs:
+            merged = self.sequences.get(seq.index)
+            if merged is None:
+                self.sequences[seq.index] = _copy(seq)
+                continue
+            merged.text += seq.text
+            merged.token_ids.extend(seq.token_ids)
+            if merged.logprobs is not None and seq.logprobs is not None:
+                merged.logprobs.extend(seq.logprobs)
+            else:  # the engine stops reporting logprobs when one is missing, as FINAL_ONLY does
+                merged.logprobs = None
+            merged.cumulative_logprob = seq.cumulative_logprob
+            merged.finish_reason = seq.finish_reason
+            merged.stop_reason = seq.stop_reason
+        if output.prompt_logprobs:
+            self.prompt_logprobs = (self.prompt_logprobs or []) + list(output.prompt_logprobs)
+        self.last = output
+
+    def final(self) -> RequestOutput | None:
+        """What a FINAL_ONLY request would have returned; None until the request finished."""
+        last = self.last
+        if last is None or not last.finished:
+            return None
+        return RequestOutput(
+            request_id=last.request_id,
+            prompt=last.prompt,
+            prompt_token_ids=last.prompt_token_ids,
+            prompt_logprobs=self.prompt_logprobs,
+            outputs=[self.sequences[i] for i in sorted(self.sequences)],
+            finished=True,
+            num_cached_tokens=last.num_cached_tokens,
+            metrics=last.metrics,
+        )
+
+
+def _copy(seq: CompletionOutput) -> CompletionOutput:
+    """A sequence the merger may extend without touching the engine's output object."""
+    return CompletionOutput(
+        index=seq.index,
+        text=seq.text,
+        token_ids=list(seq.token_ids),
+        cumulative_logprob=seq.cumulative_logprob,
+        logprobs=None if seq.logprobs is None else list(seq.logprobs),
+        finish_reason=seq.finish_reason,
+        stop_reason=seq.stop_reason,
+    )
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:

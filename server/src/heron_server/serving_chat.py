@@ -7,6 +7,7 @@ a last chunk with ``choices: []`` and the totals, then ``data: [DONE]``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +24,15 @@ from heron.sampling_params import SamplingParams
 from heron_server.errors import APIError, from_engine_exception
 from heron_server.metrics import RequestRecorder
 from heron_server.protocol import ChatCompletionRequest
-from heron_server.serving import ServerState, clamp, make_sampling_params, new_id, ranked, usage
+from heron_server.serving import (
+    DeltaMerger,
+    ServerState,
+    clamp,
+    make_sampling_params,
+    new_id,
+    ranked,
+    usage,
+)
 from heron_server.streaming import SSE_DONE, Generations, cancel_on_disconnect, sse_event
 
 
@@ -93,11 +102,18 @@ class ChatHandler:
         state.check_running()
         state.check_model(body.model)
         body.check_fields("/v1/chat/completions")
-        processed, params = self._prepare(body)
+        # Rendering the template and tokenizing a long conversation is Python work: in a thread,
+        # so that the event loop keeps serving everybody else meanwhile.
+        processed, params = await asyncio.to_thread(self._prepare, body)
         request_id = new_id("chatcmpl")
-        kind = RequestOutputKind.DELTA if body.stream else RequestOutputKind.FINAL_ONLY
+        # DELTA even without streaming: the metrics then count tokens as they are generated,
+        # those of a request aborted before its end included (DeltaMerger builds the result).
         generations = Generations(
-            [state.engine.generate(processed, params, request_id, output_kind=kind)]
+            [
+                state.engine.generate(
+                    processed, params, request_id, output_kind=RequestOutputKind.DELTA
+                )
+            ]
         )
         try:
             await generations.start()
@@ -120,16 +136,17 @@ class ChatHandler:
         generations: Generations,
         recorder: RequestRecorder,
     ) -> dict[str, Any]:
-        final = None
+        merger = DeltaMerger()
         try:
             async for _, output in generations:
                 recorder.observe(output)
-                final = output
+                merger.add(output)
         except Exception as exc:
             raise from_engine_exception(exc) from None
         finally:
             recorder.close()
-        if final is None or not final.finished:
+        final = merger.final()
+        if final is None:
             raise APIError(500, "the engine ended the request without a result")
         choices = []
         for seq in final.outputs:

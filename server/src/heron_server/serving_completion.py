@@ -7,6 +7,7 @@ prompt token has none: nothing predicts it), the way lm-eval style clients score
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,10 +21,18 @@ from heron.engine.input_processor import ProcessedPrompt
 from heron.engine.output_processor import RequestOutputKind
 from heron.outputs import CompletionOutput, Logprob, RequestOutput
 from heron.sampling_params import SamplingParams
-from heron_server.errors import from_engine_exception
+from heron_server.errors import APIError, from_engine_exception
 from heron_server.metrics import RequestRecorder
 from heron_server.protocol import CompletionRequest
-from heron_server.serving import ServerState, clamp, make_sampling_params, new_id, ranked, usage
+from heron_server.serving import (
+    DeltaMerger,
+    ServerState,
+    clamp,
+    make_sampling_params,
+    new_id,
+    ranked,
+    usage,
+)
 from heron_server.streaming import SSE_DONE, Generations, cancel_on_disconnect, sse_event
 
 
@@ -95,7 +104,35 @@ class CompletionHandler:
         state.check_running()
         state.check_model(body.model)
         body.check_fields("/v1/completions")
-        engine = state.engine
+        # Tokenizing and validating up to --max-prompts-per-request prompts is Python work:
+        # in a thread, so that the event loop keeps serving everybody else meanwhile.
+        prompts = await asyncio.to_thread(self._prepare, body)
+        request_id = new_id("cmpl")
+        # DELTA even without streaming: the metrics then count tokens as they are generated,
+        # those of a request aborted before its end included (DeltaMerger builds the result).
+        generations = Generations(
+            [
+                state.engine.generate(
+                    p.processed, p.params, f"{request_id}-{i}", output_kind=RequestOutputKind.DELTA
+                )
+                for i, p in enumerate(prompts)
+            ]
+        )
+        try:
+            await generations.start()
+        except Exception as exc:
+            raise from_engine_exception(exc, "prompt") from None
+        if body.stream:
+            return StreamingResponse(
+                self._stream(body, request_id, prompts, generations),
+                media_type="text/event-stream",
+            )
+        work = self._collect(body, request_id, prompts, generations)
+        return JSONResponse(await cancel_on_disconnect(raw, work))
+
+    def _prepare(self, body: CompletionRequest) -> list[_Prompt]:
+        """Every prompt tokenized and checked, with its sampling parameters (blocking)."""
+        engine = self.state.engine
         echo_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
         prompts: list[_Prompt] = []
         try:
@@ -112,29 +149,12 @@ class CompletionHandler:
                 text = processed.prompt
                 if text is None:
                     text = engine.tokenizer.decode(processed.prompt_token_ids)
-                prompts.append(_Prompt(processed, params, text, state.metrics.recorder(params.n)))
+                prompts.append(
+                    _Prompt(processed, params, text, self.state.metrics.recorder(params.n))
+                )
         except Exception as exc:
             raise from_engine_exception(exc, "prompt") from None
-
-        request_id = new_id("cmpl")
-        kind = RequestOutputKind.DELTA if body.stream else RequestOutputKind.FINAL_ONLY
-        generations = Generations(
-            [
-                engine.generate(p.processed, p.params, f"{request_id}-{i}", output_kind=kind)
-                for i, p in enumerate(prompts)
-            ]
-        )
-        try:
-            await generations.start()
-        except Exception as exc:
-            raise from_engine_exception(exc, "prompt") from None
-        if body.stream:
-            return StreamingResponse(
-                self._stream(body, request_id, prompts, generations),
-                media_type="text/event-stream",
-            )
-        work = self._collect(body, request_id, prompts, generations)
-        return JSONResponse(await cancel_on_disconnect(raw, work))
+        return prompts
 
     def _choice(
         self,
@@ -166,17 +186,22 @@ class CompletionHandler:
         prompts: list[_Prompt],
         generations: Generations,
     ) -> dict[str, Any]:
-        finals: dict[int, RequestOutput] = {}
+        mergers = [DeltaMerger() for _ in prompts]
         try:
             async for index, output in generations:
                 prompts[index].observe(output)
-                if output.finished:
-                    finals[index] = output
+                mergers[index].add(output)
         except Exception as exc:
             raise from_engine_exception(exc) from None
         finally:
             for p in prompts:
                 p.recorder.close()
+        finals: dict[int, RequestOutput] = {}
+        for index, merger in enumerate(mergers):
+            final = merger.final()
+            if final is None:
+                raise APIError(500, "the engine ended a request without a result")
+            finals[index] = final
         tokenizer = self.state.engine.tokenizer
         choices = []
         for index, prompt in enumerate(prompts):
