@@ -38,8 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
         "--served-model-name",
         SERVED_NAME,
         "other-name",
-        "--api-key",
-        *API_KEYS,
+        *(arg for key in API_KEYS for arg in ("--api-key", key)),  # one key per flag
         "--max-request-body-bytes",
         "200000",
         api_key=API_KEYS[0],

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,7 @@ import pytest
 from server_utils import TINY_ARGS, start_server
 
 from heron.config import EngineArgs, engine_args_from_namespace
-from heron_server.cli import build_parser, load_chat_template
+from heron_server.cli import build_parser, load_chat_template, resolve_model
 
 
 def test_engine_flags_are_spelled_as_vllm_spells_them() -> None:
@@ -32,7 +34,6 @@ def test_engine_flags_are_spelled_as_vllm_spells_them() -> None:
             "8",
             "--api-key",
             "a",
-            "b",
             "--api-key",
             "c",
             "--served-model-name",
@@ -51,7 +52,7 @@ def test_engine_flags_are_spelled_as_vllm_spells_them() -> None:
         enable_prefix_caching=False,
         max_num_seqs=8,
     )
-    assert args.api_key == ["a", "b", "c"]
+    assert args.api_key == ["a", "c"]
     assert args.served_model_name == ["x", "y"]
     assert (args.host, args.port) == ("127.0.0.1", 0)
     defaults = build_parser().parse_args([])
@@ -62,6 +63,93 @@ def test_engine_flags_are_spelled_as_vllm_spells_them() -> None:
     for name in EngineArgs.model_fields:
         if name != "model":
             assert "--" + name.replace("_", "-") in help_text
+
+
+def test_api_key_takes_one_value_and_never_the_model() -> None:
+    """Issue 23 item 4: `--api-key k1 /path/model.gguf` took the path as a second key."""
+    args = build_parser().parse_args(["--api-key", "k1", "/path/model.gguf"])
+    assert args.api_key == ["k1"]
+    assert args.model == "/path/model.gguf"
+    args = build_parser().parse_args(["--api-key", "a", "--api-key", "b", "m.gguf"])
+    assert (args.api_key, args.model) == (["a", "b"], "m.gguf")
+
+
+def test_model_is_positional_or_an_option_and_both_must_agree() -> None:
+    """Issue 23 item 13: `heron serve --model M` as vLLM accepts it, beside `heron serve M`."""
+    parse = build_parser().parse_args
+    assert resolve_model(parse(["--model", "some/model"])) == "some/model"
+    assert resolve_model(parse(["some/model"])) == "some/model"
+    assert resolve_model(parse(["some/model", "--model", "some/model"])) == "some/model"
+    assert resolve_model(parse([])) is None
+    with pytest.raises(ValueError, match="given twice"):
+        resolve_model(parse(["a/model", "--model", "b/model"]))
+    result = subprocess.run(
+        [sys.executable, "-m", "heron_server", "a/model", "--model", "b/model"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "heron serve: the model is given twice, as 'a/model' and as --model 'b/model'; give it once"
+    ]
+
+
+def test_log_level_is_checked_in_any_case_with_a_one_line_error() -> None:
+    """Issue 23 item 12: `--log-level foo` gave a raw traceback."""
+    assert build_parser().parse_args(["--log-level", "WARNING"]).log_level == "warning"
+    result = subprocess.run(
+        [sys.executable, "-m", "heron_server", "--log-level", "foo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "argument --log-level: invalid choice: 'foo'" in result.stderr.splitlines()[-1]
+
+
+def test_server_flags_state_their_default_exactly_once() -> None:
+    """Issue 23 item 13: help texts must neither omit a default nor state it twice."""
+    parser = build_parser()
+    groups = [g for g in parser._action_groups if g.title in ("server", "positional arguments")]
+    actions = [a for g in groups for a in g._group_actions]
+    actions += [a for a in parser._actions if a.dest == "model_option"]
+    assert len(actions) > 10
+    for action in actions:
+        assert action.help is not None, action.dest
+        assert action.help.count("(default") == 1, (action.dest, action.help)
+
+
+def test_disable_log_stats_reaches_the_engine() -> None:
+    args = build_parser().parse_args(["--disable-log-stats"])
+    assert engine_args_from_namespace(args, model=args.model).disable_log_stats is True
+    args = build_parser().parse_args([])
+    assert engine_args_from_namespace(args, model=args.model).disable_log_stats is False
+
+
+def test_a_port_in_use_fails_at_once_naming_it_before_the_engine_loads(
+    tiny_model: Path,
+) -> None:
+    """Issue 23 item 12: the port was found busy only after the whole engine had loaded."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        command = [sys.executable, "-m", "heron_server", str(tiny_model), *TINY_ARGS]
+        result = subprocess.run(
+            [*command, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert "Loading" not in result.stderr and "Engine ready" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"heron serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert time.monotonic() - started < 30
 
 
 def test_chat_template_from_a_file_or_inline(tmp_path: Path) -> None:
@@ -108,6 +196,10 @@ def test_sigterm_lets_running_streams_finish_then_exits_cleanly(
         *TINY_ARGS,
         "--chat-template",
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
+        # Ample time: this stream must finish by itself even on a loaded machine (one that
+        # outlives the timeout is cut, which test_server_lifecycle checks).
+        "--shutdown-timeout",
+        "150",
         env={"HERON_API_KEY": "env-key"},
         api_key="env-key",
     )
@@ -122,8 +214,8 @@ def test_sigterm_lets_running_streams_finish_then_exits_cleanly(
         first_event = threading.Event()
 
         def consume() -> None:
-            body = {"prompt": "Go on", "max_tokens": 400, "stream": True, "ignore_eos": True}
-            http = httpx.Client(base_url=server.url, headers=server.headers, timeout=60)
+            body = {"prompt": "Go on", "max_tokens": 100, "stream": True, "ignore_eos": True}
+            http = httpx.Client(base_url=server.url, headers=server.headers, timeout=180)
             with http, http.stream("POST", "/v1/completions", json=body) as response:
                 for line in response.iter_lines():
                     if line.startswith("data: "):
@@ -134,8 +226,8 @@ def test_sigterm_lets_running_streams_finish_then_exits_cleanly(
         reader.start()
         assert first_event.wait(60)
         server.proc.send_signal(signal.SIGTERM)
-        reader.join(60)
-        assert server.proc.wait(60) == 0, server.log()
+        reader.join(180)
+        assert server.proc.wait(180) == 0, server.log()
     finally:
         server.stop()
     assert events[-1] == "[DONE]"

@@ -2,10 +2,12 @@
 
 The engine flags are generated from :class:`heron.config.EngineArgs` (the same definition the
 Python API validates), so ``--max-model-len`` here and ``LLM(max_model_len=...)`` cannot drift.
-The engine loads before the socket opens: a client never reaches a half-ready server, and the
-"ready" log line (with the real port, useful with ``--port 0``) means requests will be served.
-SIGTERM and Ctrl-C stop accepting connections, let running requests finish (up to
-``--shutdown-timeout``), stop the engine, and exit with status 0.
+The model is positional or ``--model`` (vLLM accepts both). The port is bound before the engine
+loads (a port in use fails at once) and listens once it is ready: a client never reaches a
+half-ready server, and the "ready" log line (with the real port, useful with ``--port 0``) means
+requests will be served. SIGTERM and Ctrl-C stop accepting connections, let running requests
+finish for up to ``--shutdown-timeout`` seconds, then end the rest with ``finish_reason "abort"``
+(see :mod:`heron_server.lifecycle`), stop the engine, and exit with status 0.
 """
 
 from __future__ import annotations
@@ -19,40 +21,62 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from heron.config import EngineArgsError, add_engine_arguments, engine_args_from_namespace
+from heron_server.connections import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    default_http_protocol,
+    with_header_timeout,
+)
+from heron_server.lifecycle import ListenError, bind_sockets, make_server
 
 logger = logging.getLogger("heron_server")
 
 API_KEY_ENV = "HERON_API_KEY"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from heron_server.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPTS, positive_int
-
+    """``heron serve``'s flags; every help text states its default once, as ``(default: X)``."""
     parser = argparse.ArgumentParser(
         prog="heron serve",
         description="Serve a model over an OpenAI-compatible HTTP API.",
     )
-    parser.add_argument(
-        "model",
-        nargs="?",
-        default=None,
-        help="Hugging Face folder, Hub id or .gguf file; default: the bundled "
-        "SmolLM2-135M-Instruct.",
+    _add_model_arguments(parser)
+    _add_server_arguments(parser.add_argument_group("server"))
+    add_engine_arguments(parser, skip=("model",))
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    help_text = (
+        "Hugging Face folder, Hub id or .gguf file (default: the bundled SmolLM2-135M-Instruct)."
     )
-    server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1).")
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help=help_text)
+    parser.add_argument(
+        "--model",
+        dest="model_option",
+        default=None,
+        metavar="MODEL",
+        help="The model, as an option instead of the positional MODEL (default: the bundled "
+        "SmolLM2-135M-Instruct).",
+    )
+
+
+def _add_server_arguments(server: Any) -> None:
+    from heron_server.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPTS, positive_int
+
+    server.add_argument("--host", default="127.0.0.1", help="Address to bind (default: 127.0.0.1).")
     server.add_argument(
-        "--port", type=int, default=8000, help="Port (default 8000; 0 picks a free one)."
+        "--port", type=int, default=8000, help="Port; 0 picks a free one (default: 8000)."
     )
     server.add_argument(
         "--api-key",
-        action="extend",
-        nargs="+",
+        action="append",
         default=None,
-        help=f"Require one of these keys as 'Authorization: Bearer <key>' (also ${API_KEY_ENV}).",
+        metavar="KEY",
+        help="Require this key as 'Authorization: Bearer <key>'; repeat the flag to accept "
+        f"several keys (default: ${API_KEY_ENV} if set, else no key).",
     )
     server.add_argument(
         "--served-model-name",
@@ -70,27 +94,70 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-request-body-bytes",
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
-        help=f"Larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES}).",
+        help=f"Larger request bodies get 413 (default: {DEFAULT_MAX_BODY_BYTES}).",
     )
     server.add_argument(
         "--max-prompts-per-request",
         type=positive_int,
         default=DEFAULT_MAX_PROMPTS,
-        help="A completions request with more prompts gets 400 "
-        f"(default {DEFAULT_MAX_PROMPTS}).",
+        help=f"A completions request with more prompts gets 400 (default {DEFAULT_MAX_PROMPTS}).",
     )
     server.add_argument(
         "--shutdown-timeout",
-        type=float,
-        default=30.0,
-        help="Seconds running requests may take to finish after SIGTERM (default 30).",
+        type=_non_negative_float,
+        default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+        help="Seconds running requests may take to finish after SIGTERM or Ctrl-C; those still "
+        'running then end with finish_reason "abort" (default: 30).',
     )
-    server.add_argument("--log-level", default="info", help="Logging level (default info).")
     server.add_argument(
-        "--disable-access-log", action="store_true", help="Do not log every HTTP request."
+        "--header-timeout",
+        type=_positive_float,
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        help="Seconds a connection has to send a complete request's headers, from when it opens "
+        f"or its previous response ended; slower ones are closed (default: "
+        f"{DEFAULT_HEADER_TIMEOUT_S:g}).",
     )
-    add_engine_arguments(parser, skip=("model",))
-    return parser
+    server.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default="info",
+        help="Logging level, any case (default: info).",
+    )
+    server.add_argument(
+        "--disable-access-log",
+        action="store_true",
+        help="Do not log every HTTP request (default: off, requests are logged).",
+    )
+
+
+def _non_negative_float(text: str) -> float:
+    """argparse type: a usage error (not a traceback) for a negative or non-numeric value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0, got 0")
+    return value
+
+
+def resolve_model(args: argparse.Namespace) -> str | None:
+    """The model from the positional MODEL or ``--model``; both are fine only if they agree
+    (silently preferring one would serve a model the user did not mean)."""
+    positional, option = args.model, args.model_option
+    if positional is not None and option is not None and positional != option:
+        raise ValueError(
+            f"the model is given twice, as {positional!r} and as --model {option!r}; give it once"
+        )
+    return option if option is not None else positional
 
 
 def load_chat_template(value: str | None) -> str | None:
@@ -116,19 +183,38 @@ def _raise_stop(_signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``heron serve``; returns the process exit status."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    level = str(args.log_level).upper()
+    level = args.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
     try:
+        args.model = resolve_model(args)
         engine_args = engine_args_from_namespace(args, model=args.model)
         chat_template = load_chat_template(args.chat_template)
     except (EngineArgsError, ValueError, OSError) as exc:
         print(f"heron serve: {exc}", file=sys.stderr)
         return 2
-    api_keys = list(args.api_key or [])
-    if not api_keys and os.environ.get(API_KEY_ENV):
-        api_keys = [os.environ[API_KEY_ENV]]
+    try:
+        sockets = bind_sockets(args.host, args.port)
+    except ListenError as exc:
+        print(f"heron serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _load_and_serve(args, engine_args, chat_template, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
 
+
+def _api_keys(args: argparse.Namespace) -> list[str]:
+    keys = list(args.api_key or [])
+    if not keys and os.environ.get(API_KEY_ENV):
+        keys = [os.environ[API_KEY_ENV]]
+    return keys
+
+
+def _load_and_serve(
+    args: argparse.Namespace, engine_args: Any, template: str | None, sockets: list[socket.socket]
+) -> int:
     # uvicorn re-raises the SIGTERM it handled once it has shut down; this handler turns that
     # (and a SIGTERM during loading) into a normal exit that still stops the engine.
     previous = signal.signal(signal.SIGTERM, _raise_stop)
@@ -142,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as exc:  # configuration problems: the message says it all
             logger.error("Cannot start the engine: %s", exc)
             return 1
-        return _serve(args, engine, api_keys, chat_template)
+        return _serve(args, engine, _api_keys(args), template, sockets)
     except (_GracefulStop, KeyboardInterrupt):
         logger.info("Stopped")
         return 0
@@ -152,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _serve(args: argparse.Namespace, engine: Any, api_keys: list[str], template: str | None) -> int:
+def _serve(
+    args: argparse.Namespace,
+    engine: Any,
+    api_keys: list[str],
+    template: str | None,
+    sockets: list[socket.socket],
+) -> int:
     from heron_server.app import build_app
 
     names = args.served_model_name or ([args.model] if args.model else [engine.model_name])
@@ -164,44 +256,16 @@ def _serve(args: argparse.Namespace, engine: Any, api_keys: list[str], template:
         max_body_bytes=args.max_request_body_bytes,
         max_prompts_per_request=args.max_prompts_per_request,
     )
-    config = uvicorn.Config(
+    server = make_server(
         app,
-        host=args.host,
-        port=args.port,
-        log_level=str(args.log_level).lower(),
-        access_log=not args.disable_access_log,
-        timeout_graceful_shutdown=args.shutdown_timeout,
-        lifespan="off",
+        engine=engine,
+        args=args,
+        model=names[0],
+        auth=bool(api_keys),
+        http=with_header_timeout(default_http_protocol(), args.header_timeout),
     )
-    server = _Server(config, names[0], bool(api_keys))
-    server.run()
+    server.run(sockets=sockets)
     return 0 if server.started else 1
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's Server, logging the URL once the socket listens (with the real port)."""
-
-    def __init__(self, config: uvicorn.Config, model: str, auth: bool) -> None:
-        super().__init__(config)
-        self.model = model
-        self.auth = auth
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if not self.started:
-            return
-        port = self.config.port
-        for server in getattr(self, "servers", []):
-            for sock in server.sockets:
-                port = sock.getsockname()[1]
-        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
-        logger.info(
-            "Heron server ready at http://%s:%d (model %s%s)",
-            host,
-            port,
-            self.model,
-            ", API key required" if self.auth else "",
-        )
 
 
 def console_main() -> None:
