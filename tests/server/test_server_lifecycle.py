@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
         "--dtype",
         "float32",
         "--max-num-seqs",
-        "2",  # the third stream waits: a waiting request must be ended too
+        "2",  # two requests wait: a waiting request must be ended too
         "--shutdown-timeout",
         str(SHUTDOWN_TIMEOUT),
         "--header-timeout",
@@ -146,11 +146,22 @@ def _long_streams() -> list[_Stream]:
     ]
 
 
+def _post_and_keep(server: RemoteServer, body: dict, answers: list) -> None:
+    """A non-streaming request; its response (or exception) is appended to ``answers``."""
+    try:
+        answers.append(httpx.post(f"{server.url}/v1/completions", json=body, timeout=60))
+    except BaseException as exc:  # recorded: the test asserts on it
+        answers.append(exc)
+
+
 def test_sigterm_ends_every_stream_with_abort_and_done_then_exits_0(
     server: RemoteServer,
 ) -> None:
     streams = _long_streams()
     readers = [threading.Thread(target=s.run, args=(server,)) for s in streams]
+    answers: list = []
+    body = {"prompt": "Whole", "max_tokens": CONTEXT - 64, "ignore_eos": True}
+    readers.append(threading.Thread(target=_post_and_keep, args=(server, body, answers)))
     for reader in readers:
         reader.start()
     deadline = time.monotonic() + 60
@@ -171,7 +182,11 @@ def test_sigterm_ends_every_stream_with_abort_and_done_then_exits_0(
         assert stream.events[-1] == "[DONE]", f"{stream.path} ended without [DONE]:\n{log}"
         last = json.loads(stream.events[-2])
         assert last["choices"][0]["finish_reason"] == "abort", last
+    # A non-streaming request cut by the shutdown returns what it has, marked "abort".
+    assert isinstance(answers[0], httpx.Response), answers[0]
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[0].json()["choices"][0]["finish_reason"] == "abort"
     cut_lines = [line for line in log.splitlines() if "Shutdown timeout" in line]
-    assert len(cut_lines) == 1 and "cut 3 generation(s)" in cut_lines[0], log
+    assert len(cut_lines) == 1 and "cut 4 generation(s)" in cut_lines[0], log
     assert "Traceback" not in log and "CancelledError" not in log, log
-    assert "Avg generation throughput" in log and "Running: 2 reqs, Waiting: 1 reqs" in log, log
+    assert "Avg generation throughput" in log and "Running: 2 reqs, Waiting: 2 reqs" in log, log
