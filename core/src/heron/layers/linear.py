@@ -1,8 +1,14 @@
-"""Linear layers whose weights load from Hugging Face checkpoints, fused or not.
+"""Linear layers whose weights load from Hugging Face checkpoints, fused or not, sharded or not.
 
 Fusing q/k/v (and gate/up) into one matmul reads the activations once instead of three times;
 the checkpoint still stores them separately, so a fused layer knows the row range of each part
 and copies each checkpoint tensor into its slice.
+
+Under tensor parallelism (Megatron's layout, as vLLM does it) a layer holds one rank's shard:
+column-parallel layers (q/k/v, gate/up, the vocabulary) keep some output rows and need no
+collective; a row-parallel layer (o_proj, down_proj) keeps the matching input columns and sums the
+ranks' partial outputs with one all-reduce. Every layer slices its shard out of the checkpoint
+tensor itself (:meth:`Linear.load_tensor`), so the loader stays unaware of sharding.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heron.distributed.tensor_parallel import SINGLE, TensorParallel
 from heron_interfaces.kernel_ops import KernelOps
 
 
@@ -72,6 +79,16 @@ class Linear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         return self.ops.linear(x, prepared, self.bias)
 
+    def load_tensor(self, kind: str, loaded: torch.Tensor, name: str) -> None:
+        """Copy checkpoint tensor ``loaded`` ("weight" or "bias") into this layer's parameter.
+
+        Sharded layers override it to keep their slice of the full tensor.
+        """
+        param = self.weight if kind == "weight" else self.bias
+        if param is None:
+            raise ValueError(f"checkpoint has {name!r} but the model was built without a bias")
+        copy_weight(param, loaded, name)
+
     def prepare_for_inference(self) -> None:
         """Let the platform's kernels lay the loaded weight out for their GEMM, once.
 
@@ -82,9 +99,11 @@ class Linear(nn.Module):
 
 
 class FusedLinear(Linear):
-    """Several linear layers over the same input stacked into one matmul.
+    """Several column-parallel linear layers over the same input stacked into one matmul.
 
     ``output_sizes[i]`` rows of the weight belong to part ``i`` (q, k, v or gate, up), in order.
+    Under tensor parallelism they are this rank's rows of each part, which start at row
+    ``shard_offsets[i]`` of the part's checkpoint tensor (default: the whole tensor, unsharded).
     """
 
     def __init__(
@@ -95,18 +114,113 @@ class FusedLinear(Linear):
         bias: bool,
         dtype: torch.dtype,
         ops: KernelOps | None = None,
+        shard_offsets: Sequence[int] | None = None,
     ) -> None:
         super().__init__(in_features, sum(output_sizes), bias=bias, dtype=dtype, ops=ops)
         self.output_sizes = tuple(output_sizes)
+        self.shard_offsets = tuple(shard_offsets) if shard_offsets else (0,) * len(output_sizes)
+        if len(self.shard_offsets) != len(self.output_sizes):
+            raise ValueError("shard_offsets needs one offset per part")
         offsets = [0]
         for size in self.output_sizes:
             offsets.append(offsets[-1] + size)
         self.offsets = tuple(offsets)
 
     def load_part(self, part: int, kind: str, loaded: torch.Tensor, name: str) -> None:
-        """Copy checkpoint tensor ``loaded`` (``kind`` is "weight" or "bias") into part ``part``."""
+        """Copy this rank's rows of checkpoint tensor ``loaded`` (``kind`` is "weight" or
+        "bias") into part ``part``."""
         param = self.weight if kind == "weight" else self.bias
         if param is None:
             raise ValueError(f"checkpoint has {name!r} but the model was built without a bias")
         start, end = self.offsets[part], self.offsets[part + 1]
+        first = self.shard_offsets[part]
+        rows = end - start
+        if first or rows != loaded.shape[0]:
+            if first + rows > loaded.shape[0]:
+                raise ValueError(
+                    f"weight {name!r} has {loaded.shape[0]} rows in the checkpoint; this shard "
+                    f"needs rows {first}..{first + rows}: the config does not match the weights"
+                )
+            loaded = loaded[first : first + rows]
         copy_weight(param[start:end], loaded, name)
+
+
+class ColumnParallelLinear(Linear):
+    """This rank's rows of a linear layer (``y`` columns); ranks' outputs are gathered by the
+    caller when it needs them all (the vocabulary-parallel logits).
+
+    ``out_features`` is the full size; it is split with padding, so the last rank may hold rows
+    past the end of the checkpoint tensor, which stay zero.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool,
+        dtype: torch.dtype,
+        ops: KernelOps | None = None,
+        tp: TensorParallel = SINGLE,
+    ) -> None:
+        self.row_start, rows = tp.padded_split(out_features)
+        super().__init__(in_features, rows, bias=bias, dtype=dtype, ops=ops)
+        self.full_out_features = out_features
+
+    def load_tensor(self, kind: str, loaded: torch.Tensor, name: str) -> None:
+        param = self.weight if kind == "weight" else self.bias
+        if param is None:
+            raise ValueError(f"checkpoint has {name!r} but the model was built without a bias")
+        if loaded.shape[0] != self.full_out_features:
+            raise ValueError(
+                f"weight {name!r} has {loaded.shape[0]} rows in the checkpoint, the model "
+                f"expects {self.full_out_features}: the config does not match the weights"
+            )
+        shard = loaded[self.row_start : self.row_start + param.shape[0]]
+        with torch.no_grad():
+            param.zero_()
+        copy_weight(param[: shard.shape[0]], shard, name)
+
+
+class RowParallelLinear(Linear):
+    """This rank's input columns of a linear layer; the partial outputs are summed over the group.
+
+    The input arrives already split (the heads or MLP columns of this rank), so the layer's one
+    all-reduce is the only collective between a column-parallel layer and the next norm. The bias
+    is added once, after the sum.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool,
+        dtype: torch.dtype,
+        ops: KernelOps | None = None,
+        tp: TensorParallel = SINGLE,
+    ) -> None:
+        local = tp.split(in_features, "the input features of a row-parallel layer")
+        super().__init__(local, out_features, bias=bias, dtype=dtype, ops=ops)
+        self.tp = tp
+        self.col_start = tp.rank * local
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return super().forward(x)
+        prepared = self.__dict__.get("_prepared")
+        partial = (
+            F.linear(x, self.weight) if prepared is None else self.ops.linear(x, prepared, None)
+        )
+        out = self.tp.all_reduce(partial)
+        return out if self.bias is None else out + self.bias
+
+    def load_tensor(self, kind: str, loaded: torch.Tensor, name: str) -> None:
+        if kind == "weight" and self.tp.size > 1:
+            if loaded.shape[-1] != self.in_features * self.tp.size:
+                raise ValueError(
+                    f"weight {name!r} has {loaded.shape[-1]} columns in the checkpoint, the model "
+                    f"expects {self.in_features * self.tp.size}: the config does not match"
+                )
+            loaded = loaded[:, self.col_start : self.col_start + self.in_features]
+        super().load_tensor(kind, loaded, name)

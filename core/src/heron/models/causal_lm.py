@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heron.layers import Linear, rope_parameters
+from heron.layers import ColumnParallelLinear, rope_parameters
 from heron.layers.linear import prepare_linear_weights
 from heron.models.context import ModelContext
-from heron.models.decoder import DecoderModel, DecoderOptions
+from heron.models.decoder import DecoderModel, DecoderOptions, HeadShard
 from heron.models.weights import load_checkpoint
 from heron_interfaces import AttentionMetadata
 
@@ -34,24 +34,27 @@ class DecoderForCausalLM(nn.Module):
         self.config = hf_config
         self.ctx = ctx
         self.opts = self.options(hf_config)
+        shard = HeadShard.of(self.opts.num_heads, self.opts.num_kv_heads, ctx.tp)
         self.num_layers = self.opts.num_layers
-        self.num_kv_heads = self.opts.num_kv_heads
+        self.num_kv_heads = shard.num_kv_heads
+        """KV heads of this tensor-parallel rank: the runner sizes its KV cache with them."""
         self.head_size = self.opts.head_size
-        self.num_heads = self.opts.num_heads
+        self.num_heads = shard.num_heads
         self.vocab_size = self.opts.vocab_size
         self.hidden_size = self.opts.hidden_size
         self._check_sliding_window(hf_config)
         self._logits_weight: Any = None
         with torch.device(ctx.device):
             self.model = DecoderModel(self.opts, ctx)
-            self.lm_head: Linear | None = None
+            self.lm_head: ColumnParallelLinear | None = None
             if not self.opts.tie_word_embeddings:
-                self.lm_head = Linear(
+                self.lm_head = ColumnParallelLinear(
                     self.opts.hidden_size,
                     self.opts.vocab_size,
                     bias=False,
                     dtype=ctx.dtype,
                     ops=ctx.ops,
+                    tp=ctx.tp,
                 )
 
     @classmethod
@@ -109,12 +112,22 @@ class DecoderForCausalLM(nn.Module):
         return self.model(input_ids, positions, kv_caches, metadata)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits ``[N, vocab_size]`` of the rows of ``hidden`` the sampler needs."""
+        """Float32 logits ``[N, vocab_size]`` of the rows of ``hidden`` the sampler needs.
+
+        Under tensor parallelism each rank computes its vocabulary columns and the group gathers
+        them (every rank gets all of them, so every rank's sampler sees the same batch).
+        """
+        logits = self._local_logits(hidden).float()
+        if self.ctx.tp.size == 1:
+            return logits
+        return self.ctx.tp.all_gather(logits, dim=-1)[:, : self.vocab_size]
+
+    def _local_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:
-            return self.lm_head(hidden).float()
+            return self.lm_head(hidden)
         if self._logits_weight is not None:
-            return self.ctx.ops.linear(hidden, self._logits_weight, None).float()
-        return F.linear(hidden, self.model.embed_tokens.weight).float()
+            return self.ctx.ops.linear(hidden, self._logits_weight, None)
+        return F.linear(hidden, self.model.embed_tokens.weight)
 
     def prepare_for_inference(self) -> None:
         """After loading: let the platform's kernels prepare every matmul weight (prepacking).

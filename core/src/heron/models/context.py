@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from heron.distributed.tensor_parallel import SINGLE, TensorParallel
 from heron_interfaces import AttentionBackend
 from heron_interfaces.kernel_ops import KernelOps
 
@@ -21,6 +22,7 @@ class ModelContext:
         block_size: KV cache block size, part of each layer's :class:`AttentionLayerSpec`.
         ops: the platform's kernels for matmuls, norms, rotary and activations (shared by all
             layers); the plain-torch reference unless the backend ships its own.
+        tp: the tensor-parallel group: which shard of each sharded weight this process holds.
     """
 
     dtype: torch.dtype
@@ -28,3 +30,4 @@ class ModelContext:
     attention_cls: type[AttentionBackend]
     block_size: int
     ops: KernelOps = field(default_factory=KernelOps)
+    tp: TensorParallel = SINGLE

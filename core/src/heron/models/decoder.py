@@ -14,10 +14,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from heron.layers import FusedLinear, Linear, RMSNorm, RotaryEmbedding, SiluAndMul
+from heron.distributed.tensor_parallel import ShardingError, TensorParallel
+from heron.layers import (
+    FusedLinear,
+    RMSNorm,
+    RotaryEmbedding,
+    RowParallelLinear,
+    SiluAndMul,
+    VocabParallelEmbedding,
+)
 from heron.models.context import ModelContext
 from heron_interfaces import AttentionLayerSpec, AttentionMetadata
-from heron_interfaces.kernel_ops import KernelOps
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +56,34 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@dataclass(frozen=True, slots=True)
+class HeadShard:
+    """The attention heads one tensor-parallel rank computes.
+
+    Query heads split evenly. KV heads split evenly when there are at least as many as ranks;
+    otherwise each rank keeps the one KV head its query heads read, replicated on the ranks that
+    share it (as vLLM does), so grouped-query attention stays local to the rank.
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    first_head: int
+    first_kv_head: int
+
+    @classmethod
+    def of(cls, num_heads: int, num_kv_heads: int, tp: TensorParallel) -> HeadShard:
+        heads = tp.split(num_heads, "the number of attention heads")
+        if num_kv_heads >= tp.size:
+            kv_heads = tp.split(num_kv_heads, "the number of KV heads")
+            return cls(heads, kv_heads, tp.rank * heads, tp.rank * kv_heads)
+        if tp.size % num_kv_heads:
+            raise ShardingError(
+                f"tensor_parallel_size ({tp.size}) is larger than the number of KV heads "
+                f"({num_kv_heads}) and not a multiple of it, so the KV heads cannot be replicated"
+            )
+        return cls(heads, 1, tp.rank * heads, tp.rank // (tp.size // num_kv_heads))
+
+
 class Attention(nn.Module):
     """Fused q/k/v projection, optional q/k norm, rotary embedding, paged attention, output."""
 
@@ -56,20 +91,32 @@ class Attention(nn.Module):
         self, opts: DecoderOptions, ctx: ModelContext, rotary_emb: RotaryEmbedding
     ) -> None:
         super().__init__()
-        self.num_heads = opts.num_heads
-        self.num_kv_heads = opts.num_kv_heads
-        self.head_size = opts.head_size
-        self.q_size = opts.num_heads * opts.head_size
-        self.kv_size = opts.num_kv_heads * opts.head_size
+        shard = HeadShard.of(opts.num_heads, opts.num_kv_heads, ctx.tp)
+        hs = opts.head_size
+        self.num_heads = shard.num_heads
+        self.num_kv_heads = shard.num_kv_heads
+        self.head_size = hs
+        self.q_size = shard.num_heads * hs
+        self.kv_size = shard.num_kv_heads * hs
         self.qkv_proj = FusedLinear(
             opts.hidden_size,
             [self.q_size, self.kv_size, self.kv_size],
             bias=opts.qkv_bias,
             dtype=ctx.dtype,
             ops=ctx.ops,
+            shard_offsets=[
+                shard.first_head * hs,
+                shard.first_kv_head * hs,
+                shard.first_kv_head * hs,
+            ],
         )
-        self.o_proj = Linear(
-            self.q_size, opts.hidden_size, bias=opts.o_bias, dtype=ctx.dtype, ops=ctx.ops
+        self.o_proj = RowParallelLinear(
+            opts.num_heads * hs,
+            opts.hidden_size,
+            bias=opts.o_bias,
+            dtype=ctx.dtype,
+            ops=ctx.ops,
+            tp=ctx.tp,
         )
         self.q_norm: RMSNorm | None = None
         self.k_norm: RMSNorm | None = None
@@ -78,8 +125,8 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(opts.head_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops)
         self.rotary_emb = rotary_emb
         spec = AttentionLayerSpec(
-            num_heads=opts.num_heads,
-            num_kv_heads=opts.num_kv_heads,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
             head_size=opts.head_size,
             scale=opts.head_size**-0.5,
             block_size=ctx.block_size,
@@ -128,19 +175,22 @@ class MLP(nn.Module):
 
     def __init__(self, opts: DecoderOptions, ctx: ModelContext) -> None:
         super().__init__()
+        columns = ctx.tp.split(opts.intermediate_size, "intermediate_size")
         self.gate_up_proj = FusedLinear(
             opts.hidden_size,
-            [opts.intermediate_size, opts.intermediate_size],
+            [columns, columns],
             bias=opts.mlp_bias,
             dtype=ctx.dtype,
             ops=ctx.ops,
+            shard_offsets=[ctx.tp.rank * columns] * 2,
         )
-        self.down_proj = Linear(
+        self.down_proj = RowParallelLinear(
             opts.intermediate_size,
             opts.hidden_size,
             bias=opts.mlp_bias,
             dtype=ctx.dtype,
             ops=ctx.ops,
+            tp=ctx.tp,
         )
         self.act = SiluAndMul(ctx.ops)
 
@@ -187,29 +237,13 @@ class DecoderLayer(nn.Module):
         return self.mlp(hidden), residual
 
 
-class Embedding(nn.Module):
-    """Token embedding table ``[vocab_size, hidden_size]``; also the tied output projection."""
-
-    def __init__(
-        self, vocab_size: int, hidden_size: int, *, dtype: torch.dtype, ops: KernelOps | None = None
-    ) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(
-            torch.empty(vocab_size, hidden_size, dtype=dtype), requires_grad=False
-        )
-        self.ops = ops or KernelOps()
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.ops.embedding(input_ids, self.weight)
-
-
 class DecoderModel(nn.Module):
     """Embedding, decoder layers and final norm: HF's ``model.*`` sub-tree."""
 
     def __init__(self, opts: DecoderOptions, ctx: ModelContext) -> None:
         super().__init__()
-        self.embed_tokens = Embedding(
-            opts.vocab_size, opts.hidden_size, dtype=ctx.dtype, ops=ctx.ops
+        self.embed_tokens = VocabParallelEmbedding(
+            opts.vocab_size, opts.hidden_size, dtype=ctx.dtype, ops=ctx.ops, tp=ctx.tp
         )
         # One cos/sin table shared by every layer (a shared submodule, stored once).
         rotary_emb = RotaryEmbedding(

@@ -87,7 +87,11 @@ def load_checkpoint(
         if param is None:
             unexpected.append(name)
             continue
-        copy_weight(param, tensor, name)
+        owner = modules.get(prefix)
+        if hasattr(owner, "load_tensor"):  # a layer that may hold a tensor-parallel shard
+            owner.load_tensor(kind, tensor, name)
+        else:
+            copy_weight(param, tensor, name)
         loaded.add(name)
     missing = expected_checkpoint_names(model) - loaded
     if missing or unexpected:

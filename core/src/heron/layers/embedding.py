@@ -1,0 +1,55 @@
+"""The token embedding, split over the vocabulary under tensor parallelism.
+
+Each rank holds a contiguous range of the vocabulary's rows (the last range padded with zero rows
+when the vocabulary does not divide evenly). A lookup gives zeros for ids outside this rank's
+range and the group sums the ranks' results, so every rank ends with every token's row; the same
+shard, as the tied output projection, gives this rank's columns of the logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from heron.distributed.tensor_parallel import SINGLE, TensorParallel
+from heron.layers.linear import copy_weight
+from heron_interfaces.kernel_ops import KernelOps
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Token embedding table ``[vocab_size, hidden_size]`` (this rank's rows of it)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        *,
+        dtype: torch.dtype,
+        ops: KernelOps | None = None,
+        tp: TensorParallel = SINGLE,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.tp = tp
+        self.row_start, rows = tp.padded_split(vocab_size)
+        self.weight = nn.Parameter(torch.empty(rows, hidden_size, dtype=dtype), requires_grad=False)
+        self.ops = ops or KernelOps()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return self.ops.embedding(input_ids, self.weight)
+        local = input_ids - self.row_start
+        mine = (local >= 0) & (local < self.weight.shape[0])
+        rows = self.ops.embedding(torch.where(mine, local, 0), self.weight)
+        return self.tp.all_reduce(rows * mine.unsqueeze(-1).to(rows.dtype))
+
+    def load_tensor(self, kind: str, loaded: torch.Tensor, name: str) -> None:
+        if loaded.shape[0] != self.vocab_size:
+            raise ValueError(
+                f"weight {name!r} has {loaded.shape[0]} rows in the checkpoint, the model "
+                f"expects a vocabulary of {self.vocab_size}: the config does not match the weights"
+            )
+        shard = loaded[self.row_start : self.row_start + self.weight.shape[0]]
+        with torch.no_grad():
+            self.weight.zero_()
+        copy_weight(self.weight[: shard.shape[0]], shard, name)
