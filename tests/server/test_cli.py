@@ -74,6 +74,23 @@ def test_api_key_takes_one_value_and_never_the_model() -> None:
     assert (args.api_key, args.model) == (["a", "b"], "m.gguf")
 
 
+def test_served_model_name_may_not_swallow_the_model(tmp_path: Path) -> None:
+    """Like --api-key, --served-model-name takes several values: a model after it is caught."""
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"")
+    args = build_parser().parse_args(["--served-model-name", "x", str(model)])
+    with pytest.raises(ValueError, match="looks like the model"):
+        resolve_model(args)
+    args = build_parser().parse_args([str(model), "--served-model-name", "x", "y"])
+    assert resolve_model(args) == str(model)
+
+
+def test_port_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--port", "99999"])
+    assert "argument --port: must be in [0, 65535], got 99999" in capsys.readouterr().err
+
+
 def test_model_is_positional_or_an_option_and_both_must_agree() -> None:
     """Issue 23 item 13: `heron serve --model M` as vLLM accepts it, beside `heron serve M`."""
     parse = build_parser().parse_args

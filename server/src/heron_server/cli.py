@@ -68,7 +68,7 @@ def _add_server_arguments(server: Any) -> None:
 
     server.add_argument("--host", default="127.0.0.1", help="Address to bind (default: 127.0.0.1).")
     server.add_argument(
-        "--port", type=int, default=8000, help="Port; 0 picks a free one (default: 8000)."
+        "--port", type=_port, default=8000, help="Port; 0 picks a free one (default: 8000)."
     )
     server.add_argument(
         "--api-key",
@@ -142,6 +142,17 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port; out-of-range numbers would otherwise wrap around silently."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = _non_negative_float(text)
     if value == 0:
@@ -157,7 +168,23 @@ def resolve_model(args: argparse.Namespace) -> str | None:
         raise ValueError(
             f"the model is given twice, as {positional!r} and as --model {option!r}; give it once"
         )
-    return option if option is not None else positional
+    model = option if option is not None else positional
+    if model is None:
+        _check_no_swallowed_model(args.served_model_name)
+    return model
+
+
+def _check_no_swallowed_model(names: list[str] | None) -> None:
+    """``--served-model-name`` takes several values (as in vLLM), so in ``heron serve
+    --served-model-name x ./model.gguf`` it takes the model too, and the bundled model would be
+    served under that path's name. A served name that is an existing file or folder, with no
+    model given, is that mistake."""
+    for name in names or []:
+        if Path(name).expanduser().exists():
+            raise ValueError(
+                f"--served-model-name took {name!r}, which looks like the model to serve; put "
+                "MODEL before the flags or give it as --model"
+            )
 
 
 def load_chat_template(value: str | None) -> str | None:
