@@ -2,7 +2,8 @@
 
 The engine loop runs in one thread so that the event loop stays free to accept and stream requests;
 torch releases the GIL inside its kernels. Validation runs in the caller, so bad input raises right
-away at the ``generate`` call and never reaches the loop that serves everyone else.
+away at the ``generate`` call and never reaches the loop that serves everyone else. The loop also
+writes the periodic stats line (:mod:`heron.engine.stats_logger`) unless ``disable_log_stats``.
 """
 
 from __future__ import annotations
