@@ -157,3 +157,26 @@ def test_head_size_limit_agrees_with_the_kernels() -> None:
         num_heads=4, num_kv_heads=2, head_size=320, scale=1.0, block_size=16, dtype="float16"
     )
     assert any("head size 320" in r for r in attention.XpuAttentionBackend.check_support(spec))
+
+
+def test_interpreter_mode_works_when_triton_was_imported_first() -> None:
+    """In an engine process torch._dynamo (through transformers) often imports triton before core
+    loads heron_xpu; the late switch must still give working interpreted kernels."""
+    code = (
+        "import os, triton, torch\n"
+        "import triton.language as tl\n"
+        "assert type(tl.sum).__name__ == 'JITFunction'\n"
+        "os.environ['HERON_XPU_INTERPRET'] = '1'\n"
+        "import heron_xpu.ops as ops\n"
+        "from heron_interfaces.kernel_ops import KernelOps\n"
+        "x, w = torch.randn(3, 64), torch.rand(64)\n"
+        "torch.testing.assert_close(ops.rms_norm(x, w, 1e-6), KernelOps().rms_norm(x, w, 1e-6))\n"
+        "print('ok', ops.INTERPRETED)\n"
+    )
+    env = {
+        k: v
+        for k, v in _env_without_interpret().items()
+        if k not in ("TRITON_INTERPRET", "HERON_XPU_DEVICE")
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ok True", out.stderr

@@ -28,6 +28,9 @@ switch is applied again right before the decorations: a process that imported ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from heron_xpu.mode import enable_interpreter_if_requested
 
 enable_interpreter_if_requested()
@@ -37,6 +40,27 @@ import triton.language as tl  # noqa: E402
 
 
 @triton.jit
+def _decorated() -> None:
+    """Decorated only to ask Triton which mode it decorates in."""
+
+
+INTERPRETING: bool = type(_decorated).__name__ == "InterpretedFunction"
+"""True when Triton interprets these kernels (``TRITON_INTERPRET=1``) on CPU tensors."""
+
+
+def _helper(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a helper the kernels call: ``@triton.jit`` when compiling, plain Python when
+    interpreting.
+
+    The interpreter runs a kernel as Python on patched ``triton.language`` objects; calling an
+    interpreted ``@triton.jit`` function from it re-patches the whole language on every call
+    (about 1.5 ms), which made these small helpers most of an interpreted step's time. As plain
+    functions they run the same statements on the already patched objects.
+    """
+    return fn if INTERPRETING else triton.jit(fn)
+
+
+@_helper
 def round_to(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
     """float32 ``x`` rounded to nearest even in ``dtype`` (see ``EMULATE_BF16`` above)."""
     if EMULATE_BF16 and dtype == tl.bfloat16:
@@ -46,7 +70,7 @@ def round_to(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
     return x.to(dtype)
 
 
-@triton.jit
+@_helper
 def dot_operand(x, EMULATE_BF16: tl.constexpr):
     """``x`` as a ``tl.dot`` operand: itself, or widened where the interpreter needs it."""
     if EMULATE_BF16 and x.dtype == tl.bfloat16:
@@ -61,6 +85,7 @@ def write_kv_kernel(
     key_cache_ptr,
     value_cache_ptr,
     slot_mapping_ptr,
+    num_tokens,
     num_slots,
     stride_key_token,
     stride_key_head,
@@ -71,36 +96,35 @@ def write_kv_kernel(
     stride_cache_head,
     NUM_KV_HEADS: tl.constexpr,
     HEAD_SIZE: tl.constexpr,
-    HEADS_PAD: tl.constexpr,
     HEAD_PAD: tl.constexpr,
+    FEATURES_PAD: tl.constexpr,
+    TOKENS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
-    """One program per token: copy its keys and values (all KV heads) to its cache slot.
+    """``TOKENS`` tokens per program: copy each one's keys and values (all KV heads) to its slot.
 
-    A negative slot is padding and writes nothing; a slot past the cache is skipped too, since a
-    kernel cannot raise without a device synchronisation. Values are copied bit for bit.
+    A token's heads and head dimensions form one axis of ``FEATURES_PAD`` (heads padded to a power
+    of two times ``HEAD_PAD``). A negative slot is padding and writes nothing; a slot past the cache
+    is skipped too, since a kernel cannot raise without a device synchronisation. Values are copied
+    bit for bit.
     """
-    token = tl.program_id(0)
-    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
-    valid = (slot >= 0) & (slot < num_slots)
-    block = slot // BLOCK_SIZE
-    offset = slot % BLOCK_SIZE
-    heads = tl.arange(0, HEADS_PAD)
-    dims = tl.arange(0, HEAD_PAD)
-    # The slot's validity becomes a head bound (0 heads when invalid): the interpreter rejects a
-    # mask made by combining a scalar condition with a block one.
-    head_limit = tl.where(valid, NUM_KV_HEADS, 0)
-    mask = (heads[:, None] < head_limit) & (dims[None, :] < HEAD_SIZE)
-    src_k = token.to(tl.int64) * stride_key_token + heads[:, None] * stride_key_head + dims[None, :]
-    src_v = (
-        token.to(tl.int64) * stride_value_token + heads[:, None] * stride_value_head + dims[None, :]
-    )
-    dst = (
-        block * stride_cache_block
-        + offset * stride_cache_pos
-        + heads[:, None] * stride_cache_head
-        + dims[None, :]
-    )
+    tokens = tl.program_id(0) * TOKENS + tl.arange(0, TOKENS)
+    token_ok = tokens < num_tokens
+    slots = tl.load(slot_mapping_ptr + tokens, mask=token_ok, other=-1).to(tl.int64)
+    slot_ok = token_ok & (slots >= 0) & (slots < num_slots)
+    features = tl.arange(0, FEATURES_PAD)
+    heads = features // HEAD_PAD
+    dims = features % HEAD_PAD
+    feature_ok = (heads < NUM_KV_HEADS) & (dims < HEAD_SIZE)
+    mask = slot_ok[:, None] & feature_ok[None, :]
+    rows = tokens.to(tl.int64)[:, None]
+    src_k = rows * stride_key_token + (heads * stride_key_head + dims)[None, :]
+    src_v = rows * stride_value_token + (heads * stride_value_head + dims)[None, :]
+    blocks = slots // BLOCK_SIZE
+    offsets = slots % BLOCK_SIZE
+    dst = (blocks * stride_cache_block + offsets * stride_cache_pos)[:, None] + (
+        heads * stride_cache_head + dims
+    )[None, :]
     tl.store(key_cache_ptr + dst, tl.load(key_ptr + src_k, mask=mask), mask=mask)
     tl.store(value_cache_ptr + dst, tl.load(value_ptr + src_v, mask=mask), mask=mask)
 
@@ -174,8 +198,8 @@ def paged_attention_kernel(
     kv_end = tl.where(tile_first < q_len, kv_end, 0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, HEAD_PAD], 0.0, dtype=tl.float32)
     table = block_tables_ptr + seq.to(tl.int64) * stride_tables_seq
     for start in range(0, kv_end, TILE_N):
         pos = start + tl.arange(0, TILE_N)
@@ -223,6 +247,7 @@ def rms_norm_kernel(
     residual_ptr,
     weight_ptr,
     eps,
+    num_rows,
     inner_rows,
     stride_x_outer,
     stride_x_inner,
@@ -231,10 +256,11 @@ def rms_norm_kernel(
     stride_out_row,
     HIDDEN: tl.constexpr,
     BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
     ADD_RESIDUAL: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
 ):
-    """One program per row: ``weight * rms_normalised(x [+ residual])``.
+    """``ROWS`` rows per program: ``weight * rms_normalised(x [+ residual])`` of each.
 
     Rows are addressed as ``(row // inner_rows) * stride_outer + (row % inner_rows) * stride_inner``
     so that a 2-D strided slice and a 3-D per-head view (Qwen3's q/k norms on a fused projection)
@@ -242,56 +268,56 @@ def rms_norm_kernel(
     ``summed_ptr`` and normalised, as a decoder layer's residual stream does. Statistics are float32;
     the normalised value is rounded to the dtype before the weight multiply, as Hugging Face does.
     """
-    row = tl.program_id(0).to(tl.int64)
-    outer = row // inner_rows
-    inner = row % inner_rows
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    outer = rows // inner_rows
+    inner = rows % inner_rows
     cols = tl.arange(0, BLOCK)
-    mask = cols < HIDDEN
-    x = tl.load(
-        x_ptr + outer * stride_x_outer + inner * stride_x_inner + cols, mask=mask, other=0.0
-    )
+    mask = (rows < num_rows)[:, None] & (cols < HIDDEN)[None, :]
+    x_offsets = (outer * stride_x_outer + inner * stride_x_inner)[:, None] + cols[None, :]
+    out_offsets = (rows * stride_out_row)[:, None] + cols[None, :]
+    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0)
     dtype = x.dtype
     x = x.to(tl.float32)
     if ADD_RESIDUAL:
-        res_offsets = outer * stride_res_outer + inner * stride_res_inner + cols
+        res_offsets = (outer * stride_res_outer + inner * stride_res_inner)[:, None] + cols[None, :]
         r = tl.load(residual_ptr + res_offsets, mask=mask, other=0.0).to(tl.float32)
         summed = round_to(x + r, dtype, EMULATE_BF16)
-        tl.store(summed_ptr + row * stride_out_row + cols, summed, mask=mask)
+        tl.store(summed_ptr + out_offsets, summed, mask=mask)
         x = summed.to(tl.float32)
-    mean_square = tl.sum(x * x, 0) / HIDDEN
+    mean_square = tl.sum(x * x, 1) / HIDDEN
     rstd = 1.0 / tl.sqrt_rn(mean_square + eps)
-    normed = round_to(x * rstd, dtype, EMULATE_BF16).to(tl.float32)
-    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(
-        out_ptr + row * stride_out_row + cols, round_to(w * normed, dtype, EMULATE_BF16), mask=mask
-    )
+    normed = round_to(x * rstd[:, None], dtype, EMULATE_BF16).to(tl.float32)
+    w = tl.load(weight_ptr + cols, mask=cols < HIDDEN, other=0.0).to(tl.float32)
+    tl.store(out_ptr + out_offsets, round_to(w[None, :] * normed, dtype, EMULATE_BF16), mask=mask)
 
 
 @triton.jit
 def silu_and_mul_kernel(
     out_ptr,
     x_ptr,
+    num_rows,
     width,
     stride_x_row,
     stride_out_row,
     BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
 ):
-    """Grid ``(rows, column blocks)``: ``silu(gate) * up`` for ``x = [gate | up]`` per row.
+    """Grid ``(row blocks, column blocks)``: ``silu(gate) * up`` for ``x = [gate | up]`` per row.
 
     The SiLU result is rounded to the dtype before the multiply, as the two torch ops round.
     """
-    row = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < width
-    gate = tl.load(x_ptr + row * stride_x_row + cols, mask=mask, other=0.0)
+    mask = (rows < num_rows)[:, None] & (cols < width)[None, :]
+    x_offsets = (rows * stride_x_row)[:, None] + cols[None, :]
+    gate = tl.load(x_ptr + x_offsets, mask=mask, other=0.0)
     dtype = gate.dtype
     gate = gate.to(tl.float32)
-    up = tl.load(x_ptr + row * stride_x_row + width + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_ptr + x_offsets + width, mask=mask, other=0.0).to(tl.float32)
     silu = round_to(gate / (1.0 + tl.exp(-gate)), dtype, EMULATE_BF16).to(tl.float32)
-    tl.store(
-        out_ptr + row * stride_out_row + cols, round_to(silu * up, dtype, EMULATE_BF16), mask=mask
-    )
+    out_offsets = (rows * stride_out_row)[:, None] + cols[None, :]
+    tl.store(out_ptr + out_offsets, round_to(silu * up, dtype, EMULATE_BF16), mask=mask)
 
 
 @triton.jit
@@ -300,42 +326,42 @@ def rotary_kernel(
     heads_ptr,
     positions_ptr,
     cos_sin_ptr,
+    num_tokens,
     num_heads,
     stride_heads_token,
     stride_heads_head,
     stride_cache_pos,
     HEAD_SIZE: tl.constexpr,
     HALF_ROTARY: tl.constexpr,
-    HEADS_BLOCK: tl.constexpr,
+    HEADS_PAD: tl.constexpr,
+    TOKENS: tl.constexpr,
     HALF_PAD: tl.constexpr,
     REST_PAD: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
 ):
-    """Grid ``(tokens, head blocks)``: GPT-NeoX rotation of ``HEADS_BLOCK`` heads of one token.
+    """GPT-NeoX rotation of every head of ``TOKENS`` tokens per program.
 
-    ``out`` is a contiguous ``[tokens, heads, HEAD_SIZE]``; channels past the rotary dimension are
-    copied unchanged. cos/sin come from the model's table, in the heads' dtype, and each product and
-    sum is rounded to that dtype, exactly as the reference's torch ops round.
+    A program's rows are (token, head) pairs, ``HEADS_PAD`` per token. ``out`` is a contiguous
+    ``[tokens, heads, HEAD_SIZE]``; channels past the rotary dimension are copied unchanged. cos/sin
+    come from the model's table, in the heads' dtype, and each product and sum is rounded to that
+    dtype, exactly as the reference's torch ops round.
     """
-    token = tl.program_id(0).to(tl.int64)
-    heads = tl.program_id(1) * HEADS_BLOCK + tl.arange(0, HEADS_BLOCK)
-    head_ok = heads < num_heads
-    pos = tl.load(positions_ptr + token).to(tl.int64)
+    pairs = tl.arange(0, TOKENS * HEADS_PAD)
+    tokens = tl.program_id(0).to(tl.int64) * TOKENS + pairs // HEADS_PAD
+    heads = pairs % HEADS_PAD
+    row_ok = (tokens < num_tokens) & (heads < num_heads)
+    pos = tl.load(positions_ptr + tokens, mask=row_ok, other=0).to(tl.int64)
     half = tl.arange(0, HALF_PAD)
-    half_ok = half < HALF_ROTARY
-    cos = tl.load(cos_sin_ptr + pos * stride_cache_pos + half, mask=half_ok, other=0.0)
-    sin = tl.load(
-        cos_sin_ptr + pos * stride_cache_pos + HALF_ROTARY + half, mask=half_ok, other=0.0
-    )
-    src = heads_ptr + token * stride_heads_token + heads[:, None] * stride_heads_head
-    dst = out_ptr + (token * num_heads + heads[:, None]) * HEAD_SIZE
-    mask = head_ok[:, None] & half_ok[None, :]
+    mask = row_ok[:, None] & (half < HALF_ROTARY)[None, :]
+    table = cos_sin_ptr + (pos * stride_cache_pos)[:, None] + half[None, :]
+    c = tl.load(table, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(table + HALF_ROTARY, mask=mask, other=0.0).to(tl.float32)
+    src = heads_ptr + (tokens * stride_heads_token + heads * stride_heads_head)[:, None]
+    dst = out_ptr + ((tokens * num_heads + heads) * HEAD_SIZE)[:, None]
     x1 = tl.load(src + half[None, :], mask=mask, other=0.0)
     dtype = x1.dtype
     x1 = x1.to(tl.float32)
     x2 = tl.load(src + HALF_ROTARY + half[None, :], mask=mask, other=0.0).to(tl.float32)
-    c = cos.to(tl.float32)[None, :]
-    s = sin.to(tl.float32)[None, :]
     x1c = round_to(x1 * c, dtype, EMULATE_BF16).to(tl.float32)
     x2s = round_to(x2 * s, dtype, EMULATE_BF16).to(tl.float32)
     x2c = round_to(x2 * c, dtype, EMULATE_BF16).to(tl.float32)
@@ -344,6 +370,6 @@ def rotary_kernel(
     tl.store(dst + HALF_ROTARY + half[None, :], round_to(x2c + x1s, dtype, EMULATE_BF16), mask=mask)
     if REST_PAD > 0:
         rest = 2 * HALF_ROTARY + tl.arange(0, REST_PAD)
-        rest_mask = head_ok[:, None] & (rest[None, :] < HEAD_SIZE)
+        rest_mask = row_ok[:, None] & (rest < HEAD_SIZE)[None, :]
         kept = tl.load(src + rest[None, :], mask=rest_mask, other=0.0)
         tl.store(dst + rest[None, :], kept, mask=rest_mask)

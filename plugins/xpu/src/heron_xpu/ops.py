@@ -19,7 +19,6 @@ op's schema from real annotation objects.
 import torch
 import triton
 from torch.library import triton_op, wrap_triton
-from triton.runtime.interpreter import InterpretedFunction
 
 from heron_xpu import kernels
 
@@ -27,11 +26,16 @@ NAMESPACE = "heron_xpu"
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_SIZE = 256
 """Largest head size the attention kernel takes: one head padded to a power of two is one tile."""
-KV_TILE = 64
-"""Cache positions per step of the attention kernel's inner loop (may span several blocks)."""
 
-INTERPRETED: bool = isinstance(kernels.paged_attention_kernel, InterpretedFunction)
+INTERPRETED: bool = kernels.INTERPRETING
 """True when the kernels were decorated under ``TRITON_INTERPRET=1`` and run on CPU tensors."""
+TILE_ELEMENTS: int = 32768 if INTERPRETED else 4096
+"""Elements one program of the elementwise kernels handles. On a device a few thousand keep a
+program's values in registers; the interpreter runs programs one after another in Python, so it
+gets fewer, larger ones (the same kernels, another launch configuration)."""
+KV_TILE: int = 256 if INTERPRETED else 64
+"""Cache positions per step of the attention kernel's inner loop (may span several blocks); larger
+when interpreted, where each loop iteration costs milliseconds of Python."""
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -99,6 +103,11 @@ def _check_cache(kv_cache: torch.Tensor) -> None:
     _check_float("kv_cache", kv_cache)
 
 
+def rows_per_program(rows: int, row_elements: int) -> int:
+    """Rows (tokens) one program handles: a power of two, about :data:`TILE_ELEMENTS` elements."""
+    return max(1, min(triton.next_power_of_2(max(rows, 1)), TILE_ELEMENTS // row_elements))
+
+
 def attention_tiles(max_query_len: int, queries_per_kv: int) -> tuple[int, int]:
     """``(BLOCK_Q, BLOCK_M)``: query tokens per tile and the tile's rows (tokens x group heads).
 
@@ -142,12 +151,16 @@ def write_kv(
         return
     _, num_blocks, block_size, kv_heads, head_size = kv_cache.shape
     key_cache, value_cache = kv_cache[0], kv_cache[1]
-    wrap_triton(kernels.write_kv_kernel)[(num_tokens,)](
+    head_pad = triton.next_power_of_2(head_size)
+    features = triton.next_power_of_2(kv_heads) * head_pad
+    tokens = rows_per_program(num_tokens, features)
+    wrap_triton(kernels.write_kv_kernel)[(triton.cdiv(num_tokens, tokens),)](
         key,
         value,
         key_cache,
         value_cache,
         slot_mapping,
+        num_tokens,
         num_blocks * block_size,
         key.stride(0),
         key.stride(1),
@@ -158,8 +171,9 @@ def write_kv(
         key_cache.stride(2),
         NUM_KV_HEADS=kv_heads,
         HEAD_SIZE=head_size,
-        HEADS_PAD=triton.next_power_of_2(kv_heads),
-        HEAD_PAD=triton.next_power_of_2(head_size),
+        HEAD_PAD=head_pad,
+        FEATURES_PAD=features,
+        TOKENS=tokens,
         BLOCK_SIZE=block_size,
     )
 
@@ -333,13 +347,16 @@ def _launch_norm(
     if rows == 0:
         return
     hidden = x.shape[-1]
-    wrap_triton(kernels.rms_norm_kernel)[(rows,)](
+    block = triton.next_power_of_2(hidden)
+    rows_each = rows_per_program(rows, block)
+    wrap_triton(kernels.rms_norm_kernel)[(triton.cdiv(rows, rows_each),)](
         out,
         summed,
         x,
         residual,
         weight,
         eps,
+        rows,
         inner,
         x_outer,
         x_inner,
@@ -347,7 +364,8 @@ def _launch_norm(
         r_inner,
         hidden,
         HIDDEN=hidden,
-        BLOCK=triton.next_power_of_2(hidden),
+        BLOCK=block,
+        ROWS=rows_each,
         ADD_RESIDUAL=add_residual,
         EMULATE_BF16=INTERPRETED,
     )
@@ -413,10 +431,11 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((*x.shape[:-1], width), dtype=x.dtype, device=x.device)
     if rows == 0 or width == 0:
         return out
-    block = min(1024, triton.next_power_of_2(width))
-    wrap_triton(kernels.silu_and_mul_kernel)[(rows, triton.cdiv(width, block))](
-        out, x, width, stride, width, BLOCK=block, EMULATE_BF16=INTERPRETED
-    )
+    block = min(TILE_ELEMENTS, triton.next_power_of_2(width))
+    rows_each = rows_per_program(rows, block)
+    wrap_triton(kernels.silu_and_mul_kernel)[
+        (triton.cdiv(rows, rows_each), triton.cdiv(width, block))
+    ](out, x, rows, width, stride, width, BLOCK=block, ROWS=rows_each, EMULATE_BF16=INTERPRETED)
     return out
 
 
@@ -463,21 +482,25 @@ def rotary(
     if tokens == 0 or num_heads == 0:
         return out
     half = cos_sin_cache.shape[1] // 2
-    heads_block = min(16, triton.next_power_of_2(num_heads))
+    heads_pad = triton.next_power_of_2(num_heads)
+    half_pad = triton.next_power_of_2(half)
+    tokens_each = rows_per_program(tokens, heads_pad * half_pad)
     rest = head_size - 2 * half
-    wrap_triton(kernels.rotary_kernel)[(tokens, triton.cdiv(num_heads, heads_block))](
+    wrap_triton(kernels.rotary_kernel)[(triton.cdiv(tokens, tokens_each),)](
         out,
         heads,
         positions,
         cos_sin_cache,
+        tokens,
         num_heads,
         heads.stride(0),
         heads.stride(1),
         cos_sin_cache.stride(0),
         HEAD_SIZE=head_size,
         HALF_ROTARY=half,
-        HEADS_BLOCK=heads_block,
-        HALF_PAD=triton.next_power_of_2(half),
+        HEADS_PAD=heads_pad,
+        TOKENS=tokens_each,
+        HALF_PAD=half_pad,
         REST_PAD=triton.next_power_of_2(rest) if rest else 0,
         EMULATE_BF16=INTERPRETED,
     )

@@ -1,0 +1,76 @@
+"""The whole engine on the xpu backend against Hugging Face ``generate()`` on the same weights.
+
+Every engine mode (prefix caching on and off, small prefill chunks, a KV cache so small that
+requests are preempted and recomputed) must give HF's greedy ids on the tiny random models.
+
+On this CPU host the backend runs in interpreter mode (``HERON_XPU_INTERPRET=1``): every kernel of
+the model's forward pass (attention, KV writes, norms, rotary, SiLU) is a Triton kernel run by
+Triton's interpreter, in float32 where the interpreter is exact, so the ids must equal HF's float32
+ids. With ``HERON_XPU_DEVICE=xpu`` the same test runs the engine on an Intel GPU in float16 (HF's
+own float16 and float32 runs agree on these models, see tests/plugins/gpu). Other GPUs cannot run
+the engine (its platform drives ``torch.xpu``); their kernel tests are in test_kernels.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DEVICE
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "core"))
+from model_utils import ARCHS, ENGINE_MODES, EQUALITY_PROMPTS, hf_greedy, make_equality_model
+
+pytest.importorskip("heron_xpu", reason="heron-xpu is not installed")
+pytest.importorskip("triton", reason="triton is not installed")
+
+NEW_TOKENS = 8
+"""Fewer than core's engine test: every step runs interpreted kernels. Eight tokens still take
+every prompt past a block boundary (block size 16) and, in the preemption mode, through a
+preemption and its recomputation."""
+DTYPE = "float32" if DEVICE == "cpu" else "float16"
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    folder, prompt_ids = make_equality_model(tmp_path_factory.mktemp(request.param), request.param)
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return folder, prompt_ids, hf_greedy(hf, prompt_ids, NEW_TOKENS)
+
+
+@pytest.fixture
+def on_xpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Force core onto the xpu backend: interpreted here, the Intel GPU with HERON_XPU_DEVICE=xpu."""
+    if DEVICE not in ("cpu", "xpu"):
+        pytest.skip(f"HERON_XPU_DEVICE={DEVICE}: the engine's xpu platform drives torch.xpu")
+    monkeypatch.setenv("HERON_BACKEND", "xpu")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HERON_PLUGINS", raising=False)
+    if DEVICE == "cpu":
+        monkeypatch.setenv("HERON_XPU_INTERPRET", "1")
+        monkeypatch.setenv("HERON_XPU_KVCACHE_SPACE", "0.25")
+    else:
+        monkeypatch.delenv("HERON_XPU_INTERPRET", raising=False)
+
+
+def test_greedy_ids_equal_hf_in_every_mode(tiny_model, on_xpu: None) -> None:
+    from heron import LLM, SamplingParams
+
+    folder, prompt_ids, expected = tiny_model
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
+    for mode, kwargs in ENGINE_MODES.items():
+        llm = LLM(str(folder), dtype=DTYPE, block_size=16, **kwargs)
+        core = llm.llm_engine.core
+        assert core.platform.name == "xpu"
+        assert type(core.runner.kernel_ops).__name__ == "XpuKernelOps"
+        assert core.runner.attention_cls.__name__ == "XpuAttentionBackend"
+        outputs = llm.generate(EQUALITY_PROMPTS, params, use_tqdm=False)
+        got = [list(o.outputs[0].token_ids) for o in outputs]
+        assert [o.prompt_token_ids for o in outputs] == prompt_ids
+        assert got == expected, f"mode {mode}"
+        if mode == "preemption":
+            assert llm.llm_engine.stats().num_preemptions > 0, "the small KV cache never preempted"
