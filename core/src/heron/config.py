@@ -67,6 +67,18 @@ class EngineArgs(BaseModel):
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the Hub.")
     disable_log_stats: bool = Field(False, description="Do not log throughput periodically.")
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Processes (ranks) one model is split over: each holds its share of every "
+        "layer's heads and columns and of the vocabulary, and the ranks sum partial results "
+        "with the backend's communicator.",
+    )
+    distributed_executor_backend: Literal["uni", "mp"] | None = Field(
+        None,
+        description="How ranks run: uni (this process; one rank only) or mp (one worker "
+        "process per extra rank on this machine).",
+    )
 
 
 # What a default of None means, in words, for each field where it means "decided later".
@@ -80,7 +92,11 @@ _DEFAULT_HELP: dict[str, str] = {
     "max_num_batched_tokens": "2048, and at least max_model_len when chunked prefill is off",
     "num_gpu_blocks_override": "sized from the memory the backend grants",
     "backend": "HERON_BACKEND, else the available backend with the highest score",
+    "distributed_executor_backend": "uni for one rank, mp for several",
 }
+
+# vLLM's short spellings.
+_SHORT_FLAGS: dict[str, str] = {"tensor_parallel_size": "-tp"}
 
 
 class EngineArgsError(ValueError):
@@ -120,6 +136,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ..
             )
             continue
         group.add_argument(
+            *([_SHORT_FLAGS[name]] if name in _SHORT_FLAGS else []),
             flag,
             type=_scalar_type(annotation),
             choices=_literal_choices(annotation),
@@ -155,6 +172,9 @@ def _is_bool(annotation: Any) -> bool:
 def _literal_choices(annotation: Any) -> list[Any] | None:
     if get_origin(annotation) is Literal:
         return list(get_args(annotation))
+    literals = [a for a in get_args(annotation) if get_origin(a) is Literal]
+    if literals:  # an optional Literal: the choices are the Literal's
+        return list(get_args(literals[0]))
     return None
 
 

@@ -163,6 +163,7 @@ class AsyncLLM:
             self._stopped = True
             self._wake.notify()
         self._thread.join(timeout=10)
+        self.engine.shutdown()
 
     # -- the loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:

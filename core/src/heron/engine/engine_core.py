@@ -15,7 +15,15 @@ import torch
 from pydantic import ValidationError
 
 from heron.config import EngineArgs
-from heron.engine.kv_sizing import KVPlan, plan_kv_cache
+from heron.distributed.cpu_binding import CoreBindingError, cores_per_rank
+from heron.distributed.executor import (
+    Executor,
+    MultiprocExecutor,
+    UniprocExecutor,
+    free_port,
+)
+from heron.distributed.tensor_parallel import ShardingError
+from heron.distributed.worker import Worker, WorkerSpec
 from heron.engine.request import Request, RequestStatus
 from heron.engine.stats_logger import EngineStats
 from heron.kv.kv_cache_manager import KVCacheManager
@@ -23,7 +31,6 @@ from heron.loader import ModelSource, load_model_source
 from heron.models.decoder import UnsupportedAttentionError
 from heron.models.registry import builtin_registry
 from heron.plugins import PluginHost, load_plugins, select_platform
-from heron.runner.model_runner import TorchModelRunner
 from heron.sched.output import RequestUpdate, SchedulerOutput
 from heron.sched.scheduler import Scheduler, SchedulerConfig
 
@@ -55,25 +62,33 @@ class EngineCore:
         host.register_models(registry)
         model_cls = registry.resolve(list(getattr(hf_config, "architectures", None) or []))
 
+        self.failure: Exception | None = None
+        """Set when a worker rank fails; every later step raises it."""
         try:
-            self.runner = TorchModelRunner(
-                platform=self.platform,
-                model_cls=model_cls,
-                hf_config=hf_config,
-                dtype=self.dtype,
-                block_size=self.block_size,
-            )
-        except UnsupportedAttentionError as exc:
+            self.executor = self._start_executor(self.backend.name, model_cls)
+        except (UnsupportedAttentionError, ShardingError, CoreBindingError) as exc:
             raise EngineConfigError(
-                f"backend {self.platform.name!r}: {exc}. Choose another backend with "
-                "HERON_BACKEND (e.g. HERON_BACKEND=reference)."
+                f"backend {self.platform.name!r}: {exc}"
+                + (
+                    ". Choose another backend with HERON_BACKEND (e.g. HERON_BACKEND=reference)."
+                    if isinstance(exc, UnsupportedAttentionError)
+                    else ""
+                )
             ) from exc
-        self.runner.load_weights(self.source.weights())
+        self.runner = self.executor.driver.runner
+        """Rank 0's runner (the only one without tensor parallelism)."""
+        load_times = self.executor.load_weights()
+        if self.executor.world_size > 1:
+            logger.info(
+                "Weights loaded on %d ranks in %s s",
+                len(load_times),
+                "/".join(f"{t:.1f}" for t in load_times),
+            )
         budget = args.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
         if not args.enable_chunked_prefill:
             budget = max(budget, self.max_model_len)
-        self.kv_plan = self._plan_kv_cache(budget)
-        self.runner.init_kv_cache(self.kv_plan.num_blocks)
+        self.kv_plan = self.executor.plan_kv_cache(budget)
+        self.executor.init_kv_cache(self.kv_plan.num_blocks)
         step_graphs = (
             "off (--enforce-eager)"
             if args.enforce_eager
@@ -188,36 +203,62 @@ class EngineCore:
             )
         return requested
 
-    def _plan_kv_cache(self, max_step_tokens: int) -> KVPlan:
-        profiler = self.platform.memory_profiler()
-        snapshot = profiler.snapshot()
-        scratch = 0
-        if snapshot.kv_budget is None and self.args.num_gpu_blocks_override is None:
-            # No explicit KV space: measure what the biggest step needs before sizing the cache.
-            profiler.reset_peak()
-            started = time.monotonic()
-            scratch = self.runner.profile_run(
-                max_step_tokens, self.args.max_num_seqs, self.max_model_len
+    def _start_executor(self, platform_name: str, model_cls: type[torch.nn.Module]) -> Executor:
+        """Rank 0 here; with tensor parallelism, one worker process per other rank (logged)."""
+        args = self.args
+        size = args.tensor_parallel_size
+        backend = args.distributed_executor_backend or ("mp" if size > 1 else "uni")
+        if backend == "uni" and size > 1:
+            raise EngineConfigError(
+                f"distributed_executor_backend 'uni' runs one rank, but tensor_parallel_size is "
+                f"{size}; use 'mp'"
             )
-            snapshot = profiler.snapshot()
-            logger.info(
-                "Profiled a %d-token step in %.2f s: %.2f GiB of activations at peak",
-                max_step_tokens,
-                time.monotonic() - started,
-                max(0, snapshot.peak - snapshot.allocated - scratch) / 2**30,
+        cores: list[list[int]] | list[None] = [None] * size
+        if size > 1 and self.platform.device_type == "cpu":
+            cores = cores_per_rank(size)
+        init_method = f"tcp://127.0.0.1:{free_port()}" if size > 1 else None
+        specs = [
+            WorkerSpec(
+                engine_args=args,
+                platform_name=platform_name,
+                dtype=_dtype_name(self.dtype),
+                block_size=self.block_size,
+                max_model_len=self.max_model_len,
+                rank=rank,
+                world_size=size,
+                init_method=init_method,
+                cores=cores[rank],
             )
-        return plan_kv_cache(
-            snapshot=snapshot,
-            bytes_per_block=self.runner.kv_bytes_per_block(),
-            block_size=self.block_size,
-            weights_bytes=self.runner.weights_bytes(),
-            peak_activation_bytes=max(0, snapshot.peak - snapshot.allocated - scratch),
-            memory_utilization=self.args.gpu_memory_utilization,
-            max_model_len=self.max_model_len,
-            max_num_seqs=self.args.max_num_seqs,
-            override=self.args.num_gpu_blocks_override,
-            hint=self.platform.memory_budget_hint(),
+            for rank in range(size)
+        ]
+
+        def make_driver(spec: WorkerSpec) -> Worker:
+            return Worker(spec, platform=self.platform, source=self.source, model_cls=model_cls)
+
+        if size == 1:
+            return UniprocExecutor(make_driver(specs[0]))
+        started = time.monotonic()
+        executor = MultiprocExecutor(specs, make_driver, on_failure=self._worker_failed)
+        logger.info(
+            "Tensor parallel: %d ranks (executor mp: rank 0 in this process, ranks 1-%d in worker "
+            "processes), %s communicator, %s; ranks joined in %.2f s",
+            size,
+            size - 1,
+            type(executor.driver.tp.comm).__name__,
+            "cores " + " | ".join(",".join(map(str, c)) for c in cores if c)
+            if cores[0] is not None
+            else "devices " + ", ".join(self.platform.device_name(r) for r in range(size)),
+            time.monotonic() - started,
         )
+        return executor
+
+    def _worker_failed(self, error: Exception) -> None:
+        """Called from the executor's monitor thread: remember it; the loop raises it."""
+        self.failure = error
+
+    def shutdown(self) -> None:
+        """Stop the executor's worker processes; a no-op for one rank."""
+        self.executor.shutdown()
 
     # -- the loop --------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -229,19 +270,19 @@ class EngineCore:
     def finish_requests(self, request_ids: list[str], status: RequestStatus) -> None:
         if request_ids:
             self.scheduler.finish_requests(request_ids, status)
-            self.runner.release(request_ids)
+            self.executor.release(request_ids)
 
     def step(self) -> list[RequestUpdate]:
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
         self.num_prompt_tokens += _prompt_tokens(out)
-        runner_out = self.runner.execute(out)
+        runner_out = self.executor.execute(out)
         updates = self.scheduler.update_from_output(out, runner_out)
         self.num_generation_tokens += sum(len(u.new_token_ids) for u in updates)
         finished = [u.request.request_id for u in updates if u.finished]
         if finished:
-            self.runner.release(finished)
+            self.executor.release(finished)
         return updates
 
     def has_unfinished_requests(self) -> bool:

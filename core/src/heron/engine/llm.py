@@ -34,6 +34,11 @@ class LLM:
         self.engine_args = args
         self.llm_engine = LLMEngine(self.engine_args)
 
+    def shutdown(self) -> None:
+        """Stop the worker processes of a tensor-parallel engine now (they also stop when this
+        object is garbage-collected or the interpreter exits)."""
+        self.llm_engine.shutdown()
+
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
 

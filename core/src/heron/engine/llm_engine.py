@@ -119,6 +119,10 @@ class LLMEngine:
         updates = [RequestUpdate(request=r, finished=True) for r in children]
         return self.output_processor.process(updates).request_outputs
 
+    def shutdown(self) -> None:
+        """Stop the worker processes of a tensor-parallel engine; nothing to do for one rank."""
+        self.core.shutdown()
+
     def step(self) -> list[RequestOutput]:
         updates = self.core.step()
         if not updates:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from heron.distributed.tensor_parallel import SINGLE, TensorParallel
 from heron.models.context import ModelContext
 from heron.plugins import resolve_reference
 from heron.runner.input_batch import StepInputs, build_profile_inputs, build_step_inputs
@@ -34,8 +35,10 @@ class TorchModelRunner:
         hf_config: Any,
         dtype: torch.dtype,
         block_size: int,
+        tp: TensorParallel = SINGLE,
     ) -> None:
         self.platform = platform
+        self.tp = tp
         self.device = torch.device(platform.device_type)
         self.dtype = dtype
         self.block_size = block_size
@@ -47,6 +50,7 @@ class TorchModelRunner:
             attention_cls=self.attention_cls,
             block_size=block_size,
             ops=self.kernel_ops,
+            tp=tp,
         )
         with torch.device(self.device):
             self.model = model_cls(hf_config, ctx)
@@ -123,6 +127,8 @@ class TorchModelRunner:
 
     def enable_step_graphs(self, max_model_len: int) -> str:
         """Replay decode steps from recorded kernel launches where the platform can; says which."""
+        if self.tp.size > 1:
+            return "off (tensor parallel: collectives run between the kernels)"
         probe = self.kernel_ops.capture_graph(1)
         if probe is None or not self.attention_cls.supports_step_graphs:
             return f"off ({self.platform.name} kernels do not record their launches)"

@@ -1,0 +1,231 @@
+"""One rank of an engine: its platform, its process group, its shard of the model and its runner.
+
+The driver's rank runs in the engine process (as the uniprocess executor's only rank does); every
+other rank runs :func:`worker_main` in a process of its own and does what the driver asks over a
+pipe: the set-up calls once, then one :class:`~heron.distributed.step_sync.StepMessage` per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing.connection import Connection
+
+import torch
+
+from heron.config import EngineArgs
+from heron.distributed.cpu_binding import bind_to_cores
+from heron.distributed.step_sync import StepDecoder, StepMessage
+from heron.distributed.tensor_parallel import SINGLE, TensorParallel
+from heron.engine.kv_sizing import KVPlan, plan_kv_cache
+from heron.loader import ModelSource, load_model_source
+from heron.models.registry import builtin_registry
+from heron.runner.model_runner import TorchModelRunner
+from heron.sched.output import RunnerOutput, SchedulerOutput
+from heron_interfaces import CommContext, Platform
+
+logger = logging.getLogger(__name__)
+
+INIT_TIMEOUT_ENV = "HERON_DIST_TIMEOUT"
+"""Seconds a rank waits for the others at a collective (start-up included); default 300."""
+
+
+@dataclass(slots=True, kw_only=True)
+class WorkerSpec:
+    """Everything a rank needs to build itself; decided once by the driver, picklable."""
+
+    engine_args: EngineArgs
+    platform_name: str
+    dtype: str
+    block_size: int
+    max_model_len: int
+    rank: int
+    world_size: int
+    init_method: str | None = None
+    """``tcp://host:port`` of the group's store; ``None`` for a single rank."""
+    cores: list[int] | None = None
+    """CPU cores for this rank's threads; ``None`` leaves them alone."""
+
+
+def dist_timeout() -> timedelta:
+    return timedelta(seconds=float(os.environ.get(INIT_TIMEOUT_ENV, "300")))
+
+
+class Worker:
+    """A rank. The driver builds its own from objects it already has (platform, source)."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        *,
+        platform: type[Platform] | None = None,
+        source: ModelSource | None = None,
+        model_cls: type[torch.nn.Module] | None = None,
+    ) -> None:
+        self.spec = spec
+        args = spec.engine_args
+        if spec.cores is not None:
+            bind_to_cores(spec.cores)
+        self.platform = platform or _platform_named(spec.platform_name)
+        self.platform.set_device(spec.rank)
+        self.source = source or load_model_source(
+            args.model, revision=args.revision, trust_remote_code=args.trust_remote_code
+        )
+        if model_cls is None:
+            model_cls = _model_class(self.source)
+        self.tp = self._join_group()
+        self.runner = TorchModelRunner(
+            platform=self.platform,
+            model_cls=model_cls,
+            hf_config=self.source.hf_config,
+            dtype=getattr(torch, spec.dtype),
+            block_size=spec.block_size,
+            tp=self.tp,
+        )
+        self.decoder = StepDecoder()
+        torch.manual_seed(args.seed)
+        self.platform.seed(args.seed)
+
+    def _join_group(self) -> TensorParallel:
+        spec = self.spec
+        if spec.world_size == 1:
+            return SINGLE
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # left by an engine of this process that was not shut down
+            dist.destroy_process_group()
+        dist.init_process_group(
+            backend=self.platform.dist_backend,
+            init_method=spec.init_method,
+            rank=spec.rank,
+            world_size=spec.world_size,
+            timeout=dist_timeout(),
+        )
+        comm = self.platform.communicator(
+            CommContext(
+                world_size=spec.world_size,
+                rank=spec.rank,
+                device=self.platform.device_type,
+                unique_name="tp",
+            )
+        )
+        return TensorParallel(rank=spec.rank, size=spec.world_size, comm=comm)
+
+    # -- set-up calls ----------------------------------------------------------------------------
+    def load_weights(self) -> float:
+        """Load this rank's shard; returns the seconds it took (for the driver's log)."""
+        started = time.monotonic()
+        self.runner.load_weights(self.source.weights())
+        return time.monotonic() - started
+
+    def plan_kv_cache(self, max_step_tokens: int) -> KVPlan:
+        """This rank's KV plan, from its own memory profiler (a profile run where the platform
+        grants no explicit KV space; under tensor parallelism every rank runs it together)."""
+        args = self.spec.engine_args
+        profiler = self.platform.memory_profiler()
+        snapshot = profiler.snapshot()
+        scratch = 0
+        if snapshot.kv_budget is None and args.num_gpu_blocks_override is None:
+            profiler.reset_peak()
+            started = time.monotonic()
+            scratch = self.runner.profile_run(
+                max_step_tokens, args.max_num_seqs, self.spec.max_model_len
+            )
+            snapshot = profiler.snapshot()
+            logger.info(
+                "Profiled a %d-token step in %.2f s: %.2f GiB of activations at peak",
+                max_step_tokens,
+                time.monotonic() - started,
+                max(0, snapshot.peak - snapshot.allocated - scratch) / 2**30,
+            )
+        return plan_kv_cache(
+            snapshot=snapshot,
+            bytes_per_block=self.runner.kv_bytes_per_block(),
+            block_size=self.spec.block_size,
+            weights_bytes=self.runner.weights_bytes(),
+            peak_activation_bytes=max(0, snapshot.peak - snapshot.allocated - scratch),
+            memory_utilization=args.gpu_memory_utilization,
+            max_model_len=self.spec.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            override=args.num_gpu_blocks_override,
+            hint=self.platform.memory_budget_hint(),
+        )
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        self.runner.init_kv_cache(num_blocks)
+
+    # -- steps -----------------------------------------------------------------------------------
+    def execute_message(self, message: StepMessage) -> RunnerOutput:
+        """A worker rank's step: rebuild the scheduler's output from the message, then run it."""
+        out: SchedulerOutput = self.decoder.decode(message)
+        if message.released_ids:
+            self.runner.release(message.released_ids)
+        return self.runner.execute(out)
+
+    def close(self) -> None:
+        if self.spec.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _platform_named(name: str) -> type[Platform]:
+    from heron.plugins import load_plugins, resolve_platform
+
+    host = load_plugins()
+    return resolve_platform(host.select_backend(name))
+
+
+def _model_class(source: ModelSource) -> type[torch.nn.Module]:
+    from heron.plugins import load_plugins
+
+    registry = builtin_registry()
+    load_plugins().register_models(registry)
+    return registry.resolve(list(getattr(source.hf_config, "architectures", None) or []))
+
+
+# -- the worker process ----------------------------------------------------------------------------
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """Body of a worker process: build the rank, then serve the driver until told to stop.
+
+    Any error is reported to the driver with this rank's traceback, then the process exits at
+    once: its peers' next collective fails instead of waiting for a rank that will never come.
+    The driver going away (the pipe closes) ends the process too, so no worker outlives it.
+    """
+    logging.basicConfig(
+        level=os.environ.get("HERON_WORKER_LOG_LEVEL", "WARNING").upper(),
+        format=f"%(asctime)s %(levelname)s (rank {spec.rank}) %(name)s: %(message)s",
+    )
+    try:
+        worker = Worker(spec)
+        conn.send(("ok", None))
+        while True:
+            kind, payload = pickle.loads(conn.recv_bytes())
+            if kind == "stop":
+                worker.close()
+                conn.send(("ok", None))
+                return
+            if kind == "step":
+                with torch.inference_mode():
+                    worker.execute_message(payload)
+                conn.send_bytes(_ACK)
+                continue
+            method, args = payload
+            conn.send(("ok", getattr(worker, method)(*args)))
+    except (EOFError, OSError, KeyboardInterrupt):
+        os._exit(0)  # the driver is gone: nothing to report to
+    except BaseException as exc:
+        detail = "".join(traceback.format_exception(exc))
+        with contextlib.suppress(OSError):
+            conn.send(("error", f"rank {spec.rank}: {type(exc).__name__}: {exc}\n{detail}"))
+        os._exit(1)
+
+
+_ACK = pickle.dumps(("ok", None))
