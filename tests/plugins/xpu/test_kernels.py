@@ -249,3 +249,54 @@ def test_torch_compile_captures_the_ops(ops, device) -> None:
 def test_ops_are_registered_in_the_namespace(ops) -> None:
     names = {"write_kv", "paged_attention", "rms_norm", "add_rms_norm", "silu_and_mul", "rotary"}
     assert all(hasattr(torch.ops.heron_xpu, name) for name in names)
+
+
+def test_opcheck(ops, device) -> None:
+    """torch.library.opcheck on every op: declared mutations, fake impls, autograd registration.
+
+    Compiled for a device it also checks tracing through AOTAutograd; the interpreter's kernels
+    cannot be traced (torch's ``wrap_triton`` runs them eagerly only), so that check is skipped
+    there.
+    """
+    tests = ["test_schema", "test_autograd_registration", "test_faketensor"]
+    if not ops.INTERPRETED:
+        tests.append("test_aot_dispatch_dynamic")
+    batch = make_batch(
+        Scenario(
+            seqs=((20, 1), (9, 9)),
+            num_heads=4,
+            num_kv_heads=2,
+            head_size=64,
+            block_size=16,
+            dtype="float16",
+            seed=8,
+        )
+    )
+    md = batch.metadata
+    dev = device
+    kv_cache = _cache(batch.key_cache, batch.value_cache, dev).nan_to_num()
+    x = torch.randn(5, 128, dtype=torch.float16).to(dev)
+    heads = torch.randn(5, 3, 64, dtype=torch.float16).to(dev)
+    cache = torch.randn(50, 64, dtype=torch.float16).to(dev)
+    cases = [
+        (ops.write_kv, (batch.key.to(dev), batch.value.to(dev), kv_cache, md.slot_mapping.to(dev))),
+        (
+            ops.paged_attention,
+            (
+                torch.empty_like(batch.query).to(dev),
+                batch.query.to(dev),
+                kv_cache,
+                md.query_start_loc.to(dev),
+                md.seq_lens.to(dev),
+                md.block_tables.to(dev),
+                0.125,
+                md.max_query_len,
+            ),
+        ),
+        (ops.rms_norm, (x, torch.rand(128, dtype=torch.float16).to(dev), 1e-6)),
+        (ops.add_rms_norm, (x, x.clone(), torch.rand(128, dtype=torch.float16).to(dev), 1e-6)),
+        (ops.silu_and_mul, (x,)),
+        (ops.rotary, (torch.tensor([0, 3, 9, 49, 1]).to(dev), heads, cache)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args, test_utils=tests)
