@@ -1,0 +1,157 @@
+"""Tensor parallelism through the multiprocess executor: the same greedy ids as one process and as
+Hugging Face ``generate()``, on the CPU and reference backends, in every scheduling mode.
+
+Tiny models get four query heads over two KV heads (head size 64, which every backend's kernels
+take): with two ranks the KV heads split, with four they are replicated. The vocabulary (259) does
+not divide by 2 or 4, so the padded vocabulary shards are exercised too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from model_utils import (
+    ARCHS,
+    ENGINE_MODES,
+    EQUALITY_PROMPTS,
+    hf_greedy,
+    kernel_friendly_overrides,
+    make_tiny_model_dir,
+)
+
+from heron import LLM, SamplingParams
+from heron.distributed.executor import WorkerFailedError
+from heron.engine.engine_core import EngineConfigError
+
+NEW_TOKENS = 10
+TP_SHAPE = {"hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+def _model(tmp_path_factory: pytest.TempPathFactory, arch: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = make_tiny_model_dir(
+        tmp_path_factory.mktemp(f"tp-{arch}"),
+        arch,
+        **{**kernel_friendly_overrides(arch), **TP_SHAPE},
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt_ids = [tokenizer(p)["input_ids"] for p in EQUALITY_PROMPTS]
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return folder, prompt_ids, hf_greedy(hf, prompt_ids, NEW_TOKENS)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    return _model(tmp_path_factory, request.param)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory):
+    return _model(tmp_path_factory, "llama")
+
+
+def greedy_ids(llm: LLM, prompts: list[str] | None = None) -> list[list[int]]:
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
+    outputs = llm.generate(prompts or EQUALITY_PROMPTS, params, use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def test_every_architecture_equals_hf_on_two_ranks(tiny_model, backend: str) -> None:
+    folder, _prompt_ids, expected = tiny_model
+    llm = LLM(str(folder), dtype="float32", block_size=16, tensor_parallel_size=2)
+    try:
+        assert llm.llm_engine.core.executor.world_size == 2
+        assert greedy_ids(llm) == expected
+    finally:
+        llm.shutdown()
+
+
+@pytest.mark.parametrize("mode", [m for m in ENGINE_MODES if m != "default"])
+def test_scheduling_modes_on_two_ranks(llama, mode: str, backend: str) -> None:
+    folder, _prompt_ids, expected = llama
+    llm = LLM(
+        str(folder), dtype="float32", block_size=16, tensor_parallel_size=2, **ENGINE_MODES[mode]
+    )
+    try:
+        assert greedy_ids(llm) == expected, mode
+        if mode == "preemption":
+            assert llm.llm_engine.stats().num_preemptions > 0
+    finally:
+        llm.shutdown()
+
+
+def test_kv_heads_replicated_on_four_ranks(llama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four ranks over two KV heads: each rank keeps the KV head its two query heads read."""
+    monkeypatch.setenv("HERON_BACKEND", "reference")
+    folder, _prompt_ids, expected = llama
+    llm = LLM(str(folder), dtype="float32", block_size=16, tensor_parallel_size=4)
+    try:
+        assert llm.llm_engine.core.runner.model.num_kv_heads == 1
+        assert greedy_ids(llm) == expected
+    finally:
+        llm.shutdown()
+
+
+def test_sampling_and_logprobs_match_one_process(llama) -> None:
+    """Seeded sampling, penalties and logprobs see the same gathered logits as one process."""
+    folder, _prompt_ids, _expected = llama
+    params = SamplingParams(
+        temperature=0.8, top_p=0.9, seed=7, max_tokens=8, logprobs=2, presence_penalty=0.5
+    )
+    one = LLM(str(folder), dtype="float32", block_size=16)
+    two = LLM(str(folder), dtype="float32", block_size=16, tensor_parallel_size=2)
+    try:
+        a = one.generate(EQUALITY_PROMPTS[:2], params, use_tqdm=False)
+        b = two.generate(EQUALITY_PROMPTS[:2], params, use_tqdm=False)
+        for x, y in zip(a, b):
+            assert x.outputs[0].token_ids == y.outputs[0].token_ids
+            for lx, ly in zip(x.outputs[0].logprobs, y.outputs[0].logprobs):
+                for token, entry in lx.items():
+                    assert ly[token].logprob == pytest.approx(entry.logprob, abs=1e-4)
+    finally:
+        two.shutdown()
+
+
+def test_unsplittable_sizes_are_refused_with_the_reason(llama) -> None:
+    folder, _prompt_ids, _expected = llama
+    with pytest.raises(EngineConfigError, match=r"number of attention heads \(4\).*3"):
+        LLM(str(folder), dtype="float32", tensor_parallel_size=3)
+    with pytest.raises(EngineConfigError, match="'uni' runs one rank"):
+        LLM(str(folder), tensor_parallel_size=2, distributed_executor_backend="uni")
+
+
+def test_bad_core_binding_is_refused(llama, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERON_CPU_OMP_THREADS_BIND", "0")
+    folder, _prompt_ids, _expected = llama
+    with pytest.raises(EngineConfigError, match="HERON_CPU_OMP_THREADS_BIND"):
+        LLM(str(folder), dtype="float32", tensor_parallel_size=2)
+
+
+def test_a_killed_worker_fails_the_next_step_and_leaves_no_process(llama) -> None:
+    folder, _prompt_ids, _expected = llama
+    llm = LLM(str(folder), dtype="float32", block_size=16, tensor_parallel_size=2)
+    executor = llm.llm_engine.core.executor
+    (worker,) = executor._procs
+    assert greedy_ids(llm, ["before"])
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.popen.wait(timeout=10)
+    with pytest.raises(WorkerFailedError, match="rank 1 exited with status -9"):
+        greedy_ids(llm, ["after"])
+    llm.shutdown()
+    assert worker.exitcode is not None
+
+
+def test_workers_stop_when_the_engine_is_dropped(llama) -> None:
+    import gc
+
+    folder, _prompt_ids, _expected = llama
+    llm = LLM(str(folder), dtype="float32", block_size=16, tensor_parallel_size=2)
+    (worker,) = llm.llm_engine.core.executor._procs
+    del llm
+    gc.collect()
+    worker.popen.wait(timeout=10)
+    assert worker.exitcode is not None
