@@ -31,7 +31,7 @@ from heron_interfaces import (
 
 logger = logging.getLogger(__name__)
 
-KNOWN_BACKEND_PACKAGES = ("heron-cpu", "heron-cuda", "heron-rocm")
+KNOWN_BACKEND_PACKAGES = ("heron-cpu", "heron-cuda", "heron-rocm", "heron-xpu")
 BUILTIN_BACKEND_MODULES = ("heron.backends.reference",)
 
 
