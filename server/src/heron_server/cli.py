@@ -292,7 +292,7 @@ def _serve(
         http=with_header_timeout(default_http_protocol(), args.header_timeout),
     )
     server.run(sockets=sockets)
-    return 0 if server.started else 1
+    return 0 if server.started and not server.engine_failed else 1
 
 
 def console_main() -> None:

@@ -88,6 +88,8 @@ class HeronServer(uvicorn.Server):
     ) -> None:
         super().__init__(config)
         self.engine = engine
+        self.engine_failed = False
+        """Set when the engine stopped on its own: the process then exits with status 1."""
         self.model = model
         self.auth = auth
         self.shutdown_timeout = shutdown_timeout
@@ -96,6 +98,20 @@ class HeronServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             self._log_ready()
+            self._watcher = asyncio.ensure_future(self._exit_when_engine_dies())
+
+    async def _exit_when_engine_dies(self) -> None:
+        """A dead engine (a worker rank killed, say) cannot recover: requests in flight have
+        their errors, /health answers 503, and the server stops instead of lingering, with
+        exit status 1 so that a supervisor restarts it."""
+        while not self.should_exit:
+            error = getattr(self.engine, "dead_error", None)
+            if error is not None:
+                logger.error("The engine stopped (%s); shutting the server down", error)
+                self.engine_failed = True
+                self.should_exit = True
+                return
+            await asyncio.sleep(0.25)
 
     def _log_ready(self) -> None:
         port = self.config.port

@@ -70,8 +70,15 @@ class AsyncLLM:
             self._build_error = exc
             built.set()
             return
+        self.engine.core.on_failure = self._wake_on_failure
         built.set()
         self._loop()
+
+    def _wake_on_failure(self, _error: Exception) -> None:
+        """A worker rank died (from the executor's monitor thread): wake the loop, which raises
+        it, so requests fail and ``dead_error`` is set even while the engine is idle."""
+        with self._wake:
+            self._wake.notify()
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> AsyncLLM:
@@ -176,6 +183,8 @@ class AsyncLLM:
                     pending, self._pending = self._pending, []
                     aborts, self._pending_aborts = self._pending_aborts, []
                     abort_all, self._abort_all = self._abort_all, False
+                if self.engine.core.failure is not None:
+                    raise self.engine.core.failure
                 for prepared, kind in pending:
                     self.engine.add_prepared(prepared, kind)
                 for rid in aborts:
@@ -194,6 +203,7 @@ class AsyncLLM:
     def _has_work(self) -> bool:
         return bool(
             self._stopped
+            or self.engine.core.failure is not None
             or self._pending
             or self._pending_aborts
             or self._abort_all

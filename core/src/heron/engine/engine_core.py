@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -64,6 +65,8 @@ class EngineCore:
 
         self.failure: Exception | None = None
         """Set when a worker rank fails; every later step raises it."""
+        self.on_failure: Callable[[Exception], None] | None = None
+        """Told of a worker's failure as it is noticed (AsyncLLM wakes its loop with it)."""
         try:
             self.executor = self._start_executor(self.backend.name, model_cls)
         except (UnsupportedAttentionError, ShardingError, CoreBindingError) as exc:
@@ -255,6 +258,8 @@ class EngineCore:
     def _worker_failed(self, error: Exception) -> None:
         """Called from the executor's monitor thread: remember it; the loop raises it."""
         self.failure = error
+        if self.on_failure is not None:
+            self.on_failure(error)
 
     def shutdown(self) -> None:
         """Stop the executor's worker processes; a no-op for one rank."""

@@ -1,0 +1,98 @@
+"""``heron serve --tensor-parallel-size 2``: answers like one process, and a killed worker rank
+ends every stream with an error and the server with a non-zero status, leaving no process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from server_utils import SERVED_NAME, TINY_ARGS, RemoteServer, start_server
+
+pytestmark = pytest.mark.slow
+
+
+def worker_pids(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` and which run a Heron worker rank."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"heron.distributed.worker_process" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def tp_server(tmp_path: Path, tiny_model: Path):
+    remote = start_server(
+        tmp_path,
+        str(tiny_model),
+        *TINY_ARGS,
+        "--served-model-name",
+        SERVED_NAME,
+        "--tensor-parallel-size",
+        "2",
+        env={"HERON_CPU_KVCACHE_SPACE": "0.1"},
+    )
+    yield remote
+    remote.stop(signal.SIGKILL)
+
+
+def test_two_ranks_answer_like_one(tp_server: RemoteServer, server: RemoteServer) -> None:
+    assert "Tensor parallel: 2 ranks" in tp_server.log()
+    assert len(worker_pids(tp_server.proc.pid)) == 1
+    messages = [{"role": "user", "content": "Tell me about herons."}]
+    kwargs = {"messages": messages, "max_tokens": 12, "temperature": 0}
+    one = server.client().chat.completions.create(model=SERVED_NAME, **kwargs)
+    two = tp_server.client().chat.completions.create(model=SERVED_NAME, **kwargs)
+    assert two.choices[0].message.content == one.choices[0].message.content
+    stream = tp_server.client().chat.completions.create(model=SERVED_NAME, stream=True, **kwargs)
+    joined = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert joined == one.choices[0].message.content
+
+
+def test_killed_worker_ends_every_stream_and_the_server(tp_server: RemoteServer) -> None:
+    (worker,) = worker_pids(tp_server.proc.pid)
+    client = tp_server.async_client()
+    started = asyncio.Event()
+
+    async def stream(i: int) -> str:
+        try:
+            response = await client.completions.create(
+                model=SERVED_NAME,
+                prompt=f"stream {i}",
+                max_tokens=400,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+            async for _chunk in response:
+                started.set()
+            return "finished"  # a stream that ends without an error would be a silent cut
+        except Exception as exc:
+            return f"error: {exc}"
+
+    async def main() -> list[str]:
+        tasks = [asyncio.create_task(stream(i)) for i in range(16)]
+        await asyncio.wait_for(started.wait(), 60)
+        os.kill(worker, signal.SIGKILL)
+        return await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    killed = time.monotonic()
+    outcomes = asyncio.run(main())
+    assert all(o.startswith("error") for o in outcomes), outcomes
+    assert any("rank 1" in o for o in outcomes), outcomes
+    status = tp_server.proc.wait(timeout=10)
+    assert time.monotonic() - killed < 40
+    assert status != 0
+    assert "tensor-parallel rank 1 exited" in tp_server.log()
+    assert not worker_pids(tp_server.proc.pid)
