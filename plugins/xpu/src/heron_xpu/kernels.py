@@ -21,6 +21,9 @@ interpreter:
   On a device the flag is off and both are plain Triton operations.
 
 Nothing here knows about torch: the wrappers in :mod:`heron_xpu.ops` check tensors and launch.
+Kernel parameters carry no Python type hints on purpose: Triton reads a parameter's annotation as
+part of the kernel's signature (``tl.constexpr``, pointer and integer types), so only the
+compile-time constants are annotated.
 Triton chooses between compiling and interpreting when it decorates a kernel, so the interpreter
 switch is applied again right before the decorations: a process that imported ``heron_xpu`` before
 ``HERON_XPU_INTERPRET`` was set still interprets, as long as this module was not imported yet.
