@@ -80,9 +80,9 @@ def test_float16_ids_follow_hf_until_a_near_tie(tiny_model, on_xpu: None) -> Non
     """The half-precision paths of every kernel through the engine (float16 activations, weights
     and KV cache), default engine mode.
 
-    float16 moves near-ties: on the tiny llama, core's own pure-torch reference backend in
-    float16 already picks another of two tokens whose logprobs are equal to four decimals. So
-    this uses vLLM's ``check_logprobs_close`` rule: ids equal HF's float32 ids up to a first
+    float16 moves near-ties: on the tiny llama, at the one position where these kernels' float16
+    ids leave HF's, the two candidate tokens have logprobs equal to four decimals even on core's
+    pure-torch reference backend in float16. So this uses vLLM's ``check_logprobs_close`` rule: ids equal HF's float32 ids up to a first
     difference, where each side's token must be among the other's top logprobs; the rest of that
     sequence is not compared. A near-tie is rare: more than one of the four sequences leaving
     HF's ids would be a systematic error, not rounding.
