@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from xpu_device import DEVICE, DEVICE_ENV
 
-DEVICE_ENV = "HERON_XPU_DEVICE"
-DEVICE = os.environ.get(DEVICE_ENV, "cpu").strip() or "cpu"
 if DEVICE == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEVICE
+from xpu_device import DEVICE
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "core"))
 from model_utils import ARCHS, ENGINE_MODES, EQUALITY_PROMPTS, hf_greedy, make_equality_model
