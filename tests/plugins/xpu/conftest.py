@@ -1,7 +1,8 @@
 """Where the XPU kernel tests run: Triton's interpreter on this CPU, or a GPU Triton compiles for.
 
 ``HERON_XPU_DEVICE`` is a test-only switch. Unset (or ``cpu``), the kernels are interpreted on
-CPU tensors: ``TRITON_INTERPRET=1`` is set here, before anything imports ``heron_xpu.kernels``.
+CPU tensors: ``TRITON_INTERPRET=1`` is set here (``heron_xpu.mode.use_interpreter``), before
+anything imports ``heron_xpu.kernels``.
 Only Triton reads that variable and nothing else in the test suite uses Triton, so it does not
 change other tests; ``HERON_XPU_INTERPRET`` (which makes the backend available to core) is set
 per test by the tests that need it. ``HERON_XPU_DEVICE=xpu`` (an Intel GPU) or ``=cuda`` (any GPU
@@ -16,7 +17,12 @@ import pytest
 from xpu_device import DEVICE, DEVICE_ENV
 
 if DEVICE == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        from heron_xpu.mode import use_interpreter
+    except ImportError:  # heron-xpu is missing: its tests skip, but set the variable all the same
+        os.environ["TRITON_INTERPRET"] = "1"
+    else:
+        use_interpreter()  # also right if something imported triton already
 
 
 @pytest.fixture(scope="session")

@@ -44,9 +44,15 @@ def enable_interpreter_if_requested() -> bool:
     """Set ``TRITON_INTERPRET=1`` when the interpreter mode is requested; returns whether it is."""
     if not interpret_requested():
         return False
+    use_interpreter()
+    return True
+
+
+def use_interpreter() -> None:
+    """Make Triton interpret every kernel decorated from now on in this process (tests call this
+    directly, without making the backend available to core)."""
     os.environ[TRITON_INTERPRET_ENV] = "1"
     _reinterpret_loaded_triton()
-    return True
 
 
 def _reinterpret_loaded_triton() -> None:
