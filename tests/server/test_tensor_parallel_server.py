@@ -49,7 +49,7 @@ def tp_server(tmp_path: Path, tiny_model: Path):
 
 
 def test_two_ranks_answer_like_one(tp_server: RemoteServer, server: RemoteServer) -> None:
-    assert "Tensor parallel: 2 ranks" in tp_server.log()
+    assert "tensor parallel 2 x pipeline parallel 1" in tp_server.log()
     assert len(worker_pids(tp_server.proc.pid)) == 1
     messages = [{"role": "user", "content": "Tell me about herons."}]
     kwargs = {"messages": messages, "max_tokens": 12, "temperature": 0}
@@ -94,5 +94,5 @@ def test_killed_worker_ends_every_stream_and_the_server(tp_server: RemoteServer)
     status = tp_server.proc.wait(timeout=10)
     assert time.monotonic() - killed < 40
     assert status != 0
-    assert "tensor-parallel rank 1 exited" in tp_server.log()
+    assert "worker rank 1 exited" in tp_server.log()
     assert not worker_pids(tp_server.proc.pid)

@@ -74,6 +74,12 @@ class EngineArgs(BaseModel):
         "layer's heads and columns and of the vocabulary, and the ranks sum partial results "
         "with the backend's communicator.",
     )
+    pipeline_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Pipeline stages one model is split over: each stage (of "
+        "tensor_parallel_size ranks) holds consecutive layers and passes its hidden states on.",
+    )
     distributed_executor_backend: Literal["uni", "mp"] | None = Field(
         None,
         description="How ranks run: uni (this process; one rank only) or mp (one worker "
@@ -96,7 +102,7 @@ _DEFAULT_HELP: dict[str, str] = {
 }
 
 # vLLM's short spellings.
-_SHORT_FLAGS: dict[str, str] = {"tensor_parallel_size": "-tp"}
+_SHORT_FLAGS: dict[str, str] = {"tensor_parallel_size": "-tp", "pipeline_parallel_size": "-pp"}
 
 
 class EngineArgsError(ValueError):

@@ -119,9 +119,12 @@ class MultiprocExecutor(UniprocExecutor):
             result = self.driver.runner.execute(out)
         except RuntimeError as exc:  # a collective failed: a peer is gone
             self._collect("step", timeout=5.0)
-            raise WorkerFailedError(f"a tensor-parallel step failed: {exc}") from exc
-        self._collect("step")
-        return result
+            raise WorkerFailedError(f"a parallel step failed: {exc}") from exc
+        replies = self._collect("step")
+        if self.driver.is_output_rank:
+            return result
+        # With several pipeline stages the last stage sampled; its first rank sent the result.
+        return replies[self.world_size - self.driver.spec.tp_size - 1]
 
     def release(self, request_ids: list[str]) -> None:
         self._encoder.release(request_ids)
@@ -183,7 +186,7 @@ class MultiprocExecutor(UniprocExecutor):
 
     def _fail(self, rank: int, detail: str) -> None:
         if self._failure is None:
-            self._failure = WorkerFailedError(f"tensor-parallel rank {rank} {detail}")
+            self._failure = WorkerFailedError(f"worker rank {rank} {detail}")
             logger.error("%s", self._failure)
             if self._on_failure is not None:
                 self._on_failure(self._failure)

@@ -103,7 +103,7 @@ def _accept_all(listener: Listener, procs: list[WorkerProcess]) -> list[Connecti
         for proc in procs:
             if proc.exitcode is not None and proc.rank not in by_rank:
                 raise RuntimeError(
-                    f"tensor-parallel rank {proc.rank} exited with status {proc.exitcode} "
+                    f"worker rank {proc.rank} exited with status {proc.exitcode} "
                     "before connecting (its error is printed above)"
                 )
         if time.monotonic() > deadline:

@@ -51,17 +51,22 @@ class TensorParallel:
 
     def split(self, total: int, what: str) -> int:
         """This rank's share of ``total`` units that must divide evenly (heads, MLP columns)."""
-        if total % self.size:
-            raise ShardingError(
-                f"{what} ({total}) is not divisible by tensor_parallel_size ({self.size}); "
-                "choose a size that divides it"
-            )
-        return total // self.size
+        return split_evenly(total, self.size, what)
 
     def padded_split(self, total: int) -> tuple[int, int]:
         """``(start, rows per rank)`` of a dimension split with padding (a vocabulary)."""
         per_rank = -(-total // self.size)
         return self.rank * per_rank, per_rank
+
+
+def split_evenly(total: int, size: int, what: str) -> int:
+    """``total / size``, or a :class:`ShardingError` that names ``what`` and both numbers."""
+    if total % size:
+        raise ShardingError(
+            f"{what} ({total}) is not divisible by tensor_parallel_size ({size}); "
+            "choose a size that divides it"
+        )
+    return total // size
 
 
 SINGLE = TensorParallel()

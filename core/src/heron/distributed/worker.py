@@ -21,6 +21,7 @@ import torch
 
 from heron.config import EngineArgs
 from heron.distributed.cpu_binding import bind_to_cores
+from heron.distributed.pipeline import SINGLE_STAGE, PipelineStage
 from heron.distributed.step_sync import StepDecoder, StepMessage
 from heron.distributed.tensor_parallel import SINGLE, TensorParallel
 from heron.engine.kv_sizing import KVPlan, plan_kv_cache
@@ -47,6 +48,8 @@ class WorkerSpec:
     max_model_len: int
     rank: int
     world_size: int
+    tp_size: int = 1
+    """Ranks per pipeline stage; ``world_size // tp_size`` stages."""
     init_method: str | None = None
     """``tcp://host:port`` of the group's store; ``None`` for a single rank."""
     cores: list[int] | None = None
@@ -79,7 +82,7 @@ class Worker:
         )
         if model_cls is None:
             model_cls = _model_class(self.source)
-        self.tp = self._join_group()
+        self.tp, self.pp = self._join_groups()
         self.runner = TorchModelRunner(
             platform=self.platform,
             model_cls=model_cls,
@@ -87,15 +90,26 @@ class Worker:
             dtype=getattr(torch, spec.dtype),
             block_size=spec.block_size,
             tp=self.tp,
+            pp=self.pp,
         )
         self.decoder = StepDecoder()
         torch.manual_seed(args.seed)
         self.platform.seed(args.seed)
 
-    def _join_group(self) -> TensorParallel:
+    @property
+    def is_output_rank(self) -> bool:
+        """The rank whose runner output the driver uses: the last stage's first rank."""
+        return self.spec.rank == self.spec.world_size - self.spec.tp_size
+
+    def _join_groups(self) -> tuple[TensorParallel, PipelineStage]:
+        """Join the world group, then this stage's tensor-parallel group.
+
+        Every rank creates every stage's group, in the same order, as ``torch.distributed``
+        requires; with one stage the world group is the tensor-parallel group.
+        """
         spec = self.spec
         if spec.world_size == 1:
-            return SINGLE
+            return SINGLE, SINGLE_STAGE
         import torch.distributed as dist
 
         if dist.is_initialized():  # left by an engine of this process that was not shut down
@@ -107,15 +121,39 @@ class Worker:
             world_size=spec.world_size,
             timeout=dist_timeout(),
         )
-        comm = self.platform.communicator(
-            CommContext(
-                world_size=spec.world_size,
-                rank=spec.rank,
-                device=self.platform.device_type,
-                unique_name="tp",
+        tp_size = spec.tp_size
+        num_stages = spec.world_size // tp_size
+        stage, tp_rank = divmod(spec.rank, tp_size)
+        tp_group = None
+        if num_stages > 1:
+            for s in range(num_stages):
+                group = dist.new_group(ranks=list(range(s * tp_size, (s + 1) * tp_size)))
+                if s == stage:
+                    tp_group = group
+        device = self.platform.device_type
+        tp = SINGLE
+        if tp_size > 1:
+            comm = self.platform.communicator(
+                CommContext(
+                    world_size=tp_size,
+                    rank=tp_rank,
+                    device=device,
+                    device_group=tp_group,
+                    unique_name=f"tp{stage}",
+                )
             )
-        )
-        return TensorParallel(rank=spec.rank, size=spec.world_size, comm=comm)
+            tp = TensorParallel(rank=tp_rank, size=tp_size, comm=comm)
+        pp = SINGLE_STAGE
+        if num_stages > 1:
+            world = self.platform.communicator(
+                CommContext(
+                    world_size=spec.world_size, rank=spec.rank, device=device, unique_name="pp"
+                )
+            )
+            pp = PipelineStage(
+                rank=stage, size=num_stages, tp_size=tp_size, global_rank=spec.rank, comm=world
+            )
+        return tp, pp
 
     # -- set-up calls ----------------------------------------------------------------------------
     def load_weights(self) -> float:
@@ -214,8 +252,11 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
                 return
             if kind == "step":
                 with torch.inference_mode():
-                    worker.execute_message(payload)
-                conn.send_bytes(_ACK)
+                    result = worker.execute_message(payload)
+                if worker.is_output_rank:
+                    conn.send(("ok", result))
+                else:
+                    conn.send_bytes(_ACK)
                 continue
             method, args = payload
             conn.send(("ok", getattr(worker, method)(*args)))

@@ -23,13 +23,14 @@ from heron.distributed.executor import (
     UniprocExecutor,
     free_port,
 )
-from heron.distributed.tensor_parallel import ShardingError
+from heron.distributed.pipeline import stage_layer_range
+from heron.distributed.tensor_parallel import ShardingError, split_evenly
 from heron.distributed.worker import Worker, WorkerSpec
 from heron.engine.request import Request, RequestStatus
 from heron.engine.stats_logger import EngineStats
 from heron.kv.kv_cache_manager import KVCacheManager
 from heron.loader import ModelSource, load_model_source
-from heron.models.decoder import UnsupportedAttentionError
+from heron.models.decoder import HeadShard, UnsupportedAttentionError
 from heron.models.registry import builtin_registry
 from heron.plugins import PluginHost, load_plugins, select_platform
 from heron.sched.output import RequestUpdate, SchedulerOutput
@@ -207,15 +208,17 @@ class EngineCore:
         return requested
 
     def _start_executor(self, platform_name: str, model_cls: type[torch.nn.Module]) -> Executor:
-        """Rank 0 here; with tensor parallelism, one worker process per other rank (logged)."""
+        """Rank 0 here; with several ranks, one worker process per other rank (logged)."""
         args = self.args
-        size = args.tensor_parallel_size
+        tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
+        size = tp * pp
         backend = args.distributed_executor_backend or ("mp" if size > 1 else "uni")
         if backend == "uni" and size > 1:
             raise EngineConfigError(
-                f"distributed_executor_backend 'uni' runs one rank, but tensor_parallel_size is "
-                f"{size}; use 'mp'"
+                f"distributed_executor_backend 'uni' runs one rank, but tensor_parallel_size x "
+                f"pipeline_parallel_size is {size}; use 'mp'"
             )
+        self._check_layout(model_cls, tp, pp)  # before any worker process starts
         cores: list[list[int]] | list[None] = [None] * size
         if size > 1 and self.platform.device_type == "cpu":
             cores = cores_per_rank(size)
@@ -229,6 +232,7 @@ class EngineCore:
                 max_model_len=self.max_model_len,
                 rank=rank,
                 world_size=size,
+                tp_size=tp,
                 init_method=init_method,
                 cores=cores[rank],
             )
@@ -242,18 +246,36 @@ class EngineCore:
             return UniprocExecutor(make_driver(specs[0]))
         started = time.monotonic()
         executor = MultiprocExecutor(specs, make_driver, on_failure=self._worker_failed)
+        driver = executor.driver
+        comm = driver.tp.comm or driver.pp.comm
+        num_layers = int(self.source.hf_config.num_hidden_layers)
+        stage_ranges = [stage_layer_range(num_layers, s, pp) for s in range(pp)]
         logger.info(
-            "Tensor parallel: %d ranks (executor mp: rank 0 in this process, ranks 1-%d in worker "
-            "processes), %s communicator, %s; ranks joined in %.2f s",
+            "Parallel layout: %d rank(s) = tensor parallel %d x pipeline parallel %d (executor "
+            "mp: rank 0 in this process, ranks 1-%d in worker processes; stages own layers %s), "
+            "%s communicator, %s; ranks joined in %.2f s",
             size,
+            tp,
+            pp,
             size - 1,
-            type(executor.driver.tp.comm).__name__,
+            ", ".join(f"{first}-{end - 1}" for first, end in stage_ranges),
+            type(comm).__name__,
             "cores " + " | ".join(",".join(map(str, c)) for c in cores if c)
             if cores[0] is not None
             else "devices " + ", ".join(self.platform.device_name(r) for r in range(size)),
             time.monotonic() - started,
         )
         return executor
+
+    def _check_layout(self, model_cls: type[torch.nn.Module], tp: int, pp: int) -> None:
+        """Refuse a layout the model cannot be split into, naming the sizes that do not fit."""
+        options = getattr(model_cls, "options", None)
+        if options is None:  # an out-of-tree model: its own constructor will say
+            return
+        opts = options(self.source.hf_config)
+        stage_layer_range(opts.num_layers, 0, pp)
+        HeadShard.for_rank(opts.num_heads, opts.num_kv_heads, 0, tp)
+        split_evenly(opts.intermediate_size, tp, "intermediate_size")
 
     def _worker_failed(self, error: Exception) -> None:
         """Called from the executor's monitor thread: remember it; the loop raises it."""

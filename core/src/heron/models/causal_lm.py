@@ -35,7 +35,9 @@ class DecoderForCausalLM(nn.Module):
         self.ctx = ctx
         self.opts = self.options(hf_config)
         shard = HeadShard.of(self.opts.num_heads, self.opts.num_kv_heads, ctx.tp)
-        self.num_layers = self.opts.num_layers
+        first, end = ctx.pp.layer_range(self.opts.num_layers)
+        self.num_layers = end - first
+        """Layers of this pipeline stage: the runner allocates one KV cache per layer it runs."""
         self.num_kv_heads = shard.num_kv_heads
         """KV heads of this tensor-parallel rank: the runner sizes its KV cache with them."""
         self.head_size = self.opts.head_size
@@ -47,7 +49,7 @@ class DecoderForCausalLM(nn.Module):
         with torch.device(ctx.device):
             self.model = DecoderModel(self.opts, ctx)
             self.lm_head: ColumnParallelLinear | None = None
-            if not self.opts.tie_word_embeddings:
+            if not self.opts.tie_word_embeddings and ctx.pp.is_last:
                 self.lm_head = ColumnParallelLinear(
                     self.opts.hidden_size,
                     self.opts.vocab_size,
@@ -127,7 +129,10 @@ class DecoderForCausalLM(nn.Module):
             return self.lm_head(hidden)
         if self._logits_weight is not None:
             return self.ctx.ops.linear(hidden, self._logits_weight, None)
-        return F.linear(hidden, self.model.embed_tokens.weight)
+        embed = self.model.embed_tokens
+        if embed is None:
+            raise RuntimeError("logits are computed on the last pipeline stage only")
+        return F.linear(hidden, embed.weight)
 
     def prepare_for_inference(self) -> None:
         """After loading: let the platform's kernels prepare every matmul weight (prepacking).
@@ -136,10 +141,27 @@ class DecoderForCausalLM(nn.Module):
         time for the logits matmul (the vocabulary-sized GEMM of every step).
         """
         prepare_linear_weights(self)
-        if self.lm_head is None:
+        if self.lm_head is None and self.model.embed_tokens is not None and self.ctx.pp.is_last:
             self._logits_weight = self.ctx.ops.prepare_linear(self.model.embed_tokens.weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load HF-named tensors; a tied model ignores a checkpoint's ``lm_head.weight``."""
-        skip = frozenset({"lm_head.weight"}) if self.lm_head is None else frozenset()
-        load_checkpoint(self, weights, skip=skip)
+        """Load HF-named tensors; a tied model ignores a checkpoint's ``lm_head.weight``, and a
+        pipeline stage the tensors of the parts other stages hold."""
+        skip = frozenset({"lm_head.weight"}) if self.opts.tie_word_embeddings else frozenset()
+        load_checkpoint(self, weights, skip=skip, skip_prefixes=self._other_stages_prefixes())
+
+    def _other_stages_prefixes(self) -> tuple[str, ...]:
+        pp = self.ctx.pp
+        if pp.size == 1:
+            return ()
+        model = self.model
+        prefixes = [
+            f"model.layers.{i}."
+            for i in range(self.opts.num_layers)
+            if not model.first_layer <= i < model.end_layer
+        ]
+        if model.embed_tokens is None:
+            prefixes.append("model.embed_tokens.")
+        if not pp.is_last:
+            prefixes += ["model.norm.", "lm_head."]
+        return tuple(prefixes)

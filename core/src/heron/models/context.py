@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from heron.distributed.pipeline import SINGLE_STAGE, PipelineStage
 from heron.distributed.tensor_parallel import SINGLE, TensorParallel
 from heron_interfaces import AttentionBackend
 from heron_interfaces.kernel_ops import KernelOps
@@ -23,6 +24,7 @@ class ModelContext:
         ops: the platform's kernels for matmuls, norms, rotary and activations (shared by all
             layers); the plain-torch reference unless the backend ships its own.
         tp: the tensor-parallel group: which shard of each sharded weight this process holds.
+        pp: the pipeline stage: which layers this process holds.
     """
 
     dtype: torch.dtype
@@ -31,3 +33,4 @@ class ModelContext:
     block_size: int
     ops: KernelOps = field(default_factory=KernelOps)
     tp: TensorParallel = SINGLE
+    pp: PipelineStage = SINGLE_STAGE

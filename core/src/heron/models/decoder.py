@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from heron.distributed.tensor_parallel import ShardingError, TensorParallel
+from heron.distributed.tensor_parallel import ShardingError, TensorParallel, split_evenly
 from heron.layers import (
     FusedLinear,
     RMSNorm,
@@ -72,16 +72,21 @@ class HeadShard:
 
     @classmethod
     def of(cls, num_heads: int, num_kv_heads: int, tp: TensorParallel) -> HeadShard:
-        heads = tp.split(num_heads, "the number of attention heads")
-        if num_kv_heads >= tp.size:
-            kv_heads = tp.split(num_kv_heads, "the number of KV heads")
-            return cls(heads, kv_heads, tp.rank * heads, tp.rank * kv_heads)
-        if tp.size % num_kv_heads:
+        return cls.for_rank(num_heads, num_kv_heads, tp.rank, tp.size)
+
+    @classmethod
+    def for_rank(cls, num_heads: int, num_kv_heads: int, rank: int, size: int) -> HeadShard:
+        """Rank ``rank`` of ``size``'s heads; raises ShardingError when they cannot be split."""
+        heads = split_evenly(num_heads, size, "the number of attention heads")
+        if num_kv_heads >= size:
+            kv_heads = split_evenly(num_kv_heads, size, "the number of KV heads")
+            return cls(heads, kv_heads, rank * heads, rank * kv_heads)
+        if size % num_kv_heads:
             raise ShardingError(
-                f"tensor_parallel_size ({tp.size}) is larger than the number of KV heads "
+                f"tensor_parallel_size ({size}) is larger than the number of KV heads "
                 f"({num_kv_heads}) and not a multiple of it, so the KV heads cannot be replicated"
             )
-        return cls(heads, 1, tp.rank * heads, tp.rank // (tp.size // num_kv_heads))
+        return cls(heads, 1, rank * heads, rank // (size // num_kv_heads))
 
 
 class Attention(nn.Module):
@@ -210,6 +215,8 @@ class DecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.layer_index = layer_index
+        self.cache_index = layer_index - ctx.pp.layer_range(opts.num_layers)[0]
+        """Index of this layer's KV cache among its pipeline stage's."""
         self.input_layernorm = RMSNorm(
             opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops
         )
@@ -232,19 +239,31 @@ class DecoderLayer(nn.Module):
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, kv_caches[self.layer_index], metadata)
+        hidden = self.self_attn(positions, hidden, kv_caches[self.cache_index], metadata)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
 
+class MissingLayer(nn.Module):
+    """Stands for a layer another pipeline stage holds, so the list keeps HF's layer numbers."""
+
+
 class DecoderModel(nn.Module):
-    """Embedding, decoder layers and final norm: HF's ``model.*`` sub-tree."""
+    """Embedding, decoder layers and final norm: HF's ``model.*`` sub-tree (this pipeline
+    stage's part of it: the embedding on the first stage, the norm on the last)."""
 
     def __init__(self, opts: DecoderOptions, ctx: ModelContext) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(
-            opts.vocab_size, opts.hidden_size, dtype=ctx.dtype, ops=ctx.ops, tp=ctx.tp
-        )
+        self.pp = ctx.pp
+        self.hidden_size = opts.hidden_size
+        self.dtype = ctx.dtype
+        self.first_layer, self.end_layer = ctx.pp.layer_range(opts.num_layers)
+        # The last stage keeps the table too when the logits reuse it (tied embeddings).
+        self.embed_tokens: VocabParallelEmbedding | None = None
+        if ctx.pp.is_first or (ctx.pp.is_last and opts.tie_word_embeddings):
+            self.embed_tokens = VocabParallelEmbedding(
+                opts.vocab_size, opts.hidden_size, dtype=ctx.dtype, ops=ctx.ops, tp=ctx.tp
+            )
         # One cos/sin table shared by every layer (a shared submodule, stored once).
         rotary_emb = RotaryEmbedding(
             head_size=opts.head_size,
@@ -255,9 +274,14 @@ class DecoderModel(nn.Module):
             ops=ctx.ops,
         )
         self.layers = nn.ModuleList(
-            DecoderLayer(opts, ctx, i, rotary_emb) for i in range(opts.num_layers)
+            DecoderLayer(opts, ctx, i, rotary_emb)
+            if self.first_layer <= i < self.end_layer
+            else MissingLayer()
+            for i in range(opts.num_layers)
         )
-        self.norm = RMSNorm(opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops)
+        self.norm: RMSNorm | None = None
+        if ctx.pp.is_last:
+            self.norm = RMSNorm(opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops)
 
     def forward(
         self,
@@ -266,10 +290,22 @@ class DecoderModel(nn.Module):
         kv_caches: list[torch.Tensor],
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)
+        """The final hidden states on the last stage; on the others, what was sent onwards."""
         residual: torch.Tensor | None = None
-        for layer in self.layers:
+        if self.pp.is_first:
+            assert self.embed_tokens is not None  # built on the first stage
+            hidden = self.embed_tokens(input_ids)
+        else:
+            hidden, residual = self.pp.recv_forward(
+                input_ids.shape[0], self.hidden_size, self.dtype
+            )
+        for layer in self.layers[self.first_layer : self.end_layer]:
             hidden, residual = layer(positions, hidden, residual, kv_caches, metadata)
+        if not self.pp.is_last:
+            assert residual is not None  # every stage runs at least one layer
+            self.pp.send_forward(hidden, residual)
+            return hidden
+        assert self.norm is not None
         if residual is None:
             return self.norm(hidden)
         hidden, _ = self.norm(hidden, residual)

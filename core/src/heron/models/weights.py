@@ -60,10 +60,12 @@ def load_checkpoint(
     weights: Iterable[tuple[str, torch.Tensor]],
     *,
     skip: frozenset[str] = frozenset(),
+    skip_prefixes: tuple[str, ...] = (),
 ) -> None:
     """Copy HF-named ``weights`` into ``model``, casting to each parameter's dtype and device.
 
-    ``skip`` names tensors to ignore when present (e.g. ``lm_head.weight`` of a tied model).
+    ``skip`` names tensors to ignore when present (e.g. ``lm_head.weight`` of a tied model), and
+    ``skip_prefixes`` whole parts of the model held elsewhere (another pipeline stage's layers).
     Raises :class:`CheckpointMismatchError` listing missing and unexpected tensors, and
     ``ValueError`` on a shape mismatch.
     """
@@ -72,7 +74,7 @@ def load_checkpoint(
     loaded: set[str] = set()
     unexpected: list[str] = []
     for name, tensor in weights:
-        if name in skip or name.endswith(IGNORED_SUFFIXES):
+        if name in skip or name.endswith(IGNORED_SUFFIXES) or name.startswith(skip_prefixes):
             continue
         prefix, _, kind = name.rpartition(".")
         parent, _, leaf = prefix.rpartition(".")

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from heron.distributed.pipeline import SINGLE_STAGE, PipelineStage
 from heron.distributed.tensor_parallel import SINGLE, TensorParallel
 from heron.models.context import ModelContext
 from heron.plugins import resolve_reference
@@ -36,9 +37,11 @@ class TorchModelRunner:
         dtype: torch.dtype,
         block_size: int,
         tp: TensorParallel = SINGLE,
+        pp: PipelineStage = SINGLE_STAGE,
     ) -> None:
         self.platform = platform
         self.tp = tp
+        self.pp = pp
         self.device = torch.device(platform.device_type)
         self.dtype = dtype
         self.block_size = block_size
@@ -51,6 +54,7 @@ class TorchModelRunner:
             block_size=block_size,
             ops=self.kernel_ops,
             tp=tp,
+            pp=pp,
         )
         with torch.device(self.device):
             self.model = model_cls(hf_config, ctx)
@@ -93,8 +97,9 @@ class TorchModelRunner:
         kept, self.kv_caches = self.kv_caches, scratch
         try:
             hidden = self._model_forward(inputs.input_ids, inputs.positions, inputs.metadata)
-            last = torch.from_numpy(inputs.query_start_loc[1:] - 1).to(self.device)
-            torch.log_softmax(self.model.compute_logits(hidden[last]), dim=-1)
+            if self.pp.is_last:
+                last = torch.from_numpy(inputs.query_start_loc[1:] - 1).to(self.device)
+                torch.log_softmax(self.model.compute_logits(hidden[last]), dim=-1)
             self.platform.synchronize()
         finally:
             self.kv_caches = kept
@@ -127,8 +132,8 @@ class TorchModelRunner:
 
     def enable_step_graphs(self, max_model_len: int) -> str:
         """Replay decode steps from recorded kernel launches where the platform can; says which."""
-        if self.tp.size > 1:
-            return "off (tensor parallel: collectives run between the kernels)"
+        if self.tp.size > 1 or self.pp.size > 1:
+            return "off (several ranks: collectives run between the kernels)"
         probe = self.kernel_ops.capture_graph(1)
         if probe is None or not self.attention_cls.supports_step_graphs:
             return f"off ({self.platform.name} kernels do not record their launches)"
@@ -146,6 +151,8 @@ class TorchModelRunner:
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         inputs = self.prepare_inputs(out)
         hidden = self.forward(inputs)
+        if not self.pp.is_last:  # the hidden state went on to the next stage
+            return RunnerOutput()
         return self.sample(out, inputs, hidden)
 
     def prepare_inputs(self, out: SchedulerOutput) -> StepInputs:

@@ -1,9 +1,11 @@
-"""Tensor parallelism through the multiprocess executor: the same greedy ids as one process and as
-Hugging Face ``generate()``, on the CPU and reference backends, in every scheduling mode.
+"""Tensor and pipeline parallelism through the multiprocess executor: the same greedy ids as one
+process and as Hugging Face ``generate()``, on the CPU and reference backends, in every scheduling
+mode, for tensor parallel 2, pipeline parallel 2 and both (2 x 2).
 
 Tiny models get four query heads over two KV heads (head size 64, which every backend's kernels
 take): with two ranks the KV heads split, with four they are replicated. The vocabulary (259) does
-not divide by 2 or 4, so the padded vocabulary shards are exercised too.
+not divide by 2 or 4, so the padded vocabulary shards are exercised too. Two layers make two
+pipeline stages of one layer each.
 """
 
 from __future__ import annotations
@@ -60,21 +62,40 @@ def greedy_ids(llm: LLM, prompts: list[str] | None = None) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in outputs]
 
 
-def test_every_architecture_equals_hf_on_two_ranks(tiny_model, backend: str) -> None:
+LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_architecture_equals_hf(tiny_model, backend: str, layout: str) -> None:
     folder, _prompt_ids, expected = tiny_model
-    llm = LLM(str(folder), dtype="float32", block_size=16, tensor_parallel_size=2)
+    tp, pp = LAYOUTS[layout]
+    llm = LLM(
+        str(folder),
+        dtype="float32",
+        block_size=16,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+    )
     try:
         assert llm.llm_engine.core.executor.world_size == 2
+        assert llm.llm_engine.core.runner.model.num_layers == 2 // pp
         assert greedy_ids(llm) == expected
     finally:
         llm.shutdown()
 
 
+@pytest.mark.parametrize("layout", [*LAYOUTS, "2x2"])
 @pytest.mark.parametrize("mode", [m for m in ENGINE_MODES if m != "default"])
-def test_scheduling_modes_on_two_ranks(llama, mode: str, backend: str) -> None:
+def test_scheduling_modes(llama, mode: str, backend: str, layout: str) -> None:
     folder, _prompt_ids, expected = llama
+    tp, pp = LAYOUTS.get(layout, (2, 2))
     llm = LLM(
-        str(folder), dtype="float32", block_size=16, tensor_parallel_size=2, **ENGINE_MODES[mode]
+        str(folder),
+        dtype="float32",
+        block_size=16,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        **ENGINE_MODES[mode],
     )
     try:
         assert greedy_ids(llm) == expected, mode
@@ -96,6 +117,30 @@ def test_kv_heads_replicated_on_four_ranks(llama, monkeypatch: pytest.MonkeyPatc
         llm.shutdown()
 
 
+def test_tied_embeddings_on_two_by_two(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tied logits on the last stage come from its own copy of the embedding shard."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    overrides = {**kernel_friendly_overrides("llama"), **TP_SHAPE, "tie_word_embeddings": True}
+    folder = make_tiny_model_dir(tmp_path_factory.mktemp("tied"), "llama", **overrides)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt_ids = [tokenizer(p)["input_ids"] for p in EQUALITY_PROMPTS]
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    expected = hf_greedy(hf, prompt_ids, NEW_TOKENS)
+    llm = LLM(
+        str(folder),
+        dtype="float32",
+        block_size=16,
+        tensor_parallel_size=2,
+        pipeline_parallel_size=2,
+    )
+    try:
+        assert llm.llm_engine.core.runner.model.model.embed_tokens is not None  # first stage
+        assert greedy_ids(llm) == expected
+    finally:
+        llm.shutdown()
+
+
 def test_sampling_and_logprobs_match_one_process(llama) -> None:
     """Seeded sampling, penalties and logprobs see the same gathered logits as one process."""
     folder, _prompt_ids, _expected = llama
@@ -103,7 +148,13 @@ def test_sampling_and_logprobs_match_one_process(llama) -> None:
         temperature=0.8, top_p=0.9, seed=7, max_tokens=8, logprobs=2, presence_penalty=0.5
     )
     one = LLM(str(folder), dtype="float32", block_size=16)
-    two = LLM(str(folder), dtype="float32", block_size=16, tensor_parallel_size=2)
+    two = LLM(
+        str(folder),
+        dtype="float32",
+        block_size=16,
+        tensor_parallel_size=2,
+        pipeline_parallel_size=2,
+    )
     try:
         a = one.generate(EQUALITY_PROMPTS[:2], params, use_tqdm=False)
         b = two.generate(EQUALITY_PROMPTS[:2], params, use_tqdm=False)
@@ -122,6 +173,8 @@ def test_unsplittable_sizes_are_refused_with_the_reason(llama) -> None:
         LLM(str(folder), dtype="float32", tensor_parallel_size=3)
     with pytest.raises(EngineConfigError, match="'uni' runs one rank"):
         LLM(str(folder), tensor_parallel_size=2, distributed_executor_backend="uni")
+    with pytest.raises(EngineConfigError, match=r"pipeline_parallel_size \(3\) is larger"):
+        LLM(str(folder), dtype="float32", pipeline_parallel_size=3)
 
 
 def test_bad_core_binding_is_refused(llama, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,7 +192,7 @@ def test_a_killed_worker_fails_the_next_step_and_leaves_no_process(llama) -> Non
     assert greedy_ids(llm, ["before"])
     os.kill(worker.pid, signal.SIGKILL)
     worker.popen.wait(timeout=10)
-    with pytest.raises(WorkerFailedError, match="rank 1 exited with status -9"):
+    with pytest.raises(WorkerFailedError, match="worker rank 1 exited with status -9"):
         greedy_ids(llm, ["after"])
     llm.shutdown()
     assert worker.exitcode is not None
