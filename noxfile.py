@@ -17,7 +17,16 @@ import nox
 ROOT = Path(__file__).parent
 TORCH = "torch==2.13.0"
 PACKAGES = ["./interfaces", "./core", "./plugins/cpu", "./server"]
-TEST_TOOLS = ["pytest", "pytest-timeout", "openai", "httpx", "expecttest", "hypothesis"]
+# ray: the Ray executor tests start a two-node cluster on this machine (tests/core/test_ray.py).
+TEST_TOOLS = [
+    "pytest",
+    "pytest-timeout",
+    "openai",
+    "httpx",
+    "expecttest",
+    "hypothesis",
+    "ray>=2.40",
+]
 # The Intel GPU backend is pure Python (Triton kernels); its tests run the kernels in Triton's
 # interpreter, so CI installs it, and upstream triton, everywhere.
 XPU = ["./plugins/xpu", "triton"]

@@ -80,10 +80,11 @@ class EngineArgs(BaseModel):
         description="Pipeline stages one model is split over: each stage (of "
         "tensor_parallel_size ranks) holds consecutive layers and passes its hidden states on.",
     )
-    distributed_executor_backend: Literal["uni", "mp"] | None = Field(
+    distributed_executor_backend: Literal["uni", "mp", "ray"] | None = Field(
         None,
-        description="How ranks run: uni (this process; one rank only) or mp (one worker "
-        "process per extra rank on this machine).",
+        description="How ranks run: uni (this process; one rank only), mp (one worker "
+        "process per extra rank on this machine) or ray (Ray actors on the cluster RAY_ADDRESS "
+        "names, else a local one; pip install 'heron-core[ray]').",
     )
 
 

@@ -78,7 +78,7 @@ class MultiprocExecutor(UniprocExecutor):
         self._failure: WorkerFailedError | None = None
         self._closing = False
         self._on_failure = on_failure
-        self._procs, self._conns = launch_workers(specs[1:])
+        specs = self._launch(specs)
         try:
             driver = make_driver(specs[0])  # joins the group: waits for every worker to join
             self._collect("start-up")
@@ -86,6 +86,14 @@ class MultiprocExecutor(UniprocExecutor):
             self._kill_all()
             raise
         super().__init__(driver)
+        self._start_monitor()
+
+    def _launch(self, specs: list[WorkerSpec]) -> list[WorkerSpec]:
+        """Start ranks 1..N-1; returns the specs (an executor may fill in placement)."""
+        self._procs, self._conns = launch_workers(specs[1:])
+        return specs
+
+    def _start_monitor(self) -> None:
         # An engine dropped without shutdown() still takes its workers with it.
         self._finalizer = weakref.finalize(self, _stop_processes, self._procs, self._conns)
         self._monitor = threading.Thread(

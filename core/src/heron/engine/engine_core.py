@@ -220,7 +220,7 @@ class EngineCore:
             )
         self._check_layout(model_cls, tp, pp)  # before any worker process starts
         cores: list[list[int]] | list[None] = [None] * size
-        if size > 1 and self.platform.device_type == "cpu":
+        if size > 1 and self.platform.device_type == "cpu" and backend == "mp":
             cores = cores_per_rank(size)
         init_method = f"tcp://127.0.0.1:{free_port()}" if size > 1 else None
         specs = [
@@ -245,24 +245,33 @@ class EngineCore:
         if size == 1:
             return UniprocExecutor(make_driver(specs[0]))
         started = time.monotonic()
-        executor = MultiprocExecutor(specs, make_driver, on_failure=self._worker_failed)
+        executor_cls = MultiprocExecutor
+        if backend == "ray":
+            from heron.distributed.ray_executor import RayExecutor
+
+            executor_cls = RayExecutor
+        executor = executor_cls(specs, make_driver, on_failure=self._worker_failed)
         driver = executor.driver
         comm = driver.tp.comm or driver.pp.comm
         num_layers = int(self.source.hf_config.num_hidden_layers)
         stage_ranges = [stage_layer_range(num_layers, s, pp) for s in range(pp)]
         logger.info(
             "Parallel layout: %d rank(s) = tensor parallel %d x pipeline parallel %d (executor "
-            "mp: rank 0 in this process, ranks 1-%d in worker processes; stages own layers %s), "
+            "%s: rank 0 in this process, ranks 1-%d in %s; stages own layers %s), "
             "%s communicator, %s; ranks joined in %.2f s",
             size,
             tp,
             pp,
+            backend,
             size - 1,
+            "Ray actors" if backend == "ray" else "worker processes",
             ", ".join(f"{first}-{end - 1}" for first, end in stage_ranges),
             type(comm).__name__,
             "cores " + " | ".join(",".join(map(str, c)) for c in cores if c)
             if cores[0] is not None
-            else "devices " + ", ".join(self.platform.device_name(r) for r in range(size)),
+            else "devices " + ", ".join(self.platform.device_name(r) for r in range(size))
+            if backend == "mp"
+            else "cores as Ray's placement group grants them",
             time.monotonic() - started,
         )
         return executor
