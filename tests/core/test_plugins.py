@@ -174,6 +174,8 @@ def test_heron_plugins_command(plugin_path: Path) -> None:
     assert "* dummy" in out and f"{DIST} 0.3.1" in out
     assert "SKIPPED: import failed" in out
     assert "Selected backend: dummy" in out
+    # Which communicator each available backend's ranks use (tensor/pipeline parallelism).
+    assert "communicator Communicator (gloo)" in out
 
 
 def test_forced_backend_that_probes_zero_is_explained() -> None:

@@ -303,12 +303,28 @@ def _plugins() -> int:
     for b in sorted(host.backends.values(), key=lambda r: -r.score):
         mark = "*" if b.name == selected else " "
         state = f"available, score {b.score}" if b.available else f"not available: {b.reason}"
+        if b.available:
+            state += f", communicator {_communicator_name(b)}"
         print(f"{mark} {b.name:<12} {b.dist_name} {b.dist_version}  {state}")
     if selected:
         print(f"Selected backend: {selected}")
         return 0
     print(f"No backend selected: {error}", file=sys.stderr)
     return 1
+
+
+def _communicator_name(record: Any) -> str:
+    """The class a backend's ranks talk through (tensor and pipeline parallelism), and its
+    torch.distributed backend; building one for a group of one touches no device."""
+    from heron.plugins import resolve_platform
+    from heron_interfaces import CommContext
+
+    try:
+        platform = resolve_platform(record)
+        comm = platform.communicator(CommContext(world_size=1, rank=0))
+    except Exception as exc:  # a broken plugin must not break the listing
+        return f"unknown ({type(exc).__name__}: {exc})"
+    return f"{type(comm).__name__} ({platform.dist_backend})"
 
 
 def generate_inputs(args: argparse.Namespace) -> tuple[str | None, list[str]]:
