@@ -73,7 +73,7 @@ def test_smollm2_greedy_equals_hf(reference, monkeypatch: pytest.MonkeyPatch) ->
 def test_smollm2_on_three_tensor_parallel_ranks(reference, monkeypatch: pytest.MonkeyPatch) -> None:
     """9 query heads and 3 KV heads: three ranks of 3 and 1, each loading its shard of the GGUF."""
     monkeypatch.setenv("HERON_CPU_KVCACHE_SPACE", "0.25")
-    prompt_ids, expected = reference
+    _prompt_ids, expected = reference
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
     params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
     llm = LLM(dtype="float32", tensor_parallel_size=3)

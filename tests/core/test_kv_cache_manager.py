@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from heron.engine.request import Request
 from heron.kv.kv_cache_manager import KVCacheManager
+from heron.request import Request
 from heron.sampling_params import SamplingParams
 
 BS = 4

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from heron.engine.output_processor import OutputProcessor, RequestOutputKind
-from heron.engine.request import Request, RequestStatus
 from heron.outputs import RequestOutput
+from heron.request import Request, RequestStatus
 from heron.sampling_params import SamplingParams
 from heron.sched.output import RequestUpdate, TokenLogprobs
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from heron.engine.request import Request, RequestStatus
 from heron.kv.kv_cache_manager import KVCacheManager
+from heron.request import Request, RequestStatus
 from heron.sampling_params import SamplingParams
 from heron.sched.output import RequestUpdate, RunnerOutput, SchedulerOutput, TokenLogprobs
 from heron.sched.scheduler import Scheduler, SchedulerConfig

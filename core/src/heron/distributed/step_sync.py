@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from heron.engine.request import Request, RequestStatus
+from heron.request import Request, RequestStatus
 from heron.sampling_params import SamplingParams
 from heron.sched.output import ScheduledRequest, SchedulerOutput
 

@@ -26,13 +26,13 @@ from heron.distributed.executor import (
 from heron.distributed.pipeline import stage_layer_range
 from heron.distributed.tensor_parallel import ShardingError, split_evenly
 from heron.distributed.worker import Worker, WorkerSpec
-from heron.engine.request import Request, RequestStatus
 from heron.engine.stats_logger import EngineStats
 from heron.kv.kv_cache_manager import KVCacheManager
 from heron.loader import ModelSource, load_model_source
 from heron.models.decoder import HeadShard, UnsupportedAttentionError
 from heron.models.registry import builtin_registry
 from heron.plugins import PluginHost, load_plugins, select_platform
+from heron.request import Request, RequestStatus
 from heron.sched.output import RequestUpdate, SchedulerOutput
 from heron.sched.scheduler import Scheduler, SchedulerConfig
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from heron.engine.request import Request
+from heron.request import Request
 from heron.sampling_params import SamplingParams
 
 PromptType = str | Sequence[int] | dict[str, Any]

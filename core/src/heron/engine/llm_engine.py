@@ -13,10 +13,10 @@ from heron.config import EngineArgs
 from heron.engine.engine_core import EngineCore
 from heron.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from heron.engine.output_processor import OutputProcessor, RequestOutputKind
-from heron.engine.request import Request, RequestStatus
 from heron.engine.stats_logger import EngineStats
 from heron.outputs import RequestOutput
 from heron.plugins import PluginHost
+from heron.request import Request, RequestStatus
 from heron.sampling_params import SamplingParams
 from heron.sched.output import RequestUpdate
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heron.engine.detokenizer import IncrementalDetokenizer, decode_token
-from heron.engine.request import RequestStatus
 from heron.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from heron.request import RequestStatus
 from heron.runner.sampler import logprobs_to_compute
 from heron.sampling_params import SamplingParams
 from heron.sched.output import RequestUpdate, TokenLogprobs

@@ -10,9 +10,9 @@ since the tokens do.
 
 from __future__ import annotations
 
-from heron.engine.request import Request
 from heron.kv.block_pool import BlockPool
 from heron.kv.hashing import hash_block
+from heron.request import Request
 
 
 class KVCacheManager:

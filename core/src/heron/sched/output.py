@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from heron.engine.request import Request
+from heron.request import Request
 
 
 @dataclass(slots=True, kw_only=True)

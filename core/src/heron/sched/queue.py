@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from heron.engine.request import Request
+from heron.request import Request
 
 
 class RequestQueue:

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from heron.engine.request import Request, RequestStatus
 from heron.kv.kv_cache_manager import KVCacheManager
+from heron.request import Request, RequestStatus
 from heron.sched.output import (
     RequestUpdate,
     RunnerOutput,
