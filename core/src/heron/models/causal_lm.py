@@ -119,10 +119,11 @@ class DecoderForCausalLM(nn.Module):
         Under tensor parallelism each rank computes its vocabulary columns and the group gathers
         them (every rank gets all of them, so every rank's sampler sees the same batch).
         """
-        logits = self._local_logits(hidden).float()
+        logits = self._local_logits(hidden)
         if self.ctx.tp.size == 1:
-            return logits
-        return self.ctx.tp.all_gather(logits, dim=-1)[:, : self.vocab_size]
+            return logits.float()
+        # Gathered in the model's dtype (half the bytes of float32; concatenation changes no value).
+        return self.ctx.tp.all_gather(logits, dim=-1)[:, : self.vocab_size].float()
 
     def _local_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:
