@@ -34,6 +34,10 @@ def sse_event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
+START_BATCH = 32
+"""Requests of one HTTP request submitted per turn of the event loop (see Generations.start)."""
+
+
 class Generations:
     """Iterate ``(index, output)`` over several engine generations, as outputs arrive."""
 
@@ -44,12 +48,23 @@ class Generations:
         self._closed = False
 
     async def start(self) -> None:
-        """Submit every request to the engine; raises (having closed all) if one is refused."""
-        for index, gen in enumerate(self._generators):
-            self._pending[asyncio.ensure_future(gen.__anext__())] = index
-        # One turn of the loop runs each task to its first await, i.e. past the engine's
-        # add_request: a refused request has raised by now.
-        await asyncio.sleep(0)
+        """Submit every request to the engine; raises (having closed all) if one is refused.
+
+        Requests go in batches of :data:`START_BATCH`, the event loop turning between batches:
+        starting a few thousand prompts in one turn held every other client (``/health``
+        included) for a quarter of a second.
+        """
+        for first in range(0, len(self._generators), START_BATCH):
+            batch = range(first, min(first + START_BATCH, len(self._generators)))
+            for index in batch:
+                gen = self._generators[index]
+                self._pending[asyncio.ensure_future(gen.__anext__())] = index
+            # One turn of the loop runs each task to its first await, i.e. past the engine's
+            # add_request: a refused request has raised by now.
+            await asyncio.sleep(0)
+            await self._check_started()
+
+    async def _check_started(self) -> None:
         for task in [t for t in self._pending if t.done()]:
             index = self._pending.pop(task)
             error = None if task.cancelled() else task.exception()
