@@ -8,7 +8,7 @@ the model's forward pass (attention, KV writes, norms, rotary, SiLU) is a Triton
 Triton's interpreter. In float32 the ids must equal HF's float32 ids; float16 follows them up to a
 near-tie. With ``HERON_XPU_DEVICE=xpu`` the same tests run the engine on an Intel GPU. Other GPUs
 cannot run the engine (its platform drives ``torch.xpu``); their kernel tests are in
-test_kernels.py.
+test_xpu_kernels.py.
 """
 
 from __future__ import annotations
