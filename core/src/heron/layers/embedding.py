@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from heron.distributed.tensor_parallel import SINGLE, TensorParallel
-from heron.layers.linear import copy_weight
+from heron.layers.linear import copy_padded_rows
 from heron_interfaces.kernel_ops import KernelOps
 
 
@@ -44,12 +44,4 @@ class VocabParallelEmbedding(nn.Module):
         return self.tp.all_reduce(rows * mine.unsqueeze(-1).to(rows.dtype))
 
     def load_tensor(self, kind: str, loaded: torch.Tensor, name: str) -> None:
-        if loaded.shape[0] != self.vocab_size:
-            raise ValueError(
-                f"weight {name!r} has {loaded.shape[0]} rows in the checkpoint, the model "
-                f"expects a vocabulary of {self.vocab_size}: the config does not match the weights"
-            )
-        shard = loaded[self.row_start : self.row_start + self.weight.shape[0]]
-        with torch.no_grad():
-            self.weight.zero_()
-        copy_weight(self.weight[: shard.shape[0]], shard, name)
+        copy_padded_rows(self.weight, loaded, self.row_start, self.vocab_size, name)

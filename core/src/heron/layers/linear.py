@@ -34,6 +34,22 @@ def copy_weight(param: torch.Tensor, loaded: torch.Tensor, name: str) -> None:
         param.copy_(loaded)
 
 
+def copy_padded_rows(
+    param: torch.Tensor, loaded: torch.Tensor, row_start: int, full_rows: int, name: str
+) -> None:
+    """Copy rows ``[row_start, row_start + len(param))`` of ``loaded`` into ``param``; rows past
+    the end of ``loaded`` (a padded last shard) are zero."""
+    if loaded.shape[0] != full_rows:
+        raise ValueError(
+            f"weight {name!r} has {loaded.shape[0]} rows in the checkpoint, the model expects "
+            f"{full_rows}: the config does not match the weights"
+        )
+    shard = loaded[row_start : row_start + param.shape[0]]
+    with torch.no_grad():
+        param.zero_()
+    copy_weight(param[: shard.shape[0]], shard, name)
+
+
 def prepare_linear_weights(model: nn.Module) -> int:
     """Hand every :class:`Linear` of ``model`` to its kernels' ``prepare_linear``; returns how many."""
     count = 0
@@ -171,15 +187,7 @@ class ColumnParallelLinear(Linear):
         param = self.weight if kind == "weight" else self.bias
         if param is None:
             raise ValueError(f"checkpoint has {name!r} but the model was built without a bias")
-        if loaded.shape[0] != self.full_out_features:
-            raise ValueError(
-                f"weight {name!r} has {loaded.shape[0]} rows in the checkpoint, the model "
-                f"expects {self.full_out_features}: the config does not match the weights"
-            )
-        shard = loaded[self.row_start : self.row_start + param.shape[0]]
-        with torch.no_grad():
-            param.zero_()
-        copy_weight(param[: shard.shape[0]], shard, name)
+        copy_padded_rows(param, loaded, self.row_start, self.full_out_features, name)
 
 
 class RowParallelLinear(Linear):
