@@ -41,18 +41,19 @@ class CpuCommunicator(Communicator):
         import torch.distributed as dist
 
         group = self.ctx.device_group
-        hosts: list[Any] = [None] * self.ctx.world_size
-        dist.all_gather_object(hosts, socket.gethostname(), group=group)
-        if len(set(hosts)) > 1:
+        peers: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(peers, (socket.gethostname(), os.getpid()), group=group)
+        if len({host for host, _pid in peers}) > 1:
             return None
+        pids = [pid for _host, pid in peers]
         name = [ShmAllReduce.new_name() if self.ctx.rank == 0 else None]
         dist.broadcast_object_list(name, src=self._global_rank(0), group=group)
         shm = None
         if self.ctx.rank == 0:
-            shm = ShmAllReduce(name[0], 0, self.ctx.world_size, create=True)
+            shm = ShmAllReduce(name[0], 0, self.ctx.world_size, create=True, pids=pids)
         dist.barrier(group=group)  # the segment exists before the others attach
         if self.ctx.rank != 0:
-            shm = ShmAllReduce(name[0], self.ctx.rank, self.ctx.world_size, create=False)
+            shm = ShmAllReduce(name[0], self.ctx.rank, self.ctx.world_size, create=False, pids=pids)
         dist.barrier(group=group)  # everyone attached: the name can go
         assert shm is not None
         shm.unlink()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,9 +36,14 @@ class ShmAllReduce:
     """One group's shared buffer. Every rank constructs it with the same ``name``; rank 0 creates
     the segment, the others attach to it, then rank 0 removes its name (:meth:`unlink`)."""
 
-    def __init__(self, name: str, rank: int, world_size: int, create: bool) -> None:
+    def __init__(
+        self, name: str, rank: int, world_size: int, create: bool, pids: list[int] | None = None
+    ) -> None:
         self.rank = rank
         self.world_size = world_size
+        self.pids = pids or []
+        """Each rank's process id: a wait that lasts checks that the ranks it waits for live."""
+        self.timeout = float(os.environ.get("HERON_DIST_TIMEOUT", "300"))
         self.slot_bytes = int(float(os.environ.get(SLOT_BYTES_ENV, DEFAULT_SLOT_MB)) * 2**20)
         size = world_size * (_FLAG_BYTES + self.slot_bytes)
         # A file in /dev/shm mapped by hand rather than multiprocessing.shared_memory, whose
@@ -113,17 +119,40 @@ class ShmAllReduce:
         return torch.frombuffer(self.buf, dtype=dtype, count=count, offset=start)
 
     def _barrier(self) -> None:
+        """Wait for every rank to reach this round. A rank that died never will: unlike gloo's
+        sockets, shared memory does not tell, so a wait longer than a moment checks that the
+        ranks it waits for still exist (and gives up after ``HERON_DIST_TIMEOUT``)."""
         self.round += 1
         target = self.round
         flags = self.flags
         flags[self.rank * _FLAG_WORDS] = target
-        others = [r * _FLAG_WORDS for r in range(self.world_size) if r != self.rank]
         spins = 0
-        for word in others:
+        started = 0.0
+        for rank in range(self.world_size):
+            word = rank * _FLAG_WORDS
             while flags[word] < target:
                 spins += 1
                 if spins > 64:
                     os.sched_yield()
+                if spins % 4096 == 0:
+                    started = started or time.monotonic()
+                    self._check_alive(rank, time.monotonic() - started)
+
+    def _check_alive(self, rank: int, waited: float) -> None:
+        if rank < len(self.pids):
+            try:
+                os.kill(self.pids[rank], 0)
+            except ProcessLookupError:
+                raise RuntimeError(
+                    f"shared-memory all-reduce: rank {rank} (pid {self.pids[rank]}) exited"
+                ) from None
+            except PermissionError:  # alive, another user's (a reused pid is not ours to judge)
+                pass
+        if waited > self.timeout:
+            raise RuntimeError(
+                f"shared-memory all-reduce: rank {rank} did not arrive within {self.timeout:g} s "
+                "(HERON_DIST_TIMEOUT)"
+            )
 
     def unlink(self) -> None:
         """Remove the segment's name once every rank has mapped it: the mappings live on, and a
