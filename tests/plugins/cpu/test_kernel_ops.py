@@ -48,8 +48,12 @@ def test_model_with_cpu_kernels_matches_reference_ops(
     source = load_model_source(str(folder))
     ids = list(range(3, 40))
     logits = []
-    for ops in (KernelOps(), CpuKernelOps()):
-        ctx = make_context(dtype=torch.bfloat16, block_size=16, ops=ops)
+    for ops, dtype in (
+        (KernelOps(), torch.float32),
+        (KernelOps(), torch.bfloat16),
+        (CpuKernelOps(), torch.bfloat16),
+    ):
+        ctx = make_context(dtype=dtype, block_size=16, ops=ops)
         model = build_model(source, ctx)
         model.prepare_for_inference()
         harness = Harness(model, ctx)
@@ -57,10 +61,15 @@ def test_model_with_cpu_kernels_matches_reference_ops(
         steps = [harness.step({seq: ids})[seq]]
         for token in (5, 9, 11):  # decode steps: one row per matmul
             steps.append(harness.step({seq: [token]})[seq])
-        logits.append(torch.cat(steps))
-    reference, cpu = logits
-    # Matmuls may accumulate in another order than torch's: close, and the same greedy choice.
-    torch.testing.assert_close(cpu, reference, rtol=2e-2, atol=2e-2)
+        logits.append(torch.cat(steps).float())
+    exact, reference, cpu = logits
+    # bfloat16 activations round at 2^-8 between layers, so the order a GEMM accumulates in (the
+    # packed GEMM's pairwise dot products, oneDNN's blocks) moves logits by a few hundredths:
+    # the kernels must be as close to the float32 model as torch's own bfloat16 run is, and
+    # choose the same tokens.
+    torch_error = (reference - exact).abs().max()
+    assert (cpu - exact).abs().max() <= torch_error * 1.25 + 2e-2
+    torch.testing.assert_close(cpu, reference, rtol=0.1, atol=0.1)
     assert torch.equal(cpu.argmax(-1), reference.argmax(-1))
 
 
