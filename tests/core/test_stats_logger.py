@@ -122,11 +122,11 @@ def _stats_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_async_engine_logs_stats_while_busy_and_not_when_disabled(
     model_dir, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(INTERVAL_ENV, "0.2")
+    monkeypatch.setenv(INTERVAL_ENV, "0.05")  # generation here takes ~0.2 s
     caplog.set_level(logging.INFO, logger="heron.engine.stats")
     engine = AsyncLLM(model=str(model_dir), dtype="float32", max_model_len=256)
     try:
-        _run(engine, 150)
+        _run(engine, 200)
         time.sleep(0.6)  # the interval in which the load ended is logged once
         lines = _stats_lines(caplog)
         assert lines, "no stats line while the engine was busy"
