@@ -66,6 +66,13 @@ class EngineArgs(BaseModel):
         None, description="Force a backend by name (same as HERON_BACKEND)."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the Hub.")
+    model_impl: Literal["auto", "heron", "transformers"] = Field(
+        "auto",
+        description="Which implementation runs the model: heron (Heron's native one), "
+        "transformers (transformers' own modules with Heron's paged attention, for any "
+        "decoder-only architecture transformers implements) or auto (native when Heron has one, "
+        "else transformers).",
+    )
     disable_log_stats: bool = Field(False, description="Do not log throughput periodically.")
     tensor_parallel_size: int = Field(
         1,
@@ -79,6 +86,14 @@ class EngineArgs(BaseModel):
         ge=1,
         description="Pipeline stages one model is split over: each stage (of "
         "tensor_parallel_size ranks) holds consecutive layers and passes its hidden states on.",
+    )
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Independent replicas of the whole engine (each of tensor_parallel_size x "
+        "pipeline_parallel_size ranks, in its own process, with its own scheduler and KV cache) "
+        "behind one front; each request goes to the replica with the fewest unfinished "
+        "sequences. On a CPU backend the cores are split between the replicas.",
     )
     distributed_executor_backend: Literal["uni", "mp", "ray"] | None = Field(
         None,
@@ -103,7 +118,11 @@ _DEFAULT_HELP: dict[str, str] = {
 }
 
 # vLLM's short spellings.
-_SHORT_FLAGS: dict[str, str] = {"tensor_parallel_size": "-tp", "pipeline_parallel_size": "-pp"}
+_SHORT_FLAGS: dict[str, str] = {
+    "tensor_parallel_size": "-tp",
+    "pipeline_parallel_size": "-pp",
+    "data_parallel_size": "-dp",
+}
 
 
 class EngineArgsError(ValueError):

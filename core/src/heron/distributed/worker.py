@@ -26,7 +26,7 @@ from heron.distributed.step_sync import StepDecoder, StepMessage
 from heron.distributed.tensor_parallel import SINGLE, TensorParallel
 from heron.engine.kv_sizing import KVPlan, plan_kv_cache
 from heron.loader import ModelSource, load_model_source
-from heron.models.registry import builtin_registry
+from heron.models.registry import builtin_registry, resolve_model_impl
 from heron.runner.model_runner import TorchModelRunner
 from heron.sched.output import RunnerOutput, SchedulerOutput
 from heron_interfaces import CommContext, Platform
@@ -81,7 +81,7 @@ class Worker:
             args.model, revision=args.revision, trust_remote_code=args.trust_remote_code
         )
         if model_cls is None:
-            model_cls = _model_class(self.source)
+            model_cls = _model_class(self.source, args.model_impl)
         self.tp, self.pp = self._join_groups()
         self.runner = TorchModelRunner(
             platform=self.platform,
@@ -221,12 +221,13 @@ def _platform_named(name: str) -> type[Platform]:
     return resolve_platform(host.select_backend(name))
 
 
-def _model_class(source: ModelSource) -> type[torch.nn.Module]:
+def _model_class(source: ModelSource, model_impl: str = "auto") -> type[torch.nn.Module]:
     from heron.plugins import load_plugins
 
     registry = builtin_registry()
     load_plugins().register_models(registry)
-    return registry.resolve(list(getattr(source.hf_config, "architectures", None) or []))
+    architectures = list(getattr(source.hf_config, "architectures", None) or [])
+    return resolve_model_impl(registry, architectures, model_impl, source.hf_config)[0]
 
 
 # -- the worker process ----------------------------------------------------------------------------

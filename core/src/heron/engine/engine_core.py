@@ -30,7 +30,7 @@ from heron.engine.stats_logger import EngineStats
 from heron.kv.kv_cache_manager import KVCacheManager
 from heron.loader import ModelSource, load_model_source
 from heron.models.decoder import HeadShard, UnsupportedAttentionError
-from heron.models.registry import builtin_registry
+from heron.models.registry import builtin_registry, resolve_model_impl
 from heron.plugins import PluginHost, load_plugins, select_platform
 from heron.request import Request, RequestStatus
 from heron.sched.output import RequestUpdate, SchedulerOutput
@@ -62,7 +62,16 @@ class EngineCore:
         self.max_model_len = self._resolve_max_model_len(args.max_model_len, hf_config)
         registry = builtin_registry()
         host.register_models(registry)
-        model_cls = registry.resolve(list(getattr(hf_config, "architectures", None) or []))
+        architectures = list(getattr(hf_config, "architectures", None) or [])
+        model_cls, impl = resolve_model_impl(registry, architectures, args.model_impl, hf_config)
+        logger.info(
+            "Model implementation: %s (--model-impl %s)",
+            f"native {model_cls.__name__}"
+            if impl == "native"
+            else f"transformers fallback: transformers' {'/'.join(architectures) or '?'} "
+            "modules with the backend's paged attention",
+            args.model_impl,
+        )
 
         self.failure: Exception | None = None
         """Set when a worker rank fails; every later step raises it."""
@@ -278,6 +287,9 @@ class EngineCore:
 
     def _check_layout(self, model_cls: type[torch.nn.Module], tp: int, pp: int) -> None:
         """Refuse a layout the model cannot be split into, naming the sizes that do not fit."""
+        check_layout = getattr(model_cls, "check_layout", None)
+        if check_layout is not None:  # a model with its own rule (the Transformers fallback)
+            check_layout(self.source.hf_config, tp, pp)
         options = getattr(model_cls, "options", None)
         if options is None:  # an out-of-tree model: its own constructor will say
             return

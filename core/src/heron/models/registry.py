@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from typing import Any
 
 _BUILTIN: dict[str, str] = {
     "LlamaForCausalLM": "heron.models.llama:LlamaForCausalLM",
@@ -68,6 +69,38 @@ class ModelRegistry:
             f"model architecture(s) {list(architectures or [])} are not supported; "
             f"supported architectures: {', '.join(self.supported())}"
         )
+
+
+MODEL_IMPLS = ("auto", "heron", "transformers")
+TRANSFORMERS_FALLBACK = "heron.models.transformers_backend:TransformersForCausalLM"
+
+
+def resolve_model_impl(
+    registry: ModelRegistry,
+    architectures: Sequence[str] | None,
+    model_impl: str,
+    hf_config: Any = None,
+) -> tuple[type, str]:
+    """The class that runs a checkpoint and, in words, how: ``"native"`` or ``"transformers"``.
+
+    ``heron``: the registered class (raises :class:`UnsupportedModelError` when there is none);
+    ``transformers``: the Transformers fallback; ``auto``: native when registered, else the
+    fallback when transformers implements the config's model type, else the native error.
+    """
+    if model_impl not in MODEL_IMPLS:
+        raise ValueError(f"model_impl must be one of {list(MODEL_IMPLS)}, got {model_impl!r}")
+    if model_impl == "transformers":
+        return _import_lazy(TRANSFORMERS_FALLBACK), "transformers"
+    try:
+        return registry.resolve(architectures), "native"
+    except UnsupportedModelError:
+        if model_impl == "heron" or hf_config is None:
+            raise
+        from heron.models.transformers_backend import transformers_implements
+
+        if not transformers_implements(hf_config):
+            raise
+        return _import_lazy(TRANSFORMERS_FALLBACK), "transformers"
 
 
 def builtin_registry() -> ModelRegistry:

@@ -134,6 +134,9 @@ class TorchModelRunner:
         """Replay decode steps from recorded kernel launches where the platform can; says which."""
         if self.tp.size > 1 or self.pp.size > 1:
             return "off (several ranks: collectives run between the kernels)"
+        reason = getattr(self.model, "step_graphs_off", None)
+        if reason:  # the model runs torch code the recorders must not replay (the fallback)
+            return f"off ({reason})"
         probe = self.kernel_ops.capture_graph(1)
         if probe is None or not self.attention_cls.supports_step_graphs:
             return f"off ({self.platform.name} kernels do not record their launches)"

@@ -1,0 +1,345 @@
+"""The Transformers fallback: any decoder-only architecture ``transformers`` implements, run by Heron.
+
+The model is transformers' own module tree (its embeddings, norms, MLPs, rotary), built with
+``attn_implementation="heron"``: transformers then calls :func:`heron_attention_forward` in place
+of its attention kernel in every layer, and that function writes the layer's keys and values into
+Heron's paged KV cache and attends with the selected backend's kernels, from the same
+:class:`~heron_interfaces.AttentionMetadata` as the native models. So the scheduler, prefix cache,
+chunked prefill and preemption all work unchanged; only the rest of each layer is slower than a
+native implementation (plain torch, no prepacked GEMMs, no step graphs).
+
+The flattened batch of a step goes in as one "sequence" of ``[1, num_tokens]`` ids with each
+token's own position; with a custom attention function transformers builds no attention mask, so
+nothing quadratic is computed outside the kernels. The per-step state (KV caches and metadata)
+travels through the forward's keyword arguments, which models that declare
+``_supports_attention_backend`` pass down to their attention (the contract transformers documents
+for inference engines).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from heron.distributed.tensor_parallel import ShardingError
+from heron.layers import copy_weight
+from heron.models.context import ModelContext
+from heron.models.decoder import UnsupportedAttentionError, _dtype_name
+from heron.models.registry import UnsupportedModelError
+from heron.models.weights import CheckpointMismatchError, _show
+from heron_interfaces import AttentionBackend, AttentionLayerSpec, AttentionMetadata
+
+logger = logging.getLogger(__name__)
+
+ATTENTION_NAME = "heron"
+"""The name Heron's attention is registered under in ``transformers.AttentionInterface``."""
+
+_STEP_KWARG = "heron_step"
+
+
+@dataclass(slots=True)
+class _Step:
+    """What one forward pass's attention calls need: this step's caches and metadata."""
+
+    owner: TransformersForCausalLM
+    kv_caches: list[torch.Tensor]
+    metadata: AttentionMetadata
+
+
+def heron_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature over Heron's paged attention.
+
+    ``query`` is ``[1, heads, tokens, head_size]`` and ``key``/``value`` are
+    ``[1, kv_heads, tokens, head_size]`` (after the model's rotary); returns
+    ``[1, tokens, heads, head_size]`` as transformers' own functions do, and no weights.
+    """
+    step = kwargs.get(_STEP_KWARG)
+    if not isinstance(step, _Step):
+        raise RuntimeError(
+            f"{type(module).__name__} was called without Heron's step state: attention "
+            f"implementation {ATTENTION_NAME!r} only runs inside Heron's engine"
+        )
+    if kwargs.get("sliding_window") is not None:
+        raise UnsupportedModelError(
+            f"{type(module).__name__} uses sliding-window attention, which the Transformers "
+            "fallback does not implement yet"
+        )
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise UnsupportedModelError(
+            f"{type(module).__name__} uses attention soft-capping or sinks, which the "
+            "Transformers fallback does not implement"
+        )
+    return step.owner.attend(module, query, key, value, scaling, step), None
+
+
+def register_heron_attention() -> None:
+    """Make ``attn_implementation="heron"`` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, heron_attention_forward)
+
+
+def transformers_implements(hf_config: Any) -> bool:
+    """Whether ``transformers`` has a causal-LM class for ``hf_config``'s model type."""
+    from transformers import AutoModelForCausalLM
+
+    return type(hf_config) in AutoModelForCausalLM._model_mapping
+
+
+def _config_int(hf_config: Any, *names: str) -> int | None:
+    for name in names:
+        value = getattr(hf_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class TransformersForCausalLM(nn.Module):
+    """A transformers causal LM whose attention is Heron's (see the module docstring).
+
+    Tensor and pipeline parallelism are refused with a clear error (:meth:`check_layout`): the
+    modules are transformers', unsharded.
+    """
+
+    step_graphs_off = "the Transformers fallback runs transformers' modules in eager torch"
+    """Read by the runner: decode steps are never recorded for replay."""
+
+    def __init__(self, hf_config: Any, ctx: ModelContext) -> None:
+        super().__init__()
+        self.check_layout(hf_config, ctx.tp.size, ctx.pp.size)
+        self._check_architecture(hf_config)
+        self.ctx = ctx
+        num_heads = _config_int(hf_config, "num_attention_heads", "n_head")
+        hidden = _config_int(hf_config, "hidden_size", "n_embd")
+        if num_heads is None or hidden is None:
+            raise UnsupportedModelError(
+                f"{type(hf_config).__name__}: the Transformers fallback needs "
+                "num_attention_heads and hidden_size in the config"
+            )
+        self.num_heads = num_heads
+        self.num_kv_heads = _config_int(hf_config, "num_key_value_heads") or num_heads
+        """KV heads of each layer: the runner sizes its KV cache with them."""
+        self.head_size = _config_int(hf_config, "head_dim") or hidden // num_heads
+        self.num_layers = int(hf_config.num_hidden_layers)
+        """Layers of the model: the runner allocates one KV cache per layer."""
+        self.hidden_size = hidden
+        self.vocab_size = int(hf_config.vocab_size)
+        self.config = hf_config
+        self._check_kernels(ctx)
+        self.hf_model = self._build(hf_config, ctx)
+        self.base = self.hf_model.base_model
+        self.lm_head = self.hf_model.get_output_embeddings()
+        if self.lm_head is None:
+            raise UnsupportedModelError(
+                f"{type(self.hf_model).__name__} has no output embeddings (LM head)"
+            )
+        self._layers: dict[int, AttentionBackend] = {}
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def check_layout(cls, hf_config: Any, tp: int, pp: int) -> None:
+        """Refuse tensor/pipeline parallelism: transformers' modules are not sharded here."""
+        if tp > 1 or pp > 1:
+            raise ShardingError(
+                f"the Transformers fallback runs {getattr(hf_config, 'model_type', '?')} "
+                f"unsharded: tensor_parallel_size ({tp}) and pipeline_parallel_size ({pp}) must "
+                "be 1 (a native implementation, --model-impl heron, splits across ranks)"
+            )
+
+    @staticmethod
+    def _check_architecture(hf_config: Any) -> None:
+        if getattr(hf_config, "is_encoder_decoder", False):
+            raise UnsupportedModelError(
+                f"{hf_config.model_type} is an encoder-decoder model; the Transformers fallback "
+                "runs decoder-only models"
+            )
+        if not transformers_implements(hf_config):
+            raise UnsupportedModelError(
+                f"transformers has no causal-LM class for model type {hf_config.model_type!r}"
+            )
+        window = getattr(hf_config, "sliding_window", None)
+        layer_types = getattr(hf_config, "layer_types", None) or ()
+        if (window is not None and getattr(hf_config, "use_sliding_window", True) is not False) or (
+            any(t != "full_attention" for t in layer_types)
+        ):
+            raise UnsupportedModelError(
+                f"{hf_config.model_type} uses sliding-window (or other non-full) attention "
+                "layers, which the Transformers fallback does not implement yet"
+            )
+
+    def _check_kernels(self, ctx: ModelContext) -> None:
+        spec = self._spec(None)
+        reasons = ctx.attention_cls.check_support(spec)
+        if reasons:
+            raise UnsupportedAttentionError(
+                f"attention backend {ctx.attention_cls.name!r} cannot run this model: "
+                + "; ".join(reasons)
+            )
+
+    def _spec(self, scaling: float | None) -> AttentionLayerSpec:
+        return AttentionLayerSpec(
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_size=self.head_size,
+            scale=self.head_size**-0.5 if scaling is None else float(scaling),
+            block_size=self.ctx.block_size,
+            dtype=_dtype_name(self.ctx.dtype),
+        )
+
+    @staticmethod
+    def _build(hf_config: Any, ctx: ModelContext) -> nn.Module:
+        """transformers' model, uninitialised (the checkpoint fills it), on ``ctx.device``."""
+        from transformers import AutoModelForCausalLM
+        from transformers.initialization import no_init_weights
+
+        register_heron_attention()
+        config = copy.deepcopy(hf_config)
+        with torch.device(ctx.device), no_init_weights():
+            model = AutoModelForCausalLM.from_config(
+                config, attn_implementation=ATTENTION_NAME, dtype=ctx.dtype
+            )
+        model.tie_weights()  # skipped with the initialisation; ties what the config ties
+        if not getattr(model, "_supports_attention_backend", False):
+            raise UnsupportedModelError(
+                f"{type(model).__name__} does not pass attention arguments through transformers' "
+                "AttentionInterface (_supports_attention_backend is False), so Heron's paged "
+                "attention cannot replace its own"
+            )
+        return model.eval()
+
+    # -- one step --------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Final hidden states ``[num_tokens, hidden_size]`` of the flattened batch."""
+        step = _Step(owner=self, kv_caches=kv_caches, metadata=metadata)
+        out = self.base(
+            input_ids=input_ids[None],
+            position_ids=positions[None],
+            use_cache=False,
+            **{_STEP_KWARG: step},
+        )
+        return out.last_hidden_state[0]
+
+    def attend(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scaling: float | None,
+        step: _Step,
+    ) -> torch.Tensor:
+        """Heron's KV write and paged attention for one layer (``module.layer_idx``)."""
+        layer_idx = getattr(module, "layer_idx", None)
+        if not isinstance(layer_idx, int):
+            raise UnsupportedModelError(
+                f"{type(module).__name__} has no layer_idx, so its KV cache cannot be found"
+            )
+        if query.shape[-1] != self.head_size or key.shape[1] != self.num_kv_heads:
+            raise UnsupportedModelError(
+                f"layer {layer_idx}: attention has {key.shape[1]} KV heads of size "
+                f"{query.shape[-1]}, but the config gives {self.num_kv_heads} of size "
+                f"{self.head_size}"
+            )
+        attn = self._layers.get(layer_idx)
+        if attn is None:
+            attn = self._layers[layer_idx] = self.ctx.attention_cls(self._spec(scaling))
+        q = query[0].transpose(0, 1).contiguous()
+        k = key[0].transpose(0, 1).contiguous()
+        v = value[0].transpose(0, 1).contiguous()
+        out = torch.empty_like(q)
+        attn.forward(q, k, v, step.kv_caches[layer_idx], step.metadata, out)
+        return out[None]
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits, with the scalings transformers' causal-LM heads apply after the
+        projection (Cohere's ``logit_scale``, Granite's ``logits_scaling``, soft-capping)."""
+        logits = self.lm_head(hidden).float()
+        config = self.config
+        scale = getattr(config, "logit_scale", None)
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            logits = logits * scale
+        divisor = getattr(config, "logits_scaling", None)
+        if isinstance(divisor, (int, float)) and not isinstance(divisor, bool):
+            logits = logits / divisor
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # -- weights ---------------------------------------------------------------------------------
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named tensors into transformers' own parameters.
+
+        Names go through transformers' own renamings for the model (e.g. GPT-NeoX's
+        ``embed_out`` is ``lm_head`` in transformers 5) and its base-model prefix rule (old GPT-2
+        checkpoints lack ``transformer.``); tensors transformers would merge or split on load
+        (fused experts) are refused. Missing or unexpected tensors raise, naming them.
+        """
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            WeightRenaming,
+            apply_converters,
+            rename_source_key,
+        )
+
+        model = self.hf_model
+        targets: dict[str, torch.Tensor] = dict(model.named_parameters())
+        targets.update(dict(model.named_buffers()))
+        tied = {
+            name
+            for name, param in model.named_parameters(remove_duplicate=False)
+            if name not in targets or targets[name] is not param
+        }
+        transforms = get_model_conversion_mapping(model)
+        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+        prefix = getattr(model, "base_model_prefix", None) or None
+        loaded: set[str] = set()
+        unexpected: list[str] = []
+        for name, tensor in weights:
+            target_name, _ = rename_source_key(name, renamings, [], prefix, targets)
+            if target_name in tied or target_name.endswith("rotary_emb.inv_freq"):
+                continue
+            target = targets.get(target_name)
+            if target is None:
+                if converters and apply_converters(target_name, converters)[1] is not None:
+                    raise CheckpointMismatchError(
+                        f"{name!r}: transformers converts this tensor on load (merging or "
+                        f"splitting it) for {type(model).__name__}, which the Transformers "
+                        "fallback does not do"
+                    )
+                unexpected.append(name)
+                continue
+            copy_weight(target, tensor, name)
+            loaded.add(target_name)
+        missing = set(dict(model.named_parameters())) - loaded
+        if missing or unexpected:
+            problems = []
+            if missing:
+                problems.append(f"{len(missing)} missing weight(s): {_show(missing)}")
+            if unexpected:
+                problems.append(f"{len(unexpected)} unexpected weight(s): {_show(unexpected)}")
+            raise CheckpointMismatchError(
+                f"checkpoint does not match {type(model).__name__}: " + "; ".join(problems)
+            )

@@ -1,0 +1,107 @@
+"""Architectures beyond the Llama family: the Transformers fallback (``--model-impl``).
+
+Greedy ids of the engine equal transformers' ``generate()`` on the same tiny random weights, in
+every scheduling mode (prefix caching on/off, small chunks, forced preemption), on every
+installed backend, for architectures Heron has no native implementation of.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from breadth_models import FALLBACK_CONFIGS, load_hf, make_breadth_model_dir
+from model_utils import ENGINE_MODES, EQUALITY_PROMPTS, hf_greedy, make_equality_model
+
+from heron import LLM, SamplingParams
+from heron.config import EngineArgsError
+from heron.engine.engine_core import EngineConfigError
+from heron.models import UnsupportedModelError
+
+NEW_TOKENS = 10
+
+
+def greedy(n: int = NEW_TOKENS) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=n, min_tokens=n)
+
+
+@pytest.fixture(scope="module", params=sorted(FALLBACK_CONFIGS))
+def fallback_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    from transformers import AutoTokenizer
+
+    folder = make_breadth_model_dir(tmp_path_factory.mktemp(request.param), request.param)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt_ids = [tokenizer(p)["input_ids"] for p in EQUALITY_PROMPTS]
+    return folder, prompt_ids, hf_greedy(load_hf(folder), prompt_ids, NEW_TOKENS)
+
+
+def test_fallback_greedy_ids_equal_hf_in_every_mode(fallback_model, backend: str) -> None:
+    folder, prompt_ids, expected = fallback_model
+    for mode, kwargs in ENGINE_MODES.items():
+        llm = LLM(str(folder), dtype="float32", block_size=16, model_impl="auto", **kwargs)
+        outputs = llm.generate(EQUALITY_PROMPTS, greedy(), use_tqdm=False)
+        assert [o.prompt_token_ids for o in outputs] == prompt_ids
+        got = [list(o.outputs[0].token_ids) for o in outputs]
+        assert got == expected, f"mode {mode} on {backend}"
+        if mode == "preemption":
+            assert llm.llm_engine.stats().num_preemptions > 0, "the small KV cache never preempted"
+
+
+def test_auto_takes_native_when_there_is_one_and_says_which(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    native, _ = make_equality_model(tmp_path / "n", "llama")
+    fallback = make_breadth_model_dir(tmp_path / "f", "olmo2")
+    with caplog.at_level(logging.INFO, logger="heron.engine.engine_core"):
+        llm = LLM(str(native), dtype="float32", block_size=16)
+        assert type(llm.llm_engine.core.runner.model).__name__ == "LlamaForCausalLM"
+        assert "Model implementation: native LlamaForCausalLM" in caplog.text
+        caplog.clear()
+        llm = LLM(str(fallback), dtype="float32", block_size=16)
+        assert "Model implementation: transformers fallback" in caplog.text
+        assert "Olmo2ForCausalLM" in caplog.text
+        assert "step graphs off (the Transformers fallback" in caplog.text
+
+
+def test_transformers_impl_runs_a_native_architecture_through_the_fallback(tmp_path) -> None:
+    """--model-impl transformers on Llama: the fallback, and the same ids as the native model."""
+    folder, prompt_ids = make_equality_model(tmp_path, "llama")
+    ids = {}
+    for impl in ("heron", "transformers"):
+        llm = LLM(str(folder), dtype="float32", block_size=16, model_impl=impl)
+        model = llm.llm_engine.core.runner.model
+        expected_cls = "TransformersForCausalLM" if impl == "transformers" else "LlamaForCausalLM"
+        assert type(model).__name__ == expected_cls
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompt_ids], greedy())
+        ids[impl] = [list(o.outputs[0].token_ids) for o in outputs]
+    assert ids["heron"] == ids["transformers"]
+
+
+def test_heron_impl_refuses_an_architecture_it_does_not_implement(tmp_path) -> None:
+    folder = make_breadth_model_dir(tmp_path, "gpt2")
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
+        LLM(str(folder), dtype="float32", model_impl="heron")
+
+
+def test_bad_model_impl_is_refused_naming_the_choices() -> None:
+    with pytest.raises(EngineArgsError, match="model_impl"):
+        LLM(model="unused", model_impl="vllm")
+
+
+def test_fallback_refuses_tensor_parallelism_clearly(tmp_path) -> None:
+    folder = make_breadth_model_dir(tmp_path, "olmo2")
+    with pytest.raises(EngineConfigError, match="Transformers fallback runs olmo2 unsharded"):
+        LLM(str(folder), dtype="float32", tensor_parallel_size=2)
+
+
+def test_cli_flag_is_spelled_like_vllm() -> None:
+    import argparse
+
+    from heron.config import add_engine_arguments, engine_args_from_namespace
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    args = engine_args_from_namespace(parser.parse_args(["--model-impl", "transformers"]))
+    assert args.model_impl == "transformers"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model-impl", "other"])
