@@ -50,7 +50,25 @@ FALLBACK_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 # Architectures with a native implementation added by issue 21.
-NATIVE_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {}
+NATIVE_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "phi3": ("Phi3Config", {}),
+    # Partial rotary (Phi-4-mini) and LongRoPE (the 128k variants); the prompts stay inside the
+    # original context, where transformers uses the short factors.
+    "phi3-longrope": (
+        "Phi3Config",
+        {
+            "partial_rotary_factor": 0.5,
+            "rope_parameters": {
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "short_factor": [1.0 + 0.25 * i for i in range(16)],
+                "long_factor": [2.0 + 0.5 * i for i in range(16)],
+                "original_max_position_embeddings": 256,
+            },
+        },
+    ),
+}
 
 
 def breadth_config(arch: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from breadth_models import FALLBACK_CONFIGS, load_hf, make_breadth_model_dir
+from breadth_models import FALLBACK_CONFIGS, NATIVE_CONFIGS, load_hf, make_breadth_model_dir
 from model_utils import ENGINE_MODES, EQUALITY_PROMPTS, hf_greedy, make_equality_model
 
 from heron import LLM, SamplingParams
@@ -105,3 +105,38 @@ def test_cli_flag_is_spelled_like_vllm() -> None:
     assert args.model_impl == "transformers"
     with pytest.raises(SystemExit):
         parser.parse_args(["--model-impl", "other"])
+
+
+@pytest.fixture(scope="module", params=sorted(NATIVE_CONFIGS))
+def native_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    from transformers import AutoTokenizer
+
+    folder = make_breadth_model_dir(tmp_path_factory.mktemp(request.param), request.param)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt_ids = [tokenizer(p)["input_ids"] for p in EQUALITY_PROMPTS]
+    return request.param, folder, prompt_ids, hf_greedy(load_hf(folder), prompt_ids, NEW_TOKENS)
+
+
+def test_native_greedy_ids_equal_hf_in_every_mode(native_model, backend: str) -> None:
+    arch, folder, prompt_ids, expected = native_model
+    for mode, kwargs in ENGINE_MODES.items():
+        llm = LLM(str(folder), dtype="float32", block_size=16, model_impl="heron", **kwargs)
+        model = llm.llm_engine.core.runner.model
+        assert type(model).__name__ != "TransformersForCausalLM"
+        outputs = llm.generate(EQUALITY_PROMPTS, greedy(), use_tqdm=False)
+        assert [o.prompt_token_ids for o in outputs] == prompt_ids
+        got = [list(o.outputs[0].token_ids) for o in outputs]
+        assert got == expected, f"{arch}: mode {mode} on {backend}"
+        if mode == "preemption":
+            assert llm.llm_engine.stats().num_preemptions > 0, "the small KV cache never preempted"
+
+
+def test_native_tensor_parallel_two_equals_hf(native_model) -> None:
+    """Fused checkpoint tensors (Phi-3's qkv_proj / gate_up_proj) split per rank."""
+    arch, folder, _prompt_ids, expected = native_model
+    llm = LLM(str(folder), dtype="float32", block_size=16, tensor_parallel_size=2)
+    try:
+        outputs = llm.generate(EQUALITY_PROMPTS, greedy(), use_tqdm=False)
+        assert [list(o.outputs[0].token_ids) for o in outputs] == expected, arch
+    finally:
+        llm.shutdown()

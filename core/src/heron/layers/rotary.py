@@ -17,7 +17,7 @@ from torch import nn
 
 from heron_interfaces.kernel_ops import KernelOps
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 
 
 def rope_parameters(hf_config: Any) -> dict[str, Any]:
@@ -57,6 +57,35 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, params: dict[str, Any]) -> torch.Te
     return torch.where(is_medium, smoothed, scaled)
 
 
+def _longrope_table(
+    inv_freq_shape: torch.Tensor, base: float, max_position: int, params: dict[str, Any]
+) -> torch.Tensor:
+    """Phi-3's LongRoPE: per-frequency factors, ``short_factor`` for positions inside the
+    original context and ``long_factor`` past it, cos and sin scaled by the attention factor.
+
+    transformers switches a whole sequence to the long factors once it grows past the original
+    context; with a paged cache whose keys were rotated when written, Heron switches per position
+    instead, so outputs equal transformers' up to ``original_max_position_embeddings`` tokens.
+    """
+    original = int(params["original_max_position_embeddings"])
+    factor = params.get("factor") or max_position / original
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = (
+            1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        )
+    positions = torch.arange(max_position, dtype=torch.int64).float()
+    tables = []
+    for key, rows in (
+        ("short_factor", positions[:original]),
+        ("long_factor", positions[original:]),
+    ):
+        ext = torch.tensor(params[key], dtype=torch.float32)
+        tables.append(torch.outer(rows, 1.0 / (ext * base**inv_freq_shape)))
+    freqs = torch.cat(tables)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1) * attention_factor
+
+
 class RotaryEmbedding(nn.Module):
     """Applies rotary embedding to ``query``/``key`` of shape ``[tokens, heads, head_size]``.
 
@@ -94,8 +123,11 @@ class RotaryEmbedding(nn.Module):
         elif rope_type == "llama3":
             inv_freq = _llama3_inv_freq(inv_freq, params)
         self.max_position = max_position
-        freqs = torch.outer(torch.arange(max_position, dtype=torch.int64).float(), inv_freq)
-        cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype)
+        if rope_type == "longrope":
+            cache = _longrope_table(exponents, base, max_position, params).to(dtype)
+        else:
+            freqs = torch.outer(torch.arange(max_position, dtype=torch.int64).float(), inv_freq)
+            cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype)
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
     def forward(

@@ -8,6 +8,7 @@ states are ``[num_tokens, hidden_size]`` for all sequences of a step together.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,10 @@ class DecoderOptions:
     mlp_bias: bool
     qk_norm: bool
     tie_word_embeddings: bool
+    rotary_dim: int | None = None
+    """Channels of each head that rotate (Phi-3's partial rotary); None: all of them."""
+    mlp_factory: Callable[[DecoderOptions, ModelContext, int], nn.Module] | None = None
+    """Builds layer ``i``'s feed-forward block instead of the dense SwiGLU (mixture of experts)."""
 
 
 class UnsupportedAttentionError(ValueError):
@@ -224,7 +229,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(
             opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops
         )
-        self.mlp = MLP(opts, ctx)
+        self.mlp = (
+            MLP(opts, ctx) if opts.mlp_factory is None else opts.mlp_factory(opts, ctx, layer_index)
+        )
 
     def forward(
         self,
@@ -267,7 +274,7 @@ class DecoderModel(nn.Module):
         # One cos/sin table shared by every layer (a shared submodule, stored once).
         rotary_emb = RotaryEmbedding(
             head_size=opts.head_size,
-            rotary_dim=opts.head_size,
+            rotary_dim=opts.rotary_dim or opts.head_size,
             max_position=opts.max_position,
             params=opts.rope,
             dtype=ctx.dtype,

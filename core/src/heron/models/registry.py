@@ -15,6 +15,7 @@ _BUILTIN: dict[str, str] = {
     "MistralForCausalLM": "heron.models.llama:MistralForCausalLM",
     "Qwen2ForCausalLM": "heron.models.llama:Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "heron.models.llama:Qwen3ForCausalLM",
+    "Phi3ForCausalLM": "heron.models.phi3:Phi3ForCausalLM",
 }
 
 
