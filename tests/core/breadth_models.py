@@ -68,6 +68,35 @@ NATIVE_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             },
         },
     ),
+    "mixtral": (
+        "MixtralConfig",
+        {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None},
+    ),
+    # One dense layer (mlp_only_layers) beside a sparse one; routing weights not renormalised.
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 64,
+            "norm_topk_prob": False,
+            "mlp_only_layers": [0],
+            "head_dim": 64,
+        },
+    ),
+    # A gated shared expert; decoder_sparse_step 2 makes layer 0 dense.
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 64,
+            "shared_expert_intermediate_size": 96,
+            "norm_topk_prob": True,
+            "decoder_sparse_step": 2,
+            "use_sliding_window": False,
+        },
+    ),
 }
 
 
