@@ -151,6 +151,9 @@ def check_experts_loaded(model: nn.Module) -> None:
 class MoEForCausalLM(DecoderForCausalLM):
     """The shared decoder with sparse feed-forward blocks; subclasses read :class:`MoEOptions`."""
 
+    step_graphs_off = "expert routing decides on the host which GEMMs run"
+    """Read by the runner: a recorded decode step would replay one step's choice of experts."""
+
     block_alias: str | None = None
     """The checkpoint's name of the feed-forward block when it is not ``mlp``."""
 

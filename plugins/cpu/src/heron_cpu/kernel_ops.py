@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from heron_cpu import gemm, gemv
+from heron_cpu import gemm, gemv, moe
 from heron_cpu._kernels import _C
 from heron_cpu.launch import LaunchGraph, launch, launch_torch
 from heron_cpu.memory import HugePageArena
@@ -170,6 +170,23 @@ class CpuKernelOps(KernelOps):
             return F.linear(x, weight.unpack(), bias)
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         return gemm.linear_packed(rows, weight, bias).view(*x.shape[:-1], weight.n)
+
+    # -- mixture of experts ----------------------------------------------------------------------
+    def prepare_moe(self, w13: torch.Tensor, w2: torch.Tensor) -> moe.PreparedExperts:
+        """Each expert's matrices prepared like any linear weight (see :mod:`heron_cpu.moe`)."""
+        return moe.prepare_experts(w13, w2, self.prepare_linear)
+
+    def fused_moe(
+        self,
+        x: torch.Tensor,
+        prepared: moe.PreparedExperts,
+        topk_ids: torch.Tensor,
+        topk_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """Tokens grouped by expert, two GEMMs per expert on the prepared weights, weighted sum."""
+        return moe.fused_moe(
+            x, prepared, topk_ids, topk_weights, linear=self.linear, silu_and_mul=self.silu_and_mul
+        )
 
     # -- normalisation ---------------------------------------------------------------------------
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
