@@ -140,3 +140,20 @@ def test_native_tensor_parallel_two_equals_hf(native_model) -> None:
         assert [list(o.outputs[0].token_ids) for o in outputs] == expected, arch
     finally:
         llm.shutdown()
+
+
+def test_heron_plugins_lists_how_each_architecture_runs(capsys: pytest.CaptureFixture) -> None:
+    from heron.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    native = next(line for line in out.splitlines() if "native (--model-impl heron)" in line)
+    for arch in (
+        "LlamaForCausalLM",
+        "Phi3ForCausalLM",
+        "MixtralForCausalLM",
+        "Qwen3MoeForCausalLM",
+    ):
+        assert arch in native
+    assert "Olmo2ForCausalLM" not in out
+    assert "Transformers fallback (--model-impl transformers" in out

@@ -306,11 +306,27 @@ def _plugins() -> int:
         if b.available:
             state += f", communicator {_communicator_name(b)}"
         print(f"{mark} {b.name:<12} {b.dist_name} {b.dist_version}  {state}")
+    _print_models(host)
     if selected:
         print(f"Selected backend: {selected}")
         return 0
     print(f"No backend selected: {error}", file=sys.stderr)
     return 1
+
+
+def _print_models(host: Any) -> None:
+    """The architectures Heron runs and how (native or through the Transformers fallback)."""
+    from heron.models.registry import builtin_registry, support_lines
+
+    registry = builtin_registry()
+    try:
+        host.register_models(registry)
+    except Exception as exc:  # a broken model plugin must not break the listing
+        print(f"Models (plugins' models unknown: {type(exc).__name__}: {exc}):")
+    else:
+        print("Models:")
+    for line in support_lines(registry):
+        print(line)
 
 
 def _communicator_name(record: Any) -> str:

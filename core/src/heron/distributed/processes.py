@@ -1,4 +1,5 @@
-"""Worker processes of the multiprocess executor: started, connected, watched, stopped.
+"""Worker processes of the multiprocess executor (and the data-parallel front's engine replicas):
+started, connected, watched, stopped.
 
 Each worker is a fresh interpreter (``python -m heron.distributed.worker_process``) rather than a
 ``multiprocessing`` child: ``spawn`` would re-import the user's main script in every worker (a
@@ -16,9 +17,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Client, Connection, Listener
+from typing import Protocol
 
-from heron.distributed.worker import WorkerSpec, dist_timeout
+from heron.distributed.worker import dist_timeout
 
 ADDRESS_ENV = "HERON_WORKER_ADDRESS"
 AUTHKEY_ENV = "HERON_WORKER_AUTHKEY"
@@ -50,8 +53,20 @@ class WorkerProcess:
             self.sentinel = -1
 
 
-def launch_workers(specs: list[WorkerSpec]) -> tuple[list[WorkerProcess], list[Connection]]:
-    """Start one process per spec and return them with their connections, in rank order."""
+class RankedSpec(Protocol):
+    """What a started process receives first: anything picklable with its ``rank``."""
+
+    rank: int
+
+
+def launch_workers(
+    specs: Sequence[RankedSpec],
+    *,
+    module: str = "heron.distributed.worker_process",
+    what: str = "worker rank",
+) -> tuple[list[WorkerProcess], list[Connection]]:
+    """Start ``python -m MODULE RANK`` per spec and return the processes with their connections,
+    in rank order; ``what`` names one of them in errors (a data-parallel replica, a worker rank)."""
     authkey = secrets.token_bytes(32)
     listener = Listener(("127.0.0.1", 0), authkey=authkey)
     env = dict(os.environ)
@@ -61,7 +76,7 @@ def launch_workers(specs: list[WorkerSpec]) -> tuple[list[WorkerProcess], list[C
     procs = [
         WorkerProcess(
             subprocess.Popen(
-                [sys.executable, "-m", "heron.distributed.worker_process", str(spec.rank)],
+                [sys.executable, "-m", module, str(spec.rank)],
                 env=env,
             ),
             spec.rank,
@@ -69,7 +84,7 @@ def launch_workers(specs: list[WorkerSpec]) -> tuple[list[WorkerProcess], list[C
         for spec in specs
     ]
     try:
-        conns = _accept_all(listener, procs)
+        conns = _accept_all(listener, procs, what)
     except BaseException:
         for proc in procs:
             proc.popen.kill()
@@ -82,8 +97,8 @@ def launch_workers(specs: list[WorkerSpec]) -> tuple[list[WorkerProcess], list[C
     return procs, conns
 
 
-def _accept_all(listener: Listener, procs: list[WorkerProcess]) -> list[Connection]:
-    """Each worker's connection, by rank; fails if a worker exits or the timeout passes first."""
+def _accept_all(listener: Listener, procs: list[WorkerProcess], what: str) -> list[Connection]:
+    """Each process's connection, by rank; fails if one exits or the timeout passes first."""
     by_rank: dict[int, Connection] = {}
     errors: list[BaseException] = []
 
@@ -103,11 +118,11 @@ def _accept_all(listener: Listener, procs: list[WorkerProcess]) -> list[Connecti
         for proc in procs:
             if proc.exitcode is not None and proc.rank not in by_rank:
                 raise RuntimeError(
-                    f"worker rank {proc.rank} exited with status {proc.exitcode} "
+                    f"{what} {proc.rank} exited with status {proc.exitcode} "
                     "before connecting (its error is printed above)"
                 )
         if time.monotonic() > deadline:
-            raise RuntimeError("worker processes did not connect within HERON_DIST_TIMEOUT")
+            raise RuntimeError(f"{what} processes did not connect within HERON_DIST_TIMEOUT")
     if errors:
         raise RuntimeError(f"accepting worker connections failed: {errors[0]}")
     return [by_rank[proc.rank] for proc in procs]

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from heron.config import EngineArgs, make_engine_args
+from heron.engine.data_parallel import DataParallelEngine, build_engine
 from heron.engine.input_processor import ChatMessages, ProcessedPrompt, PromptType
 from heron.engine.llm_engine import LLMEngine, PreparedRequest
 from heron.engine.output_processor import RequestOutputKind
@@ -30,8 +31,9 @@ class EngineDeadError(RuntimeError):
 
 
 class AsyncLLM:
-    engine: LLMEngine
-    """Built, and only ever stepped, by the engine thread."""
+    engine: LLMEngine | DataParallelEngine
+    """Built, and only ever stepped, by the engine thread (with ``data_parallel_size`` > 1, a
+    front over one engine process per replica)."""
 
     def __init__(self, args: EngineArgs | None = None, **kwargs: Any) -> None:
         self.engine_args = args or make_engine_args(**kwargs)
@@ -65,12 +67,12 @@ class AsyncLLM:
 
     def _run(self, built: threading.Event) -> None:
         try:
-            self.engine = LLMEngine(self.engine_args)
+            self.engine = build_engine(self.engine_args)
         except BaseException as exc:
             self._build_error = exc
             built.set()
             return
-        self.engine.core.on_failure = self._wake_on_failure
+        self.engine.set_failure_callback(self._wake_on_failure)
         built.set()
         self._loop()
 
@@ -133,6 +135,7 @@ class AsyncLLM:
             self._queues[rid] = (asyncio.get_running_loop(), queue)
             self._pending.append((prepared, output_kind))
             self._wake.notify()
+        self.engine.wakeup()
         finished = False
         try:
             while not finished:
@@ -150,6 +153,7 @@ class AsyncLLM:
             if self._queues.pop(request_id, None) is not None:
                 self._pending_aborts.append(request_id)
                 self._wake.notify()
+        self.engine.wakeup()
 
     def abort_all(self) -> int:
         """Abort every running request so that its caller gets a last output with
@@ -163,12 +167,14 @@ class AsyncLLM:
             if count:
                 self._abort_all = True
                 self._wake.notify()
+        self.engine.wakeup()
         return count
 
     def shutdown(self) -> None:
         with self._wake:
             self._stopped = True
             self._wake.notify()
+        self.engine.wakeup()
         self._thread.join(timeout=10)
         self.engine.shutdown()
 
@@ -183,8 +189,8 @@ class AsyncLLM:
                     pending, self._pending = self._pending, []
                     aborts, self._pending_aborts = self._pending_aborts, []
                     abort_all, self._abort_all = self._abort_all, False
-                if self.engine.core.failure is not None:
-                    raise self.engine.core.failure
+                if self.engine.failure is not None:
+                    raise self.engine.failure
                 for prepared, kind in pending:
                     self.engine.add_prepared(prepared, kind)
                 for rid in aborts:
@@ -203,7 +209,7 @@ class AsyncLLM:
     def _has_work(self) -> bool:
         return bool(
             self._stopped
-            or self.engine.core.failure is not None
+            or self.engine.failure is not None
             or self._pending
             or self._pending_aborts
             or self._abort_all

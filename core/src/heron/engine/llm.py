@@ -9,8 +9,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from heron.config import make_engine_args
+from heron.engine.data_parallel import build_engine
 from heron.engine.input_processor import ChatMessages, PromptType
-from heron.engine.llm_engine import LLMEngine
 from heron.outputs import RequestOutput
 from heron.sampling_params import SamplingParams
 
@@ -32,7 +32,8 @@ class LLM:
             # noise, 469 vs 464 tok/s median; benchmarks/RESULTS.md).
             args = args.model_copy(update={"split_prompt_bursts": False})
         self.engine_args = args
-        self.llm_engine = LLMEngine(self.engine_args)
+        # With data_parallel_size > 1, a front over one engine process per replica.
+        self.llm_engine = build_engine(self.engine_args)
 
     def shutdown(self) -> None:
         """Stop the worker processes of a tensor-parallel engine now (they also stop when this

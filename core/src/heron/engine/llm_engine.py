@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from heron.config import EngineArgs
@@ -33,6 +34,28 @@ class PreparedRequest:
     requests: list[Request]
 
 
+def prepare_request(
+    input_processor: InputProcessor,
+    check_request: Callable[[Request], None],
+    request_id: str,
+    prompt: PromptType | ProcessedPrompt,
+    params: SamplingParams | None,
+) -> PreparedRequest:
+    """Tokenize, apply defaults, split ``n > 1`` into sequences and check each one; raises
+    ValueError on bad input. Shared by the engine and the data-parallel front, which checks
+    requests for its replicas before placing them."""
+    processed = (
+        prompt if isinstance(prompt, ProcessedPrompt) else input_processor.process_prompt(prompt)
+    )
+    params = input_processor.sampling_params(params)
+    requests = input_processor.make_requests(request_id, processed, params)
+    for request in requests:
+        check_request(request)
+    return PreparedRequest(
+        request_id=request_id, prompt=processed, params=params, requests=requests
+    )
+
+
 class LLMEngine:
     def __init__(self, args: EngineArgs, *, host: PluginHost | None = None) -> None:
         self.args = args
@@ -53,6 +76,19 @@ class LLMEngine:
     def model_name(self) -> str:
         return self.core.source.name
 
+    @property
+    def failure(self) -> Exception | None:
+        """A worker rank's failure, once noticed; the engine cannot step after it."""
+        return self.core.failure
+
+    def set_failure_callback(self, callback: Callable[[Exception], None]) -> None:
+        """``callback`` hears of a rank's failure as it is noticed, from another thread."""
+        self.core.on_failure = callback
+
+    def wakeup(self) -> None:
+        """Return early from a :meth:`step` that waits for other processes; a step here never
+        waits for anything but its own work, so there is nothing to interrupt."""
+
     def next_request_id(self) -> str:
         return str(next(self._ids))
 
@@ -63,17 +99,8 @@ class LLMEngine:
         params: SamplingParams | None = None,
     ) -> PreparedRequest:
         """Every check a request must pass, without touching engine state (safe off-thread)."""
-        processed = (
-            prompt
-            if isinstance(prompt, ProcessedPrompt)
-            else self.input_processor.process_prompt(prompt)
-        )
-        params = self.input_processor.sampling_params(params)
-        requests = self.input_processor.make_requests(request_id, processed, params)
-        for request in requests:
-            self.core.scheduler.check_request(request)
-        return PreparedRequest(
-            request_id=request_id, prompt=processed, params=params, requests=requests
+        return prepare_request(
+            self.input_processor, self.core.scheduler.check_request, request_id, prompt, params
         )
 
     def add_prepared(

@@ -107,6 +107,30 @@ def resolve_model_impl(
         return _import_lazy(TRANSFORMERS_FALLBACK), "transformers"
 
 
+def support_lines(registry: ModelRegistry) -> list[str]:
+    """How each architecture runs, in words, for ``heron plugins``: native classes (built in or
+    from a plugin) and the Transformers fallback for the rest. Imports no model code and not
+    transformers itself (its version comes from the package metadata), so the listing is quick."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    builtin = set(_BUILTIN)
+    names = registry.supported()
+    lines = [f"  native (--model-impl heron): {', '.join(n for n in names if n in builtin)}"]
+    plugin = [n for n in names if n not in builtin]
+    if plugin:
+        lines.append(f"  native, from plugins: {', '.join(plugin)}")
+    try:
+        transformers = f"transformers {version('transformers')}"
+    except PackageNotFoundError:
+        transformers = "transformers (not installed)"
+    lines.append(
+        "  Transformers fallback (--model-impl transformers; auto when there is no native "
+        f"class): any other decoder-only architecture {transformers} implements, with Heron's "
+        "paged attention"
+    )
+    return lines
+
+
 def builtin_registry() -> ModelRegistry:
     """A fresh registry holding Heron's own architectures (plugins add theirs after)."""
     registry = ModelRegistry()

@@ -62,6 +62,52 @@ class SchedulerStats:
     num_preemptions: int
 
 
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """The limits every request is checked against; a data-parallel front checks them for its
+    replicas (which are configured alike) before it places a request on one."""
+
+    max_model_len: int
+    enable_chunked_prefill: bool
+    max_num_batched_tokens: int
+    block_size: int
+    num_blocks: int
+
+
+def check_request_limits(request: Request, limits: RequestLimits) -> None:
+    """Raise ValueError if ``request`` could never be served within ``limits``.
+
+    Like vLLM, the prompt must be shorter than ``max_model_len`` (generation then stops at
+    ``max_model_len`` with finish reason "length"); and the request's longest possible KV must fit
+    in the whole cache, or it would preempt itself forever.
+    """
+    num_prompt = request.num_prompt_tokens
+    if num_prompt == 0:
+        raise ValueError("the prompt is empty: at least one token is needed")
+    if num_prompt >= limits.max_model_len:
+        raise ValueError(
+            f"the prompt has {num_prompt} tokens, but max_model_len is {limits.max_model_len}: "
+            f"it must be shorter than max_model_len to leave room for output"
+        )
+    if not limits.enable_chunked_prefill and num_prompt > limits.max_num_batched_tokens:
+        raise ValueError(
+            f"the prompt has {num_prompt} tokens, more than max_num_batched_tokens "
+            f"({limits.max_num_batched_tokens}) with chunked prefill disabled"
+        )
+    max_len = limits.max_model_len
+    if request.sampling_params.max_tokens is not None:
+        max_len = min(max_len, request.num_tokens + request.sampling_params.max_tokens)
+    # The last sampled token is never fed back, so at most max_len - 1 tokens need KV.
+    blocks_needed = -(-(max_len - 1) // limits.block_size)
+    if blocks_needed > limits.num_blocks:
+        raise ValueError(
+            f"the request may need {max_len - 1} tokens of KV ({blocks_needed} blocks of "
+            f"{limits.block_size}), but the whole KV cache has {limits.num_blocks} blocks "
+            f"({limits.num_blocks * limits.block_size} tokens); give the KV cache more "
+            f"memory, or lower max_model_len ({limits.max_model_len}) or max_tokens"
+        )
+
+
 class Scheduler:
     """Decides which requests compute how many tokens each step; applies the runner's results."""
 
@@ -100,38 +146,22 @@ class Scheduler:
 
         Separate from ``add_request`` so that a caller can check every sequence of an ``n > 1``
         request before queueing any. Checked here, once, rather than discovered in ``schedule``
-        where it would stall the queue: like vLLM, the prompt must be shorter than ``max_model_len``
-        (generation then stops at ``max_model_len`` with finish reason "length"); and the request's
-        longest possible KV must fit in the whole cache, or it would preempt itself forever.
+        where it would stall the queue (see :func:`check_request_limits`).
         """
-        cfg = self.config
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
-        num_prompt = request.num_prompt_tokens
-        if num_prompt == 0:
-            raise ValueError("the prompt is empty: at least one token is needed")
-        if num_prompt >= cfg.max_model_len:
-            raise ValueError(
-                f"the prompt has {num_prompt} tokens, but max_model_len is {cfg.max_model_len}: "
-                f"it must be shorter than max_model_len to leave room for output"
-            )
-        if not cfg.enable_chunked_prefill and num_prompt > cfg.max_num_batched_tokens:
-            raise ValueError(
-                f"the prompt has {num_prompt} tokens, more than max_num_batched_tokens "
-                f"({cfg.max_num_batched_tokens}) with chunked prefill disabled"
-            )
-        max_len = cfg.max_model_len
-        if request.sampling_params.max_tokens is not None:
-            max_len = min(max_len, request.num_tokens + request.sampling_params.max_tokens)
-        # The last sampled token is never fed back, so at most max_len - 1 tokens need KV.
-        blocks_needed = self.kv.num_blocks_for(max_len - 1)
-        if blocks_needed > self.kv.num_blocks:
-            raise ValueError(
-                f"the request may need {max_len - 1} tokens of KV ({blocks_needed} blocks of "
-                f"{self.kv.block_size}), but the whole KV cache has {self.kv.num_blocks} blocks "
-                f"({self.kv.num_blocks * self.kv.block_size} tokens); give the KV cache more "
-                f"memory, or lower max_model_len ({cfg.max_model_len}) or max_tokens"
-            )
+        check_request_limits(request, self.limits())
+
+    def limits(self) -> RequestLimits:
+        """What :func:`check_request_limits` needs, small enough to send to another process."""
+        cfg = self.config
+        return RequestLimits(
+            max_model_len=cfg.max_model_len,
+            enable_chunked_prefill=cfg.enable_chunked_prefill,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            block_size=self.kv.block_size,
+            num_blocks=self.kv.num_blocks,
+        )
 
     # -- one step --------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
