@@ -26,6 +26,7 @@ TEST_TOOLS = [
     "expecttest",
     "hypothesis",
     "ray>=2.40",
+    "jsonschema",
 ]
 # The Intel GPU backend is pure Python (Triton kernels); its tests run the kernels in Triton's
 # interpreter, so CI installs it, and upstream triton, everywhere.

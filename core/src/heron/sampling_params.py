@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from heron.structured_outputs.params import StructuredOutputsParams
+
 _GREEDY_EPSILON = 1e-5
 
 
@@ -46,6 +48,8 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None
     detokenize: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
+    """Constrain the output to a JSON schema, regex, choice or grammar (a dict of its fields works)."""
     _explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def __init__(self, **kwargs: Any) -> None:
@@ -69,6 +73,8 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.logit_bias:
             self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+        if self.structured_outputs is not None:
+            self.structured_outputs = StructuredOutputsParams.coerce(self.structured_outputs)
         self._validate()
 
     # -- validation ---------------------------------------------------------------------------

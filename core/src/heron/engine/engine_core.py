@@ -35,6 +35,7 @@ from heron.plugins import PluginHost, load_plugins, select_platform
 from heron.request import Request, RequestStatus
 from heron.sched.output import RequestUpdate, SchedulerOutput
 from heron.sched.scheduler import Scheduler, SchedulerConfig
+from heron.structured_outputs.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,11 @@ class EngineCore:
             self.kv_plan.num_blocks, self.block_size, args.enable_prefix_caching
         )
         self.scheduler = Scheduler(self.scheduler_config, self.kv_manager)
+        self.structured: StructuredOutputManager | None = None
+        """Grammar state of constrained requests; made on the first one (xgrammar's tokenizer
+        info takes a moment to build, so engines that never constrain never pay it)."""
+        self._awaiting_grammar: dict[str, Request] = {}
+        """Constrained requests whose grammar is still compiling: not yet in the scheduler."""
         self.num_prompt_tokens = 0
         """Prompt tokens computed since start-up (the stats logger's prompt throughput)."""
         self.num_generation_tokens = 0
@@ -306,35 +312,99 @@ class EngineCore:
 
     def shutdown(self) -> None:
         """Stop the executor's worker processes; a no-op for one rank."""
+        if self.structured is not None:
+            self.structured.shutdown()
         self.executor.shutdown()
 
     # -- the loop --------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
-        self.scheduler.add_request(request)
+        constraint = request.sampling_params.structured_outputs
+        if constraint is None:
+            self.scheduler.add_request(request)
+            return
+        # It joins the scheduler once its grammar is compiled (see _admit_compiled_grammars).
+        self.scheduler.check_request(request)
+        if request.request_id in self._awaiting_grammar:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        self._structured_manager(request).add(request.request_id, constraint)
+        self._awaiting_grammar[request.request_id] = request
+
+    def _structured_manager(self, request: Request) -> StructuredOutputManager:
+        if self.structured is None:
+            self.structured = StructuredOutputManager(
+                self.source.tokenizer,
+                vocab_size=self.runner.vocab_size,
+                stop_token_ids=request.eos_token_ids,
+            )
+        return self.structured
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
 
     def finish_requests(self, request_ids: list[str], status: RequestStatus) -> None:
         if request_ids:
+            for request_id in request_ids:
+                waiting = self._awaiting_grammar.pop(request_id, None)
+                if waiting is not None:
+                    waiting.status = status
             self.scheduler.finish_requests(request_ids, status)
             self.executor.release(request_ids)
+            if self.structured is not None:
+                self.structured.release(request_ids)
 
     def step(self) -> list[RequestUpdate]:
+        failed = self._admit_compiled_grammars()
         out = self.scheduler.schedule()
         if out.is_empty:
-            return []
+            if not failed and self.structured is not None:
+                self.structured.wait(0.02)  # only grammars compiling: do not spin
+            return failed
         self.num_prompt_tokens += _prompt_tokens(out)
+        if self.structured is not None:
+            out.grammar = self.structured.bitmask(
+                [s.request.request_id for s in out.scheduled if s.samples]
+            )
         runner_out = self.executor.execute(out)
         updates = self.scheduler.update_from_output(out, runner_out)
         self.num_generation_tokens += sum(len(u.new_token_ids) for u in updates)
+        if self.structured is not None:
+            for update in updates:
+                if update.new_token_ids and not update.finished:
+                    self.structured.accept(update.request.request_id, update.new_token_ids)
         finished = [u.request.request_id for u in updates if u.finished]
         if finished:
             self.executor.release(finished)
+            if self.structured is not None:
+                self.structured.release(finished)
+        return failed + updates
+
+    def _admit_compiled_grammars(self) -> list[RequestUpdate]:
+        """Queue the requests whose grammar is ready; finish those whose compile failed (an
+        error for that request alone, reported as an aborted finish)."""
+        if not self._awaiting_grammar or self.structured is None:
+            return []
+        ready, failed = self.structured.poll()
+        for request_id in ready:
+            request = self._awaiting_grammar.pop(request_id, None)
+            if request is not None:
+                self.scheduler.add_request(request)
+        updates = []
+        for request_id, error in failed:
+            request = self._awaiting_grammar.pop(request_id, None)
+            if request is None:
+                continue
+            logger.error("request %s: its grammar did not compile: %s", request_id, error)
+            request.status = RequestStatus.FINISHED_ABORTED
+            request.stop_reason = f"grammar error: {error}"
+            updates.append(RequestUpdate(request=request, finished=True))
         return updates
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return bool(self._awaiting_grammar) or self.scheduler.has_unfinished_requests()
+
+    def unfinished_requests(self) -> list[Request]:
+        """Every request not finished yet: scheduled, waiting, or waiting for its grammar."""
+        return [*self.scheduler.requests.values(), *self._awaiting_grammar.values()]
 
     def stats(self) -> EngineStats:
         """The scheduler's state plus the token counters: what /metrics and the stats log read."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from heron.request import Request
 from heron.sampling_params import SamplingParams
+from heron.structured_outputs.grammar import build_grammar
 
 PromptType = str | Sequence[int] | dict[str, Any]
 ChatMessages = list[dict[str, Any]]
@@ -130,6 +131,8 @@ class InputProcessor:
         """The user's params, with unset fields taken from the model's generation config."""
         params = params or SamplingParams()
         params.check_vocab(self.vocab_size)
+        if params.structured_outputs is not None:
+            build_grammar(params.structured_outputs)  # a bad schema/regex/grammar fails here
         return params.with_defaults(self.defaults) if self.defaults else params
 
     def make_requests(

@@ -21,6 +21,7 @@ from heron.runner.input_batch import StepInputs, build_profile_inputs, build_ste
 from heron.runner.sampler import Sampler, SamplingBatch, SamplingRow, compute_prompt_logprobs
 from heron.runner.step_graphs import StepGraphs
 from heron.sched.output import RunnerOutput, ScheduledRequest, SchedulerOutput
+from heron.structured_outputs.manager import apply_grammar_bitmask
 from heron_interfaces import AttentionBackend, AttentionMetadata, Platform
 from heron_interfaces.kernel_ops import KernelOps
 
@@ -183,6 +184,8 @@ class TorchModelRunner:
             rows = [self._sampling_row(out.scheduled[i]) for i in sampling]
             last = torch.from_numpy(cu[1:][sampling] - 1).to(self.device)
             logits = self.model.compute_logits(hidden[last])
+            if out.grammar is not None:  # structured outputs: one masking call for the batch
+                logits = apply_grammar_bitmask(logits, out.grammar)
             batch = SamplingBatch.build(rows, self.vocab_size, self.device)
             sampled = self.sampler.sample(logits, batch)
             for row, token, logprobs in zip(rows, sampled.token_ids, sampled.logprobs):

@@ -6,9 +6,13 @@ reads them. A multi-process executor would send ``ScheduledRequest`` snapshots i
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 from heron.request import Request
+
+if typing.TYPE_CHECKING:
+    from heron.structured_outputs.manager import GrammarStep
 
 
 @dataclass(slots=True, kw_only=True)
@@ -33,6 +37,9 @@ class SchedulerOutput:
     """Decodes first, then prefills (in scheduling order)."""
     preempted_ids: list[str] = field(default_factory=list)
     num_scheduled_tokens: int = 0
+    grammar: GrammarStep | None = None
+    """The token mask of the rows that sample this step, when some follow a grammar (set by the
+    engine core beside the scheduler, which knows nothing of grammars)."""
 
     @property
     def is_empty(self) -> bool:
