@@ -150,6 +150,23 @@ def test_an_unexpected_error_is_a_500_and_isolated(
     assert healthy.choices[0].text == "ab"
 
 
+def test_a_request_running_when_the_engine_dies_is_a_500_naming_the_failure(
+    engine: FakeEngine, client: openai.AsyncOpenAI
+) -> None:
+    """Issue 17: in flight, the request failed (500, and the body says which rank died); only
+    requests that arrive after the death get the 503 of an engine that has stopped."""
+
+    async def run() -> openai.APIStatusError:
+        engine.fail = EngineDeadError("worker rank 1 exited with status -9", in_flight=True)
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.completions.create(model="fake", prompt="x")
+        return caught.value
+
+    error = asyncio.run(run())
+    assert error.status_code == 500
+    assert "worker rank 1 exited" in error.message
+
+
 def test_a_dead_engine_turns_health_and_requests_into_503(engine: FakeEngine) -> None:
     engine.is_running = False
 

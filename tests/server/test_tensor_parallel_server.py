@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from server_utils import SERVED_NAME, TINY_ARGS, RemoteServer, start_server
 
@@ -81,16 +82,35 @@ def test_killed_worker_ends_every_stream_and_the_server(tp_server: RemoteServer)
         except Exception as exc:
             return f"error: {exc}"
 
-    async def main() -> list[str]:
+    async def whole(i: int) -> httpx.Response:
+        """A non-streaming request (no retries, unlike the openai client's)."""
+        async with httpx.AsyncClient(base_url=tp_server.url, timeout=60) as http:
+            return await http.post(
+                "/v1/completions",
+                json={
+                    "model": SERVED_NAME,
+                    "prompt": f"whole {i}",
+                    "max_tokens": 400,
+                    "ignore_eos": True,
+                },
+            )
+
+    async def main() -> tuple[list[str], list[httpx.Response]]:
         tasks = [asyncio.create_task(stream(i)) for i in range(16)]
+        wholes = [asyncio.create_task(whole(i)) for i in range(2)]
         await asyncio.wait_for(started.wait(), 60)
         os.kill(worker, signal.SIGKILL)
-        return await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        streams = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        return streams, await asyncio.wait_for(asyncio.gather(*wholes), 30)
 
     killed = time.monotonic()
-    outcomes = asyncio.run(main())
+    outcomes, responses = asyncio.run(main())
     assert all(o.startswith("error") for o in outcomes), outcomes
     assert any("rank 1" in o for o in outcomes), outcomes
+    # In flight when the rank died: a 500 whose OpenAI error body names the rank.
+    for response in responses:
+        assert response.status_code == 500, response.text
+        assert "rank 1" in response.json()["error"]["message"]
     status = tp_server.proc.wait(timeout=10)
     assert time.monotonic() - killed < 40
     assert status != 0

@@ -123,6 +123,8 @@ def from_engine_exception(exc: BaseException, prompt_param: str = "prompt") -> A
     if isinstance(exc, InvalidPromptError):
         return APIError(400, str(exc), param=prompt_param, code="invalid_prompt")
     if isinstance(exc, EngineDeadError):
+        if exc.in_flight:  # this request was running: it failed, and the error says why
+            return APIError(500, f"the engine failed while serving this request: {exc}")
         return APIError(503, f"the engine has stopped: {exc}", code="engine_dead")
     if isinstance(exc, ValueError):
         # The engine raises ValueError only for requests it can never serve (KV capacity, ...).

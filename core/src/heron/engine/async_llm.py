@@ -27,7 +27,15 @@ logger = logging.getLogger(__name__)
 
 
 class EngineDeadError(RuntimeError):
-    """The engine loop stopped on an error; every pending request gets this."""
+    """The engine loop stopped on an error; every pending request gets this.
+
+    ``in_flight`` tells a request that was running when the engine died (the server answers it
+    with a 500 naming the failure) from one that arrived afterwards (503: come back later).
+    """
+
+    def __init__(self, message: str, *, in_flight: bool = False) -> None:
+        super().__init__(message)
+        self.in_flight = in_flight
 
 
 class AsyncLLM:
@@ -141,7 +149,7 @@ class AsyncLLM:
             while not finished:
                 item = await queue.get()
                 if isinstance(item, BaseException):
-                    raise EngineDeadError(str(item)) from item
+                    raise EngineDeadError(str(item), in_flight=True) from item
                 finished = item.finished
                 yield item
         finally:
