@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
+from heron.cli_common import CLIError, check_max_tokens, load_error_types, sampling_params_from_args
 from heron.config import EngineArgs
 from heron.sampling_params import SamplingParams
 
@@ -30,7 +31,6 @@ Messages = list[dict[str, str]]
 
 def run_chat(args: argparse.Namespace, engine_args: EngineArgs) -> int:
     """Load the engine, converse until the user quits, and stop the engine; returns the status."""
-    from heron.cli import CLIError, check_max_tokens, load_error_types, sampling_params_from_args
     from heron.engine.async_llm import AsyncLLM
 
     params = sampling_params_from_args(args)  # a bad flag fails before the model loads
