@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from heron.engine.async_llm import AsyncLLM
     from heron.engine.llm import LLM
     from heron.outputs import CompletionOutput, RequestOutput
+    from heron.pooling import EmbeddingRequestOutput, PoolingParams
     from heron.sampling_params import SamplingParams
 
 _LAZY = {
@@ -23,9 +24,20 @@ _LAZY = {
     "RequestOutput": "heron.outputs",
     "CompletionOutput": "heron.outputs",
     "EngineArgs": "heron.config",
+    "PoolingParams": "heron.pooling",
+    "EmbeddingRequestOutput": "heron.pooling",
 }
 
-__all__ = ["LLM", "AsyncLLM", "CompletionOutput", "EngineArgs", "RequestOutput", "SamplingParams"]
+__all__ = [
+    "LLM",
+    "AsyncLLM",
+    "CompletionOutput",
+    "EmbeddingRequestOutput",
+    "EngineArgs",
+    "PoolingParams",
+    "RequestOutput",
+    "SamplingParams",
+]
 
 
 def __getattr__(name: str) -> Any:

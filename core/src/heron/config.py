@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -74,6 +74,17 @@ class EngineArgs(BaseModel):
         "else transformers).",
     )
     disable_log_stats: bool = Field(False, description="Do not log throughput periodically.")
+    runner: Literal["auto", "generate", "pooling"] = Field(
+        "auto",
+        description="generate (text generation), pooling (embeddings: LLM.embed, "
+        "/v1/embeddings) or auto (pooling for a sentence-transformers folder or an encoder "
+        "architecture such as BERT, else generate).",
+    )
+    pooler_config: dict[str, Any] | None = Field(
+        None,
+        description='Pooling runner overrides as JSON, e.g. \'{"pooling_type": "MEAN", '
+        '"normalize": true, "matryoshka": true}\' (pooling_type MEAN, CLS or LAST).',
+    )
     tensor_parallel_size: int = Field(
         1,
         ge=1,
@@ -102,6 +113,13 @@ class EngineArgs(BaseModel):
         "names, else a local one; pip install 'heron-core[ray]').",
     )
 
+    @field_validator("pooler_config", mode="before")
+    @classmethod
+    def _parse_pooler_config(cls, value: Any) -> Any:
+        from heron.pooling.config import parse_pooler_config
+
+        return parse_pooler_config(value)  # JSON text from the CLI, or a dict
+
 
 # What a default of None means, in words, for each field where it means "decided later".
 _DEFAULT_HELP: dict[str, str] = {
@@ -115,6 +133,7 @@ _DEFAULT_HELP: dict[str, str] = {
     "num_gpu_blocks_override": "sized from the memory the backend grants",
     "backend": "HERON_BACKEND, else the available backend with the highest score",
     "distributed_executor_backend": "uni for one rank, mp for several",
+    "pooler_config": "read from the model (sentence-transformers modules.json)",
 }
 
 # vLLM's short spellings.

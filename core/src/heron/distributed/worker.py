@@ -27,7 +27,7 @@ from heron.distributed.tensor_parallel import SINGLE, TensorParallel
 from heron.engine.kv_sizing import KVPlan, plan_kv_cache
 from heron.loader import ModelSource, load_model_source
 from heron.models.registry import builtin_registry, resolve_model_impl
-from heron.runner.model_runner import TorchModelRunner
+from heron.pooling.runner import runner_class
 from heron.sched.output import RunnerOutput, SchedulerOutput
 from heron_interfaces import CommContext, Platform
 
@@ -83,7 +83,9 @@ class Worker:
         if model_cls is None:
             model_cls = _model_class(self.source, args.model_impl)
         self.tp, self.pp = self._join_groups()
-        self.runner = TorchModelRunner(
+        runner_cls, runner_kwargs = runner_class(args)
+        self.runner = runner_cls(
+            **runner_kwargs,
             platform=self.platform,
             model_cls=model_cls,
             hf_config=self.source.hf_config,

@@ -21,6 +21,8 @@ from heron.engine.llm_engine import LLMEngine, PreparedRequest
 from heron.engine.output_processor import RequestOutputKind
 from heron.engine.stats_logger import EngineStats, StatsLogger, interval_from_env
 from heron.outputs import RequestOutput
+from heron.pooling.outputs import EmbeddingRequestOutput
+from heron.pooling.params import PoolingParams
 from heron.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -185,6 +187,64 @@ class AsyncLLM:
         self.engine.wakeup()
         self._thread.join(timeout=10)
         self.engine.shutdown()
+
+    # -- embeddings (the pooling runner) ------------------------------------------------------
+    def process_pooling_prompt(
+        self, prompt: PromptType, params: PoolingParams | None = None
+    ) -> ProcessedPrompt:
+        """Tokenize and length-check one embedding input (blocking: call it off the event loop)."""
+        pooling = getattr(self.engine, "pooling", None)
+        if pooling is None:
+            raise ValueError(
+                "this model runs the generate runner, which returns no embeddings; start it with "
+                "runner='pooling' (--runner pooling)"
+            )
+        return pooling.process(prompt, params or PoolingParams())
+
+    async def encode(
+        self,
+        prompt: PromptType | ProcessedPrompt,
+        pooling_params: PoolingParams | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[EmbeddingRequestOutput]:
+        """Yield the input's pooled output (one, as vLLM's ``encode``); leaving early aborts."""
+        if self.dead_error is not None:
+            raise EngineDeadError("the engine has stopped") from self.dead_error
+        if not hasattr(self.engine, "prepare_pooling"):
+            raise ValueError("embeddings are not supported with data_parallel_size > 1")
+        queue: asyncio.Queue = asyncio.Queue()
+        rid = request_id or self.engine.next_request_id()
+        prepared = self.engine.prepare_pooling(rid, prompt, pooling_params)
+        with self._wake:
+            if rid in self._queues:
+                raise ValueError(f"request_id {rid!r} is already in use")
+            self._queues[rid] = (asyncio.get_running_loop(), queue)
+            self._pending.append((prepared, RequestOutputKind.FINAL_ONLY))
+            self._wake.notify()
+        self.engine.wakeup()
+        finished = False
+        try:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise EngineDeadError(str(item), in_flight=True) from item
+            finished = True
+            yield item
+        finally:
+            if not finished:
+                self.abort(rid)
+
+    async def embed(
+        self,
+        prompt: PromptType | ProcessedPrompt,
+        pooling_params: PoolingParams | None = None,
+        request_id: str | None = None,
+    ) -> EmbeddingRequestOutput:
+        """The input's embedding (``out.outputs.embedding``); raises if it was aborted."""
+        async for output in self.encode(prompt, pooling_params, request_id):
+            if output.outputs is None:
+                raise RuntimeError(f"embedding request {output.request_id!r} was aborted")
+            return output
+        raise RuntimeError("the engine returned no embedding")
 
     # -- the loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:

@@ -32,6 +32,8 @@ from heron.loader import ModelSource, load_model_source
 from heron.models.decoder import HeadShard, UnsupportedAttentionError
 from heron.models.registry import builtin_registry, resolve_model_impl
 from heron.plugins import PluginHost, load_plugins, select_platform
+from heron.pooling.config import pooling_engine_changes, resolve_runner
+from heron.pooling.scheduler import PoolingScheduler
 from heron.request import Request, RequestStatus
 from heron.sched.output import RequestUpdate, SchedulerOutput
 from heron.sched.scheduler import Scheduler, SchedulerConfig
@@ -58,9 +60,18 @@ class EngineCore:
             args.model, revision=args.revision, trust_remote_code=args.trust_remote_code
         )
         hf_config = self.source.hf_config
+        _, self.pooler = resolve_runner(
+            args.runner, self.source.path, hf_config, args.pooler_config
+        )
+        """The pooling recipe when the engine runs the pooling runner (embeddings), else None."""
+        if self.pooler is not None:
+            self.args = args = args.model_copy(update=pooling_engine_changes(args, self.pooler))
         self.dtype = self._resolve_dtype(args.dtype)
         self.block_size = self._resolve_block_size(args.block_size)
         self.max_model_len = self._resolve_max_model_len(args.max_model_len, hf_config)
+        if self.pooler and self.pooler.max_seq_length and args.max_model_len is None:
+            # sentence-transformers truncates to max_seq_length: the length it was trained for.
+            self.max_model_len = min(self.max_model_len, self.pooler.max_seq_length)
         registry = builtin_registry()
         host.register_models(registry)
         architectures = list(getattr(hf_config, "architectures", None) or [])
@@ -121,7 +132,8 @@ class EngineCore:
         self.kv_manager = KVCacheManager(
             self.kv_plan.num_blocks, self.block_size, args.enable_prefix_caching
         )
-        self.scheduler = Scheduler(self.scheduler_config, self.kv_manager)
+        scheduler_cls = Scheduler if self.pooler is None else PoolingScheduler
+        self.scheduler = scheduler_cls(self.scheduler_config, self.kv_manager)
         self.structured: StructuredOutputManager | None = None
         """Grammar state of constrained requests; made on the first one (xgrammar's tokenizer
         info takes a moment to build, so engines that never constrain never pay it)."""

@@ -12,6 +12,8 @@ from heron.config import make_engine_args
 from heron.engine.data_parallel import build_engine
 from heron.engine.input_processor import ChatMessages, PromptType
 from heron.outputs import RequestOutput
+from heron.pooling.outputs import EmbeddingRequestOutput
+from heron.pooling.params import PoolingParams
 from heron.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,73 @@ class LLM:
                 for conv, sp in zip(conversations, params_list)
             ],
             use_tqdm,
+        )
+
+    def embed(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[EmbeddingRequestOutput]:
+        """One embedding per prompt, in order (``out.outputs.embedding``, a list of floats).
+
+        The model must run the pooling runner (``runner="pooling"``, or ``"auto"`` for an
+        embedding model). ``truncate_prompt_tokens`` applies to every prompt without its own
+        ``PoolingParams``.
+        """
+        prompt_list = _as_prompt_list(prompts)
+        if pooling_params is None or isinstance(pooling_params, PoolingParams):
+            params_list = [pooling_params] * len(prompt_list)
+        else:
+            params_list = list(pooling_params)
+            if len(params_list) != len(prompt_list):
+                raise ValueError(
+                    f"pooling_params: got {len(params_list)} PoolingParams for "
+                    f"{len(prompt_list)} prompts; pass one, or one per prompt"
+                )
+        params_list = [
+            p or PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens) for p in params_list
+        ]
+        engine = self.llm_engine
+        ids: list[str] = []
+        try:
+            prepared = []
+            for prompt, params in zip(prompt_list, params_list):
+                prepared.append(engine.prepare_pooling(engine.next_request_id(), prompt, params))
+            for item in prepared:
+                engine.add_prepared(item)
+                ids.append(item.request_id)
+            results: dict[str, EmbeddingRequestOutput] = {}
+            bar = tqdm(total=len(ids), desc="Embedding", unit="input", disable=not use_tqdm)
+            try:
+                while engine.has_unfinished_requests():
+                    for output in engine.step():
+                        results[output.request_id] = output
+                        bar.update(1)
+            finally:
+                bar.close()
+            return [results[rid] for rid in ids]
+        except BaseException:
+            for rid in ids:
+                engine.abort_request(rid)
+            raise
+
+    def encode(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[EmbeddingRequestOutput]:
+        """vLLM's name for :meth:`embed` (the pooled outputs of an embedding model)."""
+        return self.embed(
+            prompts,
+            pooling_params,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            use_tqdm=use_tqdm,
         )
 
     def _run(

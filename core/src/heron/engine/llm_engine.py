@@ -17,6 +17,8 @@ from heron.engine.output_processor import OutputProcessor, RequestOutputKind
 from heron.engine.stats_logger import EngineStats
 from heron.outputs import RequestOutput
 from heron.plugins import PluginHost
+from heron.pooling.frontend import PoolingFrontend, PreparedPooling
+from heron.pooling.params import PoolingParams
 from heron.request import Request, RequestStatus
 from heron.sampling_params import SamplingParams
 from heron.sched.output import RequestUpdate
@@ -71,6 +73,8 @@ class LLMEngine:
         )
         self.output_processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
+        self.pooling = PoolingFrontend.for_core(self.core)
+        """Input and output processing of embedding requests, when the engine pools; else None."""
 
     @property
     def model_name(self) -> str:
@@ -108,6 +112,9 @@ class LLMEngine:
         prepared: PreparedRequest,
         output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY,
     ) -> None:
+        if isinstance(prepared, PreparedPooling):
+            self._add_pooling(prepared)
+            return
         self.output_processor.add_request(
             prepared.request_id,
             prepared.prompt.prompt,
@@ -129,7 +136,29 @@ class LLMEngine:
         """Validate and queue one request; raises (and queues nothing) on bad input."""
         self.add_prepared(self.prepare_request(request_id, prompt, params), output_kind)
 
+    def prepare_pooling(
+        self, request_id: str, prompt: PromptType | ProcessedPrompt, params: PoolingParams | None
+    ) -> PreparedPooling:
+        """An embedding request's checks (safe off-thread); the engine must run the pooling
+        runner."""
+        if self.pooling is None:
+            raise ValueError(
+                "this model runs the generate runner, which returns no embeddings; start it with "
+                "runner='pooling' (--runner pooling)"
+            )
+        check = self.core.scheduler.check_pooling_request  # type: ignore[attr-defined]
+        return self.pooling.prepare(request_id, prompt, params, check)
+
+    def _add_pooling(self, prepared: PreparedPooling) -> None:
+        if self.pooling is None:
+            raise RuntimeError("a pooling request reached an engine that does not pool")
+        self.pooling.add(prepared)
+        self.core.add_request(prepared.request)
+
     def abort_request(self, request_id: str) -> None:
+        if self.pooling is not None and self.pooling.forget(request_id):
+            self.core.abort_requests([request_id])
+            return
         child_ids = self.output_processor.abort(request_id)
         self.core.abort_requests(child_ids)
 
@@ -144,6 +173,8 @@ class LLMEngine:
         children = list(self.core.scheduler.requests.values())
         self.core.abort_requests([r.request_id for r in children])
         updates = [RequestUpdate(request=r, finished=True) for r in children]
+        if self.pooling is not None:  # embeddings without a vector: aborted
+            return self.pooling.outputs(updates)
         return self.output_processor.process(updates).request_outputs
 
     def shutdown(self) -> None:
@@ -154,6 +185,8 @@ class LLMEngine:
         updates = self.core.step()
         if not updates:
             return []
+        if self.pooling is not None:  # a pooling engine runs only embedding requests
+            return self.pooling.outputs(updates)
         processed = self.output_processor.process(updates)
         if processed.to_abort:
             self.core.finish_requests(processed.to_abort, RequestStatus.FINISHED_STOPPED)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 from heron.request import Request
 
@@ -63,6 +64,8 @@ class RunnerOutput:
     logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)
     prompt_logprobs: dict[str, list[TokenLogprobs | None]] = field(default_factory=dict)
     """request_id -> logprobs of the prompt tokens covered this step (None for the first token)."""
+    pooled: dict[str, Any] = field(default_factory=dict)
+    """request_id -> pooled hidden state (a float32 tensor), from the pooling runner."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -75,3 +78,5 @@ class RequestUpdate:
     """Parallel to ``new_token_ids`` when the request asked for logprobs, else empty."""
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)
     finished: bool = False
+    pooled: Any = None
+    """The pooled vector of a pooling request (a float32 tensor), with ``finished``."""
