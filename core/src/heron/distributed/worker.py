@@ -161,7 +161,9 @@ class Worker:
     def load_weights(self) -> float:
         """Load this rank's shard; returns the seconds it took (for the driver's log)."""
         started = time.monotonic()
-        self.runner.load_weights(self.source.weights())
+        # Several ranks: each reads only what it keeps (its slices, its stage's layers).
+        lazy = self.spec.world_size > 1
+        self.runner.load_weights(self.source.weights(lazy=True) if lazy else self.source.weights())
         return time.monotonic() - started
 
     def plan_kv_cache(self, max_step_tokens: int) -> KVPlan:

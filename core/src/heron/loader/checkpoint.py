@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from heron.loader.lazy import LazyTensor
+
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
@@ -48,8 +50,30 @@ def has_weights(folder: Path) -> bool:
     return bool(safetensors_files(folder) or bin_files(folder))
 
 
-def iter_checkpoint(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` for every tensor of the checkpoint in ``folder``."""
+# safetensors' dtype names
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def iter_checkpoint(
+    folder: str | Path, *, lazy: bool = False
+) -> Iterator[tuple[str, torch.Tensor | LazyTensor]]:
+    """Yield ``(name, tensor)`` for every tensor of the checkpoint in ``folder``.
+
+    ``lazy``: safetensors tensors come as :class:`~heron.loader.lazy.LazyTensor` s that read only
+    the slices a rank keeps (tensor and pipeline parallelism); use each before the next is
+    yielded, since its file closes after its last tensor. ``*.bin`` checkpoints load whole.
+    """
     from safetensors import safe_open
 
     folder = Path(folder)
@@ -58,6 +82,12 @@ def iter_checkpoint(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
         for shard in shards:
             with safe_open(str(shard), framework="pt") as handle:
                 for name in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                    if lazy:
+                        part = handle.get_slice(name)
+                        dtype = _SAFETENSORS_DTYPES.get(part.get_dtype())
+                        if dtype is not None:
+                            yield name, LazyTensor(name, part.get_shape(), dtype, part.__getitem__)
+                            continue
                     yield name, handle.get_tensor(name)
         return
     bins = bin_files(folder)

@@ -22,10 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import quant_shape_from_byte_shape
 
 from heron.loader.dequant import dequantize
 from heron.loader.gguf_file import read_gguf
+from heron.loader.lazy import LazyTensor, leading_rows
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,13 @@ _BLOCK_NAMES = {
 # Bump when the conversion below changes, so that stale cache entries are not reused.
 _CACHE_FORMAT = 1
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+# GGUF float types keep their dtype when decoded; quantized ones become float32.
+_FLOAT_DTYPES = {
+    GGMLQuantizationType.F64: torch.float64,
+    GGMLQuantizationType.F32: torch.float32,
+    GGMLQuantizationType.F16: torch.float16,
+    GGMLQuantizationType.BF16: torch.bfloat16,
+}
 # Tensors llama.cpp stores that Heron derives from the config instead.
 _DERIVED = {"rope_freqs.weight"}
 # generation_config.json key -> GGUF metadata key (config defaults would invent a bos id)
@@ -88,8 +99,14 @@ def unpermute_rotary(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     return weight.reshape(num_heads, half, 2, *rest).transpose(1, 2).reshape(weight.shape)
 
 
-def iter_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(hf_name, tensor)`` for each tensor of the GGUF file, dequantized on the fly."""
+def iter_gguf_weights(
+    path: str, hf_config: Any, *, lazy: bool = False
+) -> Iterator[tuple[str, torch.Tensor | LazyTensor]]:
+    """Yield ``(hf_name, tensor)`` for each tensor of the GGUF file, dequantized on the fly.
+
+    ``lazy``: :class:`~heron.loader.lazy.LazyTensor` s that dequantize only the rows a rank keeps
+    (whole quantization blocks run along rows), and nothing for a tensor that is skipped.
+    """
     metadata, tensors = read_gguf(path)
     permuted = metadata.get("general.architecture") == "llama"
     num_heads = hf_config.num_attention_heads
@@ -98,12 +115,45 @@ def iter_gguf_weights(path: str, hf_config: Any) -> Iterator[tuple[str, torch.Te
         if tensor.name in _DERIVED:
             continue
         name = hf_tensor_name(tensor.name)
-        weight = dequantize(tensor.data, tensor.tensor_type)
+        heads = None
         if permuted and ".self_attn.q_proj." in name:
-            weight = unpermute_rotary(weight, num_heads)
+            heads = num_heads
         elif permuted and ".self_attn.k_proj." in name:
-            weight = unpermute_rotary(weight, num_kv_heads)
-        yield name, weight
+            heads = num_kv_heads
+        if lazy:
+            yield name, _lazy_gguf_tensor(name, tensor.data, tensor.tensor_type, heads)
+            continue
+        weight = dequantize(tensor.data, tensor.tensor_type)
+        yield name, weight if heads is None else unpermute_rotary(weight, heads)
+
+
+def _lazy_gguf_tensor(
+    name: str, data: Any, qtype: GGMLQuantizationType, rotary_heads: int | None
+) -> LazyTensor:
+    """``data`` (rows of quantization blocks) as a LazyTensor; ``rotary_heads``: a Q or K
+    projection stored permuted per head, which a slice of whole heads un-permutes by itself."""
+    shape = tuple(int(n) for n in data.shape)
+    if data.dtype == np.uint8:  # rows of packed blocks (BF16 included): the element shape
+        shape = tuple(int(n) for n in quant_shape_from_byte_shape(shape, qtype))
+    dtype = _FLOAT_DTYPES.get(qtype, torch.float32)
+
+    def decode(rows: Any, heads: int | None) -> torch.Tensor:
+        weight = dequantize(rows, qtype)
+        return weight if heads is None else unpermute_rotary(weight, heads)
+
+    def read(index: Any) -> torch.Tensor:
+        split = leading_rows(index, shape[0]) if len(shape) >= 2 else None
+        if split is not None:
+            rows, rest = split
+            start, stop = rows.start, rows.stop
+            if rotary_heads is None and stop > start:
+                return decode(data[start:stop], None)[rest]
+            per_head = shape[0] // rotary_heads if rotary_heads else 0
+            if per_head and stop > start and start % per_head == 0 and stop % per_head == 0:
+                return decode(data[start:stop], (stop - start) // per_head)[rest]
+        return decode(data, rotary_heads)[index]
+
+    return LazyTensor(name, shape, dtype, read)
 
 
 def heron_cache_dir() -> Path:

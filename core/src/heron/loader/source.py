@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from heron.loader.checkpoint import has_weights, iter_checkpoint
 from heron.loader.gguf_source import gguf_metadata_dir, iter_gguf_weights, load_cached_metadata
 
@@ -42,7 +40,8 @@ class ModelSource:
         hf_config: the ``transformers`` config (``architectures`` always set for GGUF).
         tokenizer: the tokenizer, with ``chat_template`` when the model ships one.
         generation_config: ``generation_config.json`` (or GGUF token ids); ``{}`` when none.
-        weights: returns a fresh iterator of HF-named tensors each time it is called.
+        weights: returns a fresh iterator of HF-named tensors each time it is called;
+            ``weights(lazy=True)`` yields :class:`~heron.loader.lazy.LazyTensor` s instead.
         quantization: ``None`` for plain checkpoints, ``"gguf"`` for dequantized GGUF weights,
             or the checkpoint's ``quant_method``.
     """
@@ -52,7 +51,7 @@ class ModelSource:
     hf_config: Any
     tokenizer: Any
     generation_config: dict[str, Any] = field(default_factory=dict)
-    weights: Callable[[], Iterator[tuple[str, torch.Tensor]]]
+    weights: Callable[..., Iterator[tuple[str, Any]]]
     quantization: str | None = None
 
 
