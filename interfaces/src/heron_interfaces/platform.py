@@ -31,6 +31,16 @@ class Capabilities:
     default_dtype: str = "float32"
     pinned_memory: bool = False
     graph_capture: bool = False
+    static_shapes: bool = False
+    """API 1.6: the device runs compiled programs of fixed shapes (a TPU). Core then pads every
+    step to a padding bucket (:func:`padding_bucket`), runs every bucket once at start-up so that
+    each is compiled before the first request, and never builds a step of another shape. Eager
+    devices leave it False and get exact shapes."""
+    token_buckets: tuple[int, ...] = ()
+    """API 1.6: flattened token counts a step is padded to, ascending. With ``static_shapes`` the
+    platform must keep the engine's token budget at or below the last one (``check_config``)."""
+    seq_buckets: tuple[int, ...] = ()
+    """API 1.6: sequence counts a step is padded to, ascending; the last bounds ``max_num_seqs``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,4 +129,17 @@ class Platform(ABC):
         return "lower max_model_len or max_num_seqs"
 
 
-__all__ = ["Capabilities", "ConfigChange", "Platform", "field"]
+def padding_bucket(buckets: tuple[int, ...], count: int) -> int:
+    """The smallest of ``buckets`` that holds ``count`` (API 1.6).
+
+    Raises ``ValueError`` when none does: a compile-first device would have to compile a new
+    program mid-serving, which the contract rules out; the platform's ``check_config`` must keep
+    the engine's limits within its largest bucket.
+    """
+    for bucket in buckets:
+        if bucket >= count:
+            return bucket
+    raise ValueError(f"{count} exceeds the largest padding bucket {max(buckets, default=0)}")
+
+
+__all__ = ["Capabilities", "ConfigChange", "Platform", "field", "padding_bucket"]

@@ -13,6 +13,7 @@ import torch
 
 from heron.sched.output import SchedulerOutput
 from heron_interfaces import AttentionMetadata
+from heron_interfaces.static_shapes import pad_metadata
 
 
 @dataclass(slots=True)
@@ -122,3 +123,52 @@ def build_profile_inputs(
     input_ids = torch.zeros(num_tokens, dtype=torch.long, device=device)
     starts = np.zeros(count, dtype=np.int64)
     return _assemble(lens, starts, block_table, input_ids, block_size, device), num_blocks
+
+
+def pad_step_inputs(
+    inputs: StepInputs, num_tokens: int, num_seqs: int, max_blocks: int
+) -> StepInputs:
+    """``inputs`` padded to a bucket for a compile-first platform (API 1.6).
+
+    Padding tokens have id 0 at position 0 and write no KV (slot -1); padding sequences are
+    empty (see :mod:`heron_interfaces.static_shapes`). ``query_start_loc`` (the host copy the
+    sampler reads) keeps the real sequences only, so padded rows are never sampled.
+    """
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        extra = num_tokens - t.shape[0]
+        return torch.cat([t, t.new_zeros(extra)]) if extra else t
+
+    return StepInputs(
+        input_ids=pad(inputs.input_ids),
+        positions=pad(inputs.positions),
+        metadata=pad_metadata(
+            inputs.metadata, num_tokens=num_tokens, num_seqs=num_seqs, max_blocks=max_blocks
+        ),
+        query_start_loc=inputs.query_start_loc,
+    )
+
+
+def build_warmup_inputs(
+    num_tokens: int, num_seqs: int, max_blocks: int, block_size: int, device: torch.device
+) -> StepInputs:
+    """A step of exactly ``num_tokens`` tokens over ``num_seqs`` sequences that writes no KV.
+
+    Its shapes are those of a real step padded to these buckets, so running it compiles what such
+    a step needs; every slot is -1 and every block id 0, so the live cache is left untouched.
+    """
+    count = max(1, min(num_seqs, num_tokens))
+    lens = np.full(count, num_tokens // count, dtype=np.int64)
+    lens[: num_tokens % count] += 1
+    lens = np.minimum(lens, max_blocks * block_size)
+    table = np.zeros((count, 1), dtype=np.int32)
+    inputs = _assemble(
+        lens,
+        np.zeros(count, dtype=np.int64),
+        table.repeat(max(1, -(-int(lens.max()) // block_size)), axis=1),
+        torch.zeros(int(lens.sum()), dtype=torch.long, device=device),
+        block_size,
+        device,
+    )
+    inputs.metadata.slot_mapping.fill_(-1)
+    return pad_step_inputs(inputs, num_tokens, num_seqs, max_blocks)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import torch
@@ -17,13 +18,20 @@ from heron.distributed.pipeline import SINGLE_STAGE, PipelineStage
 from heron.distributed.tensor_parallel import SINGLE, TensorParallel
 from heron.models.context import ModelContext
 from heron.plugins import resolve_reference
-from heron.runner.input_batch import StepInputs, build_profile_inputs, build_step_inputs
+from heron.runner.input_batch import (
+    StepInputs,
+    build_profile_inputs,
+    build_step_inputs,
+    build_warmup_inputs,
+    pad_step_inputs,
+)
 from heron.runner.sampler import Sampler, SamplingBatch, SamplingRow, compute_prompt_logprobs
 from heron.runner.step_graphs import StepGraphs
 from heron.sched.output import RunnerOutput, ScheduledRequest, SchedulerOutput
 from heron.structured_outputs.manager import apply_grammar_bitmask
 from heron_interfaces import AttentionBackend, AttentionMetadata, Platform
 from heron_interfaces.kernel_ops import KernelOps
+from heron_interfaces.platform import padding_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +75,15 @@ class TorchModelRunner:
         self._prompt_tail: dict[str, torch.Tensor] = {}
         """Hidden state of the last prompt position of a chunk, which scores the next chunk's first."""
         self.step_graphs: StepGraphs | None = None
+        caps = platform.capabilities()
+        self.static_shapes = caps.static_shapes
+        """API 1.6: every step is padded to a (tokens, sequences) bucket warmed at start-up."""
+        self.token_buckets = caps.token_buckets
+        self.seq_buckets = caps.seq_buckets
+        max_len = int(getattr(hf_config, "max_position_embeddings", None) or 2048)
+        self.max_blocks = -(-max_len // block_size)
+        """Block-table columns of a padded step: enough for the longest sequence the model allows."""
+        self.warmed: set[tuple[int, int]] = set()
 
     # -- set-up ----------------------------------------------------------------------------------
     def load_weights(self, weights: Any) -> None:
@@ -90,6 +107,8 @@ class TorchModelRunner:
         inputs, num_blocks = build_profile_inputs(
             num_tokens, num_seqs, max_model_len, self.block_size, self.device
         )
+        if self.static_shapes:
+            inputs = self._pad(inputs)
         shape = self.kv_cache_shape(num_blocks)
         scratch = [
             self.attention_cls.allocate_kv_cache(shape, self.dtype, self.device)
@@ -130,6 +149,59 @@ class TorchModelRunner:
         ]
         if self.step_graphs is not None:
             self.step_graphs.clear()
+        if self.static_shapes:
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """Run one step of every padding bucket, so that no request ever waits for a compile.
+
+        Why here: a compile-first device (API 1.6) compiles a program per step shape, and a
+        compile takes seconds to minutes; after this, every step the scheduler can build is
+        padded to a shape that has already run. The steps write no KV.
+        """
+        from tqdm.auto import tqdm
+
+        shapes = self.bucket_shapes()
+        started = time.monotonic()
+        with torch.inference_mode():
+            for num_tokens, num_seqs in tqdm(
+                shapes, desc=f"Compiling {self.platform.name} step shapes", unit="shape"
+            ):
+                inputs = build_warmup_inputs(
+                    num_tokens, num_seqs, self.max_blocks, self.block_size, self.device
+                )
+                self._model_forward(inputs.input_ids, inputs.positions, inputs.metadata)
+                self.warmed.add((num_tokens, num_seqs))
+            self.platform.synchronize()
+        logger.info(
+            "Compiled %d step shapes (tokens x sequences) for %s in %.1f s",
+            len(shapes),
+            self.platform.name,
+            time.monotonic() - started,
+        )
+
+    def bucket_shapes(self) -> list[tuple[int, int]]:
+        """Every (token bucket, sequence bucket) a step can be padded to.
+
+        A step of ``t`` tokens has at most ``t`` sequences, so a token bucket pairs with the
+        sequence buckets up to the one that holds its own size.
+        """
+        shapes = []
+        for tokens in self.token_buckets:
+            for seqs in self.seq_buckets:
+                shapes.append((tokens, seqs))
+                if seqs >= tokens:
+                    break
+        return shapes
+
+    def _pad(self, inputs: StepInputs) -> StepInputs:
+        num_tokens = int(inputs.input_ids.shape[0])
+        num_seqs = int(inputs.metadata.num_seqs)
+        shape = (
+            padding_bucket(self.token_buckets, num_tokens),
+            padding_bucket(self.seq_buckets, num_seqs),
+        )
+        return pad_step_inputs(inputs, shape[0], shape[1], self.max_blocks)
 
     def enable_step_graphs(self, max_model_len: int) -> str:
         """Replay decode steps from recorded kernel launches where the platform can; says which."""
@@ -160,7 +232,17 @@ class TorchModelRunner:
         return self.sample(out, inputs, hidden)
 
     def prepare_inputs(self, out: SchedulerOutput) -> StepInputs:
-        return build_step_inputs(out, self.block_size, self.device)
+        inputs = build_step_inputs(out, self.block_size, self.device)
+        if not self.static_shapes:
+            return inputs
+        padded = self._pad(inputs)
+        shape = (int(padded.input_ids.shape[0]), len(padded.metadata.seq_lens))
+        if self.warmed and shape not in self.warmed:
+            raise RuntimeError(
+                f"step shape {shape} (tokens, sequences) was not compiled at start-up; the "
+                f"platform's buckets must cover the engine's step limits"
+            )
+        return padded
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         if self.step_graphs is not None:

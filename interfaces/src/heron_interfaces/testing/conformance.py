@@ -44,6 +44,11 @@ from heron_interfaces.testing.platform_suite import (
     test_capabilities_are_consistent,
     test_platform_identity,
 )
+from heron_interfaces.testing.static_shapes_suite import (
+    test_check_config_keeps_steps_within_buckets,
+    test_padded_step_matches_unpadded,
+    test_padding_buckets_are_declared,
+)
 
 __all__ = [
     "attention_backend_cls",
@@ -55,6 +60,7 @@ __all__ = [
     "test_attention_backend_agrees_with_capabilities",
     "test_backend_spec",
     "test_capabilities_are_consistent",
+    "test_check_config_keeps_steps_within_buckets",
     "test_collective",
     "test_embedding_matches_reference",
     "test_forward_block_boundaries",
@@ -64,6 +70,8 @@ __all__ = [
     "test_forward_strided_qkv",
     "test_kv_cache_layout",
     "test_linear_matches_reference",
+    "test_padded_step_matches_unpadded",
+    "test_padding_buckets_are_declared",
     "test_peak_follows_allocation_and_resets",
     "test_platform_identity",
     "test_rms_norm_matches_reference",
