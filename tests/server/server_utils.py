@@ -134,3 +134,21 @@ def make_tiny_model(tmp_dir: Path) -> Path:
 
 def start_server(tmp_dir: Path, *args: str, **kwargs: object) -> RemoteServer:
     return RemoteServer(list(args), tmp_dir / "server.log", **kwargs)  # type: ignore[arg-type]
+
+
+def child_pids(parent: int, module: str) -> list[int]:
+    """Processes whose parent is ``parent`` and whose command line runs ``python -m module``
+    (a tensor-parallel worker rank, a data-parallel replica), read from the process table."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and module.encode() in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)

@@ -11,26 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from server_utils import SERVED_NAME, TINY_ARGS, RemoteServer, start_server
+from server_utils import SERVED_NAME, TINY_ARGS, RemoteServer, child_pids, start_server
 
 pytestmark = pytest.mark.slow
 
 
 def replica_pids(parent: int) -> list[int]:
-    """Processes whose parent is ``parent`` and which run a Heron engine replica."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and b"heron.engine.replica_process" in cmdline:
-            pids.append(int(entry.name))
-    return sorted(pids)
+    return child_pids(parent, "heron.engine.replica_process")
 
 
 @pytest.fixture
