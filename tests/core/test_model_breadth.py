@@ -16,6 +16,7 @@ from model_utils import ENGINE_MODES, EQUALITY_PROMPTS, hf_greedy, make_equality
 from heron import LLM, SamplingParams
 from heron.config import EngineArgsError
 from heron.engine.engine_core import EngineConfigError
+from heron.layers import Linear
 from heron.models import UnsupportedModelError
 
 NEW_TOKENS = 10
@@ -72,6 +73,10 @@ def test_transformers_impl_runs_a_native_architecture_through_the_fallback(tmp_p
         model = llm.llm_engine.core.runner.model
         expected_cls = "TransformersForCausalLM" if impl == "transformers" else "LlamaForCausalLM"
         assert type(model).__name__ == expected_cls
+        if impl == "transformers":  # transformers' linears run on the platform's prepared weights
+            q_proj = model.hf_model.model.layers[0].self_attn.q_proj
+            assert model.num_linears == 2 * (4 + 3) + 1
+            assert isinstance(q_proj, Linear) and "_prepared" in q_proj.__dict__
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompt_ids], greedy())
         ids[impl] = [list(o.outputs[0].token_ids) for o in outputs]
     assert ids["heron"] == ids["transformers"]

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from heron.distributed.tensor_parallel import ShardingError
-from heron.layers import copy_weight
+from heron.layers import Linear, copy_weight
+from heron.layers.linear import prepare_linear_weights
 from heron.models.context import ModelContext
 from heron.models.decoder import UnsupportedAttentionError, _dtype_name
 from heron.models.registry import UnsupportedModelError
@@ -109,6 +110,25 @@ def _config_int(hf_config: Any, *names: str) -> int | None:
     return None
 
 
+def _use_heron_linears(model: nn.Module, ctx: ModelContext) -> int:
+    """Swap every plain ``nn.Linear`` of ``model`` for Heron's :class:`Linear` over the *same*
+    parameters (names, shapes and ties unchanged), so that after loading the platform's kernels
+    prepare each weight once (prepacked GEMMs) instead of torch re-laying it out on every call.
+    Returns how many were swapped; subclasses of ``nn.Linear`` are left alone."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear:
+                continue
+            layer = Linear(1, 1, bias=child.bias is not None, dtype=ctx.dtype, ops=ctx.ops)
+            layer.in_features, layer.out_features = child.in_features, child.out_features
+            layer.weight = child.weight
+            layer.bias = child.bias
+            setattr(parent, name, layer)
+            swapped += 1
+    return swapped
+
+
 class TransformersForCausalLM(nn.Module):
     """A transformers causal LM whose attention is Heron's (see the module docstring).
 
@@ -142,6 +162,8 @@ class TransformersForCausalLM(nn.Module):
         self.config = hf_config
         self._check_kernels(ctx)
         self.hf_model = self._build(hf_config, ctx)
+        self.num_linears = _use_heron_linears(self.hf_model, ctx)
+        """transformers' ``nn.Linear`` layers now run through the platform's matmul kernels."""
         self.base = self.hf_model.base_model
         self.lm_head = self.hf_model.get_output_embeddings()
         if self.lm_head is None:
@@ -288,6 +310,10 @@ class TransformersForCausalLM(nn.Module):
         return logits
 
     # -- weights ---------------------------------------------------------------------------------
+    def prepare_for_inference(self) -> None:
+        """After loading: the platform's kernels prepare every swapped linear layer's weight."""
+        prepare_linear_weights(self.hf_model)
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors into transformers' own parameters.
 
