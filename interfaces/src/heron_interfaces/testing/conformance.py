@@ -38,6 +38,11 @@ from heron_interfaces.testing.memory_suite import (
     test_peak_follows_allocation_and_resets,
     test_snapshot_is_sane,
 )
+from heron_interfaces.testing.noncausal_suite import (
+    test_non_causal_forward_matches_reference,
+    test_non_causal_prompt_matches_dense,
+    test_non_causal_support_is_declared_honestly,
+)
 from heron_interfaces.testing.platform_suite import (
     test_attention_backend_agrees_with_capabilities,
     test_backend_spec,
@@ -70,6 +75,9 @@ __all__ = [
     "test_forward_strided_qkv",
     "test_kv_cache_layout",
     "test_linear_matches_reference",
+    "test_non_causal_forward_matches_reference",
+    "test_non_causal_prompt_matches_dense",
+    "test_non_causal_support_is_declared_honestly",
     "test_padded_step_matches_unpadded",
     "test_padding_buckets_are_declared",
     "test_peak_follows_allocation_and_resets",

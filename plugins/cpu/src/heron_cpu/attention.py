@@ -10,13 +10,14 @@ wants.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 
 from heron_cpu import long_prefill, ops
 from heron_cpu.memory import place_on_huge_pages
-from heron_interfaces import AttentionBackend, AttentionLayerSpec, AttentionMetadata
+from heron_interfaces import AttentionBackend, AttentionLayerSpec, AttentionMetadata, reference
 
 
 class CpuAttentionBackend(AttentionBackend):
@@ -24,6 +25,7 @@ class CpuAttentionBackend(AttentionBackend):
 
     name = "cpu"
     supports_step_graphs = True  # every launch goes through heron_cpu.launch
+    supports_non_causal = True  # through torch's SDPA, see _forward_bidirectional
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         super().__init__(spec)
@@ -44,6 +46,16 @@ class CpuAttentionBackend(AttentionBackend):
     @classmethod
     def supported_dtypes(cls) -> tuple[str, ...]:
         return ("float32", "bfloat16")
+
+    @classmethod
+    def check_support(cls, spec: AttentionLayerSpec) -> list[str]:
+        """Non-causal layers run through torch (any head size; see ``_forward_bidirectional``)."""
+        if not spec.causal and spec.head_size not in ops.HEAD_SIZES:
+            return super().check_support(dataclasses.replace(spec, head_size=ops.HEAD_SIZES[0]))
+        return super().check_support(spec)
+
+    def _kernel_head_size(self) -> bool:
+        return self.spec.head_size in ops.HEAD_SIZES
 
     @classmethod
     def kv_cache_shape(
@@ -76,6 +88,9 @@ class CpuAttentionBackend(AttentionBackend):
         kv_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
     ) -> None:
+        if not self._kernel_head_size():  # a non-causal layer the C++ kernels do not cover
+            reference.write_kv(key, value, *self.kv_views(kv_cache), slot_mapping)
+            return
         _write_kv()(_rows(key), _rows(value), kv_cache, slot_mapping)
 
     def forward(
@@ -87,8 +102,11 @@ class CpuAttentionBackend(AttentionBackend):
         metadata: AttentionMetadata,
         out: torch.Tensor,
     ) -> torch.Tensor:
-        _write_kv()(_rows(key), _rows(value), kv_cache, metadata.slot_mapping)
+        self.write_kv(key, value, kv_cache, metadata.slot_mapping)
         query = _rows(query)
+        if not self.spec.causal:
+            self._forward_bidirectional(query, kv_cache, metadata, out)
+            return out
         threshold = long_prefill.min_query_tokens()
         if threshold and metadata.max_query_len >= threshold and not torch.compiler.is_compiling():
             self._forward_mixed(query, kv_cache, metadata, out, threshold)
@@ -104,6 +122,39 @@ class CpuAttentionBackend(AttentionBackend):
             metadata.num_seqs,
         )
         return out
+
+    def _forward_bidirectional(
+        self,
+        query: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        out: torch.Tensor,
+    ) -> None:
+        """Encoder layers: each sequence through torch's unmasked SDPA (oneDNN matmuls).
+
+        Encoder prompts are computed whole in one step, which is the compute-bound case that
+        :mod:`heron_cpu.long_prefill` already serves faster than the paged kernel, and an
+        unmasked attention needs no mask at all; so no C++ kernel has a non-causal mode.
+        """
+        qsl = metadata.query_start_loc_cpu
+        lens = metadata.seq_lens_cpu
+        starts = (qsl if qsl is not None else metadata.query_start_loc).tolist()
+        seq_lens = (lens if lens is not None else metadata.seq_lens).tolist()
+        for i in range(metadata.num_seqs):
+            q_len = starts[i + 1] - starts[i]
+            if q_len == 0:
+                continue
+            long_prefill.attend_sequence(
+                out,
+                query,
+                kv_cache,
+                metadata.block_tables[i],
+                starts[i],
+                q_len,
+                seq_lens[i],
+                self.spec.scale,
+                causal=False,
+            )
 
     def _forward_mixed(
         self,

@@ -95,8 +95,10 @@ def attend_sequence(
     q_len: int,
     seq_len: int,
     scale: float,
+    causal: bool = True,
 ) -> None:
-    """Causal attention of one sequence's ``q_len`` query rows (from ``start``) into ``out``.
+    """Causal attention of one sequence's ``q_len`` query rows (from ``start``) into ``out``;
+    bidirectional (every row sees all ``seq_len`` positions) when ``causal`` is false.
 
     Its keys and values, the chunk's own included, must already be in ``kv_cache``.
     """
@@ -105,7 +107,9 @@ def attend_sequence(
     keys, values = _gather_context(kv_cache, block_table, seq_len, group)
     q = query[start : start + q_len].transpose(0, 1).unsqueeze(0)  # [1, heads, q_len, hd]
     prefix = seq_len - q_len
-    if prefix == 0:
+    if not causal:
+        result = F.scaled_dot_product_attention(q, keys, values, is_causal=False, scale=scale)
+    elif prefix == 0:
         result = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=scale)
     else:
         own, own_lse = _attend(q, keys[:, :, prefix:], values[:, :, prefix:], scale, True)

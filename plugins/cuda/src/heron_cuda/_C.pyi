@@ -49,6 +49,7 @@ def paged_attention(
     dtype: int,
     device: int,
     stream: int,
+    causal: int = 1,
 ) -> None: ...
 def rms_norm(
     out: int,

@@ -32,6 +32,7 @@ class GpuAttentionBackend(AttentionBackend):
     # max_seq_len is only a bound that sizes the partition grid, so a graph captured with the
     # largest bound serves every later step.
     supports_step_graphs = True
+    supports_non_causal = True  # the prefill kernel's causal flag (heron_interfaces 1.7)
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         super().__init__(spec)
@@ -97,5 +98,6 @@ class GpuAttentionBackend(AttentionBackend):
             self.spec.scale,
             metadata.max_query_len,
             metadata.max_seq_len,
+            self.spec.causal,
         )
         return out

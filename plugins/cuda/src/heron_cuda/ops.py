@@ -183,8 +183,10 @@ def paged_attention(
     scale: float,
     max_query_len: int,
     max_seq_len: int,
+    causal: bool = True,
 ) -> None:
-    """Causal paged attention of a mixed prefill/decode batch, written into ``out``.
+    """Causal paged attention of a mixed prefill/decode batch, written into ``out``; with
+    ``causal=False`` (encoder layers) every query sees its sequence's whole context.
 
     Conventions are those of :mod:`heron_interfaces.attention`; ``kv_cache`` is laid out as
     ``[2, num_blocks, num_kv_heads, block_size, head_size]`` and already holds every context
@@ -288,6 +290,7 @@ def paged_attention(
         _DTYPE_CODES[query.dtype],
         dev,
         stream,
+        int(causal),
     )
 
 

@@ -1,0 +1,222 @@
+"""BERT-style encoders (BERT, RoBERTa, XLM-RoBERTa): bidirectional attention, post-norm layers.
+
+They run only in the pooling runner. The layers mirror Hugging Face's module names so that
+checkpoints load by name; q/k/v are fused into one matmul (``qkv_proj``, loaded part by part as
+the decoders' are), and attention goes through the platform's backend as a non-causal layer
+(``AttentionLayerSpec(causal=False)``, heron_interfaces 1.7): each prompt attends to all of
+itself, computed whole in one step. RoBERTa and XLM-R differ from BERT only in where position
+ids start (after the padding index), so one class serves the three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heron.layers import FusedLinear, Linear
+from heron.layers.linear import prepare_linear_weights
+from heron.models.context import ModelContext
+from heron.models.decoder import UnsupportedAttentionError
+from heron.models.weights import load_checkpoint
+from heron_interfaces import AttentionLayerSpec, AttentionMetadata
+
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+_PREFIXES = ("bert.", "roberta.", "model.")
+"""Prefixes of the encoder's tensors in checkpoints saved from a task model."""
+_IGNORED = ("pooler.", "cls.", "lm_head.", "classifier.", "embeddings.position_ids")
+"""Heads and buffers the encoder does not use (sentence-transformers pools the hidden states)."""
+
+
+def _param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape, dtype=dtype), requires_grad=False)
+
+
+class LayerNorm(nn.Module):
+    """HF's ``LayerNorm`` with its tensor names (``weight``, ``bias``), computed in float32."""
+
+    def __init__(self, size: int, eps: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = _param(size, dtype=dtype)
+        self.bias = _param(size, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(
+            x.float(), x.shape[-1:], self.weight.float(), self.bias.float(), self.eps
+        )
+        return out.to(x.dtype)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: Any, dtype: torch.dtype, position_offset: int) -> None:
+        super().__init__()
+        hidden = cfg.hidden_size
+        self.word_embeddings = nn.Module()
+        self.word_embeddings.weight = _param(cfg.vocab_size, hidden, dtype=dtype)
+        self.position_embeddings = nn.Module()
+        self.position_embeddings.weight = _param(cfg.max_position_embeddings, hidden, dtype=dtype)
+        self.token_type_embeddings = nn.Module()
+        self.token_type_embeddings.weight = _param(
+            max(1, int(getattr(cfg, "type_vocab_size", 1) or 1)), hidden, dtype=dtype
+        )
+        self.LayerNorm = LayerNorm(hidden, cfg.layer_norm_eps, dtype)
+        self.position_offset = position_offset
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # Every input is one segment (token type 0), as sentence-transformers encodes a text.
+        x = F.embedding(input_ids, self.word_embeddings.weight)
+        x = x + F.embedding(positions + self.position_offset, self.position_embeddings.weight)
+        x = x + self.token_type_embeddings.weight[0]
+        return self.LayerNorm(x)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: Any, ctx: ModelContext) -> None:
+        super().__init__()
+        hidden = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.head_size = hidden // self.num_heads
+        self.qkv_proj = FusedLinear(hidden, [hidden] * 3, bias=True, dtype=ctx.dtype, ops=ctx.ops)
+        spec = AttentionLayerSpec(
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_heads,
+            head_size=self.head_size,
+            scale=self.head_size**-0.5,
+            block_size=ctx.block_size,
+            dtype=str(ctx.dtype).removeprefix("torch."),
+            causal=False,
+        )
+        reasons = ctx.attention_cls.check_support(spec)
+        if reasons:
+            raise UnsupportedAttentionError(
+                f"attention backend {ctx.attention_cls.name!r} cannot run this encoder: "
+                + "; ".join(reasons)
+            )
+        self.attn = ctx.attention_cls(spec)  # a plain attribute: backends hold no parameters
+
+    def forward(
+        self, hidden: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        n = hidden.shape[0]
+        size = self.num_heads * self.head_size
+        qkv = self.qkv_proj(hidden)
+        q = qkv[:, :size].view(n, self.num_heads, self.head_size)
+        k = qkv[:, size : 2 * size].view(n, self.num_heads, self.head_size)
+        v = qkv[:, 2 * size :].view(n, self.num_heads, self.head_size)
+        out = q.new_empty((n, self.num_heads, self.head_size))
+        self.attn.forward(q, k, v, kv_cache, metadata, out)
+        return out.view(n, size)
+
+
+class DenseNorm(nn.Module):
+    """``LayerNorm(dense(x) + residual)``: HF's ``BertSelfOutput`` / ``BertOutput``."""
+
+    def __init__(self, in_features: int, cfg: Any, ctx: ModelContext) -> None:
+        super().__init__()
+        self.dense = Linear(in_features, cfg.hidden_size, bias=True, dtype=ctx.dtype, ops=ctx.ops)
+        self.LayerNorm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, ctx.dtype)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: Any, ctx: ModelContext) -> None:
+        super().__init__()
+        self.attention = nn.Module()
+        self.attention.self = SelfAttention(cfg, ctx)
+        self.attention.output = DenseNorm(cfg.hidden_size, cfg, ctx)
+        self.intermediate = nn.Module()
+        self.intermediate.dense = Linear(
+            cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=ctx.dtype, ops=ctx.ops
+        )
+        self.output = DenseNorm(cfg.intermediate_size, cfg, ctx)
+        act = getattr(cfg, "hidden_act", "gelu")
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"hidden_act {act!r} is not supported; one of {sorted(_ACTIVATIONS)}")
+        self.act = _ACTIVATIONS[act]
+
+    def forward(
+        self, hidden: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        attended = self.attention.self(hidden, kv_cache, metadata)
+        hidden = self.attention.output(attended, hidden)
+        return self.output(self.act(self.intermediate.dense(hidden)), hidden)
+
+
+class BertModel(nn.Module):
+    """The encoder's last hidden states ``[num_tokens, hidden_size]`` of a flattened batch."""
+
+    def __init__(self, hf_config: Any, ctx: ModelContext) -> None:
+        super().__init__()
+        if ctx.tp.size > 1 or ctx.pp.size > 1:
+            raise ValueError(
+                "encoder models run on one rank: tensor_parallel_size and "
+                "pipeline_parallel_size must be 1"
+            )
+        position_embedding_type = getattr(hf_config, "position_embedding_type", "absolute")
+        if position_embedding_type not in (None, "absolute"):
+            raise ValueError(
+                f"position_embedding_type {position_embedding_type!r} is not supported "
+                "(only 'absolute')"
+            )
+        self.config = hf_config
+        self.ctx = ctx
+        self.num_layers = hf_config.num_hidden_layers
+        self.num_heads = hf_config.num_attention_heads
+        self.num_kv_heads = self.num_heads
+        self.head_size = hf_config.hidden_size // self.num_heads
+        self.hidden_size = hf_config.hidden_size
+        self.vocab_size = hf_config.vocab_size
+        # RoBERTa numbers positions after the padding index (HF's create_position_ids_from_input_ids).
+        offset = 0
+        if getattr(hf_config, "model_type", "") in ("roberta", "xlm-roberta"):
+            offset = int(hf_config.pad_token_id) + 1
+        with torch.device(ctx.device):
+            self.embeddings = Embeddings(hf_config, ctx.dtype, offset)
+            self.encoder = nn.Module()
+            self.encoder.layer = nn.ModuleList(
+                EncoderLayer(hf_config, ctx) for _ in range(self.num_layers)
+            )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        hidden = self.embeddings(input_ids, positions)
+        for layer, kv_cache in zip(self.encoder.layer, kv_caches):
+            hidden = layer(hidden, kv_cache, metadata)
+        return hidden
+
+    def prepare_for_inference(self) -> None:
+        prepare_linear_weights(self)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        load_checkpoint(self, _renamed(weights))
+
+
+def _renamed(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """HF names onto this module's: task-model prefixes dropped, unused heads skipped, and
+    ``attention.self.{query,key,value}`` as the parts of the fused ``qkv_proj``."""
+    for name, tensor in weights:
+        for prefix in _PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+                break
+        if name.startswith(_IGNORED):
+            continue
+        for theirs, ours in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+            name = name.replace(f".attention.self.{theirs}.", f".attention.self.{ours}.")
+        yield name, tensor
