@@ -33,11 +33,13 @@ from heron_server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    EmbeddingRequest,
     TokenizeRequest,
 )
 from heron_server.serving import ServerState
 from heron_server.serving_chat import ChatHandler
 from heron_server.serving_completion import CompletionHandler
+from heron_server.serving_embedding import EmbeddingHandler
 from heron_server.streaming import ClientDisconnectedError
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -175,6 +177,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions", responses=generation)
     async def create_chat_completion(body: ChatCompletionRequest, raw: Request) -> Response:
         return await chat.create(body, raw)
+
+    embeddings = EmbeddingHandler(state)
+
+    @app.post("/v1/embeddings", responses=error_responses(*_BODY, 404, 503))
+    async def create_embedding(body: EmbeddingRequest) -> JSONResponse:
+        return await embeddings.create(body)
 
     @app.post("/tokenize", responses=error_responses(*_BODY, 404))
     async def tokenize(body: TokenizeRequest) -> JSONResponse:

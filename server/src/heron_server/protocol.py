@@ -385,3 +385,29 @@ class TokenizeRequest(OpenAIModel):
 class DetokenizeRequest(OpenAIModel):
     model: str | None = None
     tokens: list[int]
+
+
+class EmbeddingRequest(OpenAIModel):
+    """OpenAI's ``/v1/embeddings`` body, plus vLLM's ``truncate_prompt_tokens``.
+
+    ``input`` is a string, a list of strings, a list of token ids (one input) or a list of such
+    lists, as in OpenAI's API.
+    """
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+
+    def inputs(self) -> list[str | list[int]]:
+        """One entry per input; a 400 for an empty list (OpenAI's rule)."""
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if not value:
+            raise APIError(400, "input must not be an empty list", param="input")
+        if isinstance(value[0], int):
+            return [list(value)]  # type: ignore[arg-type]
+        return list(value)  # type: ignore[arg-type]
