@@ -47,6 +47,11 @@ FALLBACK_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "phi": ("PhiConfig", {"partial_rotary_factor": 0.5, "qk_layernorm": True}),
     "cohere": ("CohereConfig", {"logit_scale": 0.5, "use_qk_norm": False}),
     "gpt2": ("GPT2Config", {}),
+    # Mixture of experts: per-expert checkpoint tensors that transformers fuses on load.
+    "olmoe": (
+        "OlmoeConfig",
+        {"num_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 64},
+    ),
 }
 
 # Architectures with a native implementation added by issue 21.

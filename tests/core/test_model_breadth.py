@@ -162,3 +162,13 @@ def test_heron_plugins_lists_how_each_architecture_runs(capsys: pytest.CaptureFi
         assert arch in native
     assert "Olmo2ForCausalLM" not in out
     assert "Transformers fallback (--model-impl transformers" in out
+
+
+def test_native_architectures_through_the_fallback_equal_hf(native_model, backend: str) -> None:
+    """--model-impl transformers runs the natively supported ones too (Mixtral and Qwen-MoE's
+    per-expert tensors go through transformers' own converting loader)."""
+    arch, folder, _prompt_ids, expected = native_model
+    llm = LLM(str(folder), dtype="float32", block_size=16, model_impl="transformers")
+    assert type(llm.llm_engine.core.runner.model).__name__ == "TransformersForCausalLM"
+    outputs = llm.generate(EQUALITY_PROMPTS, greedy(), use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in outputs] == expected, arch

@@ -319,8 +319,11 @@ class TransformersForCausalLM(nn.Module):
 
         Names go through transformers' own renamings for the model (e.g. GPT-NeoX's
         ``embed_out`` is ``lm_head`` in transformers 5) and its base-model prefix rule (old GPT-2
-        checkpoints lack ``transformer.``); tensors transformers would merge or split on load
-        (fused experts) are refused. Missing or unexpected tensors raise, naming them.
+        checkpoints lack ``transformer.``) and are copied as they stream in. Tensors that
+        transformers merges or splits on load (per-expert tensors into fused experts) are held
+        back and handed to transformers' own converting loader at the end, so mixture-of-experts
+        models load too while everything else stays streamed. Missing, unexpected or
+        unconvertible tensors raise, naming them.
         """
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import (
@@ -343,6 +346,7 @@ class TransformersForCausalLM(nn.Module):
         prefix = getattr(model, "base_model_prefix", None) or None
         loaded: set[str] = set()
         unexpected: list[str] = []
+        held: dict[str, torch.Tensor] = {}
         for name, tensor in weights:
             target_name, _ = rename_source_key(name, renamings, [], prefix, targets)
             if target_name in tied or target_name.endswith("rotary_emb.inv_freq"):
@@ -350,16 +354,15 @@ class TransformersForCausalLM(nn.Module):
             target = targets.get(target_name)
             if target is None:
                 if converters and apply_converters(target_name, converters)[1] is not None:
-                    raise CheckpointMismatchError(
-                        f"{name!r}: transformers converts this tensor on load (merging or "
-                        f"splitting it) for {type(model).__name__}, which the Transformers "
-                        "fallback does not do"
-                    )
-                unexpected.append(name)
+                    held[name] = tensor
+                else:
+                    unexpected.append(name)
                 continue
             copy_weight(target, tensor, name)
             loaded.add(target_name)
         missing = set(dict(model.named_parameters())) - loaded
+        if held:
+            missing &= self._load_converted(held, transforms, unexpected)
         if missing or unexpected:
             problems = []
             if missing:
@@ -369,3 +372,24 @@ class TransformersForCausalLM(nn.Module):
             raise CheckpointMismatchError(
                 f"checkpoint does not match {type(model).__name__}: " + "; ".join(problems)
             )
+
+    def _load_converted(
+        self, held: dict[str, torch.Tensor], transforms: list[Any], unexpected: list[str]
+    ) -> set[str]:
+        """transformers' converting loader over the held-back tensors; returns the names it did
+        not load (every other parameter included) and adds its unexpected names."""
+        from transformers.core_model_loading import convert_and_load_state_dict_in_model
+        from transformers.modeling_utils import LoadStateDictConfig
+
+        config = LoadStateDictConfig(weight_mapping=transforms, dtype=self.ctx.dtype)
+        info, _ = convert_and_load_state_dict_in_model(
+            model=self.hf_model, state_dict=held, load_config=config
+        )
+        if info.conversion_errors or info.mismatched_keys:
+            problems = {**info.conversion_errors, **{k: "shape" for k in info.mismatched_keys}}
+            raise CheckpointMismatchError(
+                f"transformers could not convert {len(problems)} tensor(s) for "
+                f"{type(self.hf_model).__name__}: {_show(str(p) for p in problems)}"
+            )
+        unexpected.extend(info.unexpected_keys)
+        return set(info.missing_keys)
