@@ -68,17 +68,17 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
         {
             "model": MODEL,
             "messages": USER,
-            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tools": [{"type": "function", "function": {"description": "no name"}}],
         },
         400,
-        "tools",
+        "tools[0].function",
     ),
     (CHAT, {"model": MODEL, "messages": USER, "tool_choice": "required"}, 400, "tool_choice"),
     (
         CHAT,
-        {"model": MODEL, "messages": USER, "response_format": {"type": "json_object"}},
+        {"model": MODEL, "messages": USER, "response_format": {"type": "json_schema"}},
         400,
-        "response_format",
+        "response_format.json_schema",
     ),
     (
         CHAT,
@@ -94,7 +94,12 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
         400,
         "messages[0].content",
     ),
-    (CHAT, {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}, 400, "messages[0]"),
+    (
+        CHAT,
+        {"model": MODEL, "messages": [{"role": "function", "content": "x"}]},
+        400,
+        "messages[0]",
+    ),
     (CHAT, {"model": "no-such-model", "messages": USER}, 404, "model"),
     ("/tokenize", {"model": MODEL}, 400, "prompt"),
     ("/detokenize", {"tokens": [-1]}, 400, "tokens"),
@@ -180,9 +185,9 @@ def test_openai_client_raises_the_right_exceptions(
     assert bad.value.param == "temperature" and "temperature" in bad.value.message
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=USER)
-    with pytest.raises(openai.BadRequestError, match="not supported"):
+    with pytest.raises(openai.BadRequestError, match=r"needs json_schema\.schema"):
         client.chat.completions.create(
-            model=MODEL, messages=USER, response_format={"type": "json_object"}
+            model=MODEL, messages=USER, response_format={"type": "json_schema", "json_schema": {}}
         )
 
 

@@ -65,6 +65,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_server_arguments(server: Any) -> None:
     from heron_server.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPTS, positive_int
+    from heron_server.tool_parsers import TOOL_PARSERS
 
     server.add_argument("--host", default="127.0.0.1", help="Address to bind (default: 127.0.0.1).")
     server.add_argument(
@@ -123,6 +124,18 @@ def _add_server_arguments(server: Any) -> None:
         choices=LOG_LEVELS,
         default="info",
         help="Logging level, any case (default: info).",
+    )
+    server.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help="Let the model decide when to call tools (tool_choice 'auto'), parsing its answer "
+        "with --tool-call-parser (default: off; 'required' and named tools work without it).",
+    )
+    server.add_argument(
+        "--tool-call-parser",
+        choices=sorted(TOOL_PARSERS),
+        default=None,
+        help="How tool calls look in this model's answers, by model family (default: none).",
     )
     server.add_argument(
         "--disable-access-log",
@@ -217,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         args.model = resolve_model(args)
         engine_args = engine_args_from_namespace(args, model=args.model)
         chat_template = load_chat_template(args.chat_template)
+        if args.enable_auto_tool_choice and not args.tool_call_parser:
+            raise ValueError("--enable-auto-tool-choice needs --tool-call-parser NAME")
     except (EngineArgsError, ValueError, OSError) as exc:
         print(f"heron serve: {exc}", file=sys.stderr)
         return 2
@@ -273,6 +288,7 @@ def _serve(
     sockets: list[socket.socket],
 ) -> int:
     from heron_server.app import build_app
+    from heron_server.structured_request import ToolCallingConfig
 
     names = args.served_model_name or ([args.model] if args.model else [engine.model_name])
     app = build_app(
@@ -282,6 +298,10 @@ def _serve(
         chat_template=template,
         max_body_bytes=args.max_request_body_bytes,
         max_prompts_per_request=args.max_prompts_per_request,
+    )
+    app.state.heron.tool_calling = ToolCallingConfig(
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
     )
     server = make_server(
         app,

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from heron_server.errors import APIError
+from heron_server.structured_request import constraint_from_fields, template_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ _UNSUPPORTED: dict[str, Any] = {
     "guided_choice": None,
     "guided_grammar": None,
     "guided_decoding_backend": None,
-    "structured_outputs": None,
     "logits_processors": None,
     "chat_template": None,
     "chat_template_kwargs": None,
@@ -185,6 +185,9 @@ class SamplingFields(OpenAIModel):
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
+    # Structured outputs: OpenAI's response_format, or vLLM's structured_outputs extra field.
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = None
 
     def check_fields(self, endpoint: str) -> None:
         super().check_fields(endpoint)
@@ -222,6 +225,9 @@ class SamplingFields(OpenAIModel):
         values = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         if self.logit_bias:
             values["logit_bias"] = _token_bias(self.logit_bias)
+        constraint = constraint_from_fields(self.response_format, self.structured_outputs)
+        if constraint is not None:
+            values["structured_outputs"] = constraint
         return values
 
 
@@ -272,14 +278,17 @@ class ChatMessage(OpenAIModel):
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
 
     def to_template_dict(self, index: int) -> dict[str, Any]:
-        """The message as chat templates expect it: role and a plain string content."""
+        """The message as chat templates expect it: role and a plain string content; a tool
+        result keeps its ``tool_call_id``, an assistant message its ``tool_calls``."""
         where = f"messages[{index}]"
-        if self.role in ("tool", "function") or self.tool_calls:
+        if self.role == "function":
             raise APIError(
                 400,
-                f"{where}: tool messages and tool calls are not supported by Heron yet",
+                f"{where}: role 'function' (OpenAI's deprecated form) is not supported; "
+                "send role 'tool' with tool_call_id",
                 param=where,
                 code="unsupported_parameter",
             )
@@ -308,11 +317,23 @@ class ChatMessage(OpenAIModel):
         message: dict[str, Any] = {"role": role, "content": content}
         if self.name is not None:
             message["name"] = self.name
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            message["tool_calls"] = template_tool_calls(self.tool_calls, where)
         return message
 
 
+class JsonSchemaFormat(OpenAIModel):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(OpenAIModel):
-    type: str
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -331,28 +352,6 @@ class ChatCompletionRequest(SamplingFields):
 
     def check_fields(self, endpoint: str) -> None:
         super().check_fields(endpoint)
-        if self.tools:
-            raise APIError(
-                400,
-                "tools (function calling) are not supported by Heron yet",
-                param="tools",
-                code="unsupported_parameter",
-            )
-        if self.tool_choice not in (None, "none", "auto"):
-            raise APIError(
-                400,
-                "tool_choice is not supported by Heron yet (no tools)",
-                param="tool_choice",
-                code="unsupported_parameter",
-            )
-        if self.response_format is not None and self.response_format.type != "text":
-            raise APIError(
-                400,
-                f"response_format {self.response_format.type!r} is not supported by Heron "
-                "yet (only 'text')",
-                param="response_format",
-                code="unsupported_parameter",
-            )
         if self.echo:
             raise APIError(400, "echo is not supported for chat completions", param="echo")
         if self.top_logprobs is not None and not self.logprobs:

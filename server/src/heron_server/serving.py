@@ -23,6 +23,7 @@ from heron_server.protocol import (
     check_no_lone_surrogates,
     check_prompt_count,
 )
+from heron_server.structured_request import ToolCallingConfig
 
 LOGPROB_FLOOR = -9999.0
 """JSON has no -inf; OpenAI and vLLM clamp impossible tokens' logprobs to this value."""
@@ -34,6 +35,7 @@ class ServerState:
     served_model_names: list[str]
     chat_template: str | None = None
     max_prompts_per_request: int = DEFAULT_MAX_PROMPTS
+    tool_calling: ToolCallingConfig = field(default_factory=ToolCallingConfig)
     metrics: ServerMetrics = field(init=False)
     created: int = field(default_factory=lambda: int(time.time()))
 

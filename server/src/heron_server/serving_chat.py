@@ -3,6 +3,10 @@
 Streams follow OpenAI's chunk sequence: one chunk per choice carrying ``role`` first, then
 ``content`` deltas, then a chunk with ``finish_reason``; with ``stream_options.include_usage``
 a last chunk with ``choices: []`` and the totals, then ``data: [DONE]``.
+
+Tool calls (see :mod:`heron_server.structured_request`) arrive as ``delta.tool_calls`` entries in
+OpenAI's shape: first ``index``, ``id``, ``type`` and ``function.name`` (arguments ``""``), then
+``function.arguments`` pieces; the last chunk's ``finish_reason`` is ``tool_calls``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,32 @@ from heron_server.serving import (
     usage,
 )
 from heron_server.streaming import SSE_DONE, Generations, cancel_on_disconnect, sse_event
+from heron_server.structured_request import ToolPlan, plan_tools
+from heron_server.tool_parsers import ToolCall, ToolCallStream
+
+
+def _message(plan: ToolPlan, seq: CompletionOutput) -> tuple[dict[str, Any], str | None]:
+    """The whole answer's message (content, tool calls) and its finish reason."""
+    content, calls = plan.calls_of(seq.text)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = [call.to_openai() for call in calls]
+    return message, _finish_reason(seq.finish_reason, calls)
+
+
+def _finish_reason(reason: str | None, calls: list[ToolCall]) -> str | None:
+    return "tool_calls" if calls and reason == "stop" else reason
+
+
+def _call_deltas(calls: list[ToolCall], first: int) -> list[dict[str, Any]]:
+    """Each call as OpenAI streams it: the header (id, type, name), then its arguments."""
+    deltas = []
+    for offset, call in enumerate(calls):
+        index = first + offset
+        header = {"name": call.name, "arguments": ""}
+        deltas.append({"index": index, "id": call.id, "type": "function", "function": header})
+        deltas.append({"index": index, "function": {"arguments": call.arguments}})
+    return deltas
 
 
 def _token_info(token: str, logprob: float) -> dict[str, Any]:
@@ -63,15 +93,19 @@ class ChatHandler:
             return logprob.decoded_token
         return decode_token(self.state.engine.tokenizer, token_id)
 
-    def _prepare(self, body: ChatCompletionRequest) -> tuple[ProcessedPrompt, SamplingParams]:
+    def _prepare(
+        self, body: ChatCompletionRequest
+    ) -> tuple[ProcessedPrompt, SamplingParams, ToolPlan]:
         engine = self.state.engine
         messages = body.template_messages()
+        plan = plan_tools(body.tools, body.tool_choice, self.state.tool_calling)
         try:
             processed = engine.render_chat(
                 messages,
                 chat_template=self.state.chat_template,
                 add_generation_prompt=body.add_generation_prompt,
                 continue_final_message=body.continue_final_message,
+                tools=plan.template_tools,
             )
         except TemplateError as exc:
             raise APIError(
@@ -82,8 +116,22 @@ class ChatHandler:
             ) from None
         except Exception as exc:
             raise from_engine_exception(exc, "messages") from None
+        values = body.sampling_values()
+        constraint = plan.constraint(body.parallel_tool_calls)
+        if constraint is not None:
+            if "structured_outputs" in values:
+                raise APIError(
+                    400,
+                    "response_format/structured_outputs cannot be combined with tool_choice "
+                    "'required' or a named function (both constrain the answer)",
+                    param="tool_choice",
+                    code="invalid_value",
+                )
+            values["structured_outputs"] = constraint
+        if plan.parser is not None and plan.parser.keeps_special_tokens:
+            values.setdefault("skip_special_tokens", False)  # the markers are special tokens
         params = make_sampling_params(
-            body.sampling_values(),
+            values,
             max_tokens=body.requested_max_tokens,
             prompt=processed,
             max_model_len=engine.max_model_len,
@@ -95,7 +143,7 @@ class ChatHandler:
                 else "max_tokens",
             },
         )
-        return processed, params
+        return processed, params, plan
 
     async def create(self, body: ChatCompletionRequest, raw: Request) -> Response:
         state = self.state
@@ -104,7 +152,7 @@ class ChatHandler:
         body.check_fields("/v1/chat/completions")
         # Rendering the template and tokenizing a long conversation is Python work: in a thread,
         # so that the event loop keeps serving everybody else meanwhile.
-        processed, params = await asyncio.to_thread(self._prepare, body)
+        processed, params, plan = await asyncio.to_thread(self._prepare, body)
         request_id = new_id("chatcmpl")
         # DELTA even without streaming: the metrics then count tokens as they are generated,
         # those of a request aborted before its end included (DeltaMerger builds the result).
@@ -122,10 +170,10 @@ class ChatHandler:
         recorder = state.metrics.recorder(params.n)
         if body.stream:
             return StreamingResponse(
-                self._stream(body, request_id, processed, params, generations, recorder),
+                self._stream(body, request_id, processed, params, plan, generations, recorder),
                 media_type="text/event-stream",
             )
-        work = self._collect(body, request_id, processed, generations, recorder)
+        work = self._collect(body, request_id, processed, plan, generations, recorder)
         return JSONResponse(await cancel_on_disconnect(raw, work))
 
     async def _collect(
@@ -133,6 +181,7 @@ class ChatHandler:
         body: ChatCompletionRequest,
         request_id: str,
         processed: ProcessedPrompt,
+        plan: ToolPlan,
         generations: Generations,
         recorder: RequestRecorder,
     ) -> dict[str, Any]:
@@ -153,12 +202,13 @@ class ChatHandler:
             logprobs = None
             if body.logprobs:
                 logprobs = {"content": self._logprobs(seq, body.top_logprobs or 0)}
+            message, finish_reason = _message(plan, seq)
             choices.append(
                 {
                     "index": seq.index,
-                    "message": {"role": "assistant", "content": seq.text},
+                    "message": message,
                     "logprobs": logprobs,
-                    "finish_reason": seq.finish_reason,
+                    "finish_reason": finish_reason,
                     "stop_reason": seq.stop_reason,
                 }
             )
@@ -182,6 +232,7 @@ class ChatHandler:
         request_id: str,
         processed: ProcessedPrompt,
         params: SamplingParams,
+        plan: ToolPlan,
         generations: Generations,
         recorder: RequestRecorder,
     ) -> AsyncIterator[str]:
@@ -201,6 +252,7 @@ class ChatHandler:
 
         completion_tokens = 0
         cached_tokens = 0
+        tools = _StreamedTools(plan)
         try:
             for index in range(params.n):
                 yield chunk(
@@ -220,12 +272,13 @@ class ChatHandler:
                     logprobs = None
                     if body.logprobs:
                         logprobs = {"content": self._logprobs(seq, body.top_logprobs or 0)}
+                    delta, finish_reason = tools.delta(seq)
                     yield chunk(
                         {
                             "index": seq.index,
-                            "delta": {"content": seq.text} if seq.text else {},
+                            "delta": delta,
                             "logprobs": logprobs,
-                            "finish_reason": seq.finish_reason,
+                            "finish_reason": finish_reason,
                             "stop_reason": seq.stop_reason,
                         }
                     )
@@ -240,3 +293,53 @@ class ChatHandler:
             recorder.close()
             await generations.aclose()
         yield SSE_DONE
+
+
+class _StreamedTools:
+    """Per choice of a stream: which part of each text delta is content and which tool calls.
+
+    Without tools a delta is its text. With a parser (``auto``) content streams until a tool-call
+    section starts and the calls follow when the answer ends; a named function streams its
+    arguments as they are generated; ``required`` sends the calls when the answer ends.
+    """
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        self.texts: dict[int, str] = {}
+        self.streams: dict[int, ToolCallStream] = {}
+
+    def delta(self, seq: CompletionOutput) -> tuple[dict[str, Any], str | None]:
+        plan = self.plan
+        if plan.mode == "none":
+            return ({"content": seq.text} if seq.text else {}), seq.finish_reason
+        before = self.texts.get(seq.index, "")
+        text = self.texts[seq.index] = before + seq.text
+        finished = seq.finish_reason is not None
+        if plan.mode == "named":
+            calls = [ToolCall(name=plan.named or "", arguments="")]
+            pieces = [] if before else _call_deltas(calls, 0)[:1]
+            if seq.text:
+                pieces.append({"index": 0, "function": {"arguments": seq.text}})
+            delta = {"tool_calls": pieces} if pieces else {}
+            return delta, _finish_reason(seq.finish_reason, calls)
+        if plan.mode == "required":
+            if not finished:
+                return {}, None
+            content, calls = plan.calls_of(text)
+            return _delta(content or "", calls), _finish_reason(seq.finish_reason, calls)
+        stream = self.streams.setdefault(seq.index, ToolCallStream(plan.parser))  # type: ignore[arg-type]
+        content = stream.feed(text)
+        calls: list[ToolCall] = []
+        if finished:
+            rest, calls = stream.finish(text)
+            content += rest
+        return _delta(content, calls), _finish_reason(seq.finish_reason, calls)
+
+
+def _delta(content: str, calls: list[ToolCall]) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    if content:
+        delta["content"] = content
+    if calls:
+        delta["tool_calls"] = _call_deltas(calls, 0)
+    return delta

@@ -93,6 +93,7 @@ class InputProcessor:
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
+        tools: list[dict[str, Any]] | None = None,
     ) -> ProcessedPrompt:
         if chat_template is None and not getattr(self.tokenizer, "chat_template", None):
             raise InvalidPromptError(
@@ -103,6 +104,7 @@ class InputProcessor:
             chat_template=chat_template,
             add_generation_prompt=add_generation_prompt and not continue_final_message,
             continue_final_message=continue_final_message,
+            tools=tools,
             tokenize=False,
         )
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
