@@ -273,3 +273,14 @@ def test_a_slow_grammar_does_not_stall_other_requests(model_dir) -> None:
             if output.finished:
                 done[output.request_id] = output.outputs[0].text
     assert done["slow"] == "slo"  # max_tokens=3 of "slow+"
+    # A request still waiting for its grammar is not lost by abort_all (a server shutdown).
+    release.clear()
+    engine.add_request("held", "x", SamplingParams(structured_outputs={"regex": "slow+"}))
+    assert engine.core.scheduler.get_request("held") is None  # cached grammar: joins next step
+    engine.add_request("gated", "x", SamplingParams(structured_outputs={"regex": "slow+ "}))
+    manager.compile = lambda params: (release.wait(30), compile_grammar(params))[1]
+    engine.add_request("gated2", "x", SamplingParams(structured_outputs={"regex": "gate"}))
+    finals = {o.request_id: o.outputs[0].finish_reason for o in engine.abort_all()}
+    assert finals == {"held": "abort", "gated": "abort", "gated2": "abort"}
+    assert not engine.has_unfinished_requests()
+    release.set()

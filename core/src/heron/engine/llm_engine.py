@@ -170,7 +170,7 @@ class LLMEngine:
         still listening, such as streams cut by a server shutdown: they get a last output to end
         on instead of silence.
         """
-        children = list(self.core.scheduler.requests.values())
+        children = self.core.unfinished_requests()  # grammar-compiling ones too
         self.core.abort_requests([r.request_id for r in children])
         updates = [RequestUpdate(request=r, finished=True) for r in children]
         if self.pooling is not None:  # embeddings without a vector: aborted
