@@ -172,3 +172,17 @@ def test_native_architectures_through_the_fallback_equal_hf(native_model, backen
     assert type(llm.llm_engine.core.runner.model).__name__ == "TransformersForCausalLM"
     outputs = llm.generate(EQUALITY_PROMPTS, greedy(), use_tqdm=False)
     assert [list(o.outputs[0].token_ids) for o in outputs] == expected, arch
+
+
+def test_moe_pipeline_parallel_two_equals_hf(native_model) -> None:
+    """Each stage loads only its layers' experts (Qwen2-MoE: a dense layer on the first stage,
+    a sparse one on the second)."""
+    arch, folder, _prompt_ids, expected = native_model
+    if arch not in ("mixtral", "qwen2_moe"):
+        pytest.skip("pipeline stages of a mixture-of-experts model")
+    llm = LLM(str(folder), dtype="float32", block_size=16, pipeline_parallel_size=2)
+    try:
+        outputs = llm.generate(EQUALITY_PROMPTS, greedy(), use_tqdm=False)
+        assert [list(o.outputs[0].token_ids) for o in outputs] == expected, arch
+    finally:
+        llm.shutdown()
