@@ -51,7 +51,8 @@ def fused_moe_reference(
 
     ``x`` ``[T, hidden]``, ``topk_ids``/``topk_weights`` ``[T, k]``. Each expert's tokens are
     gathered, run through ``silu(x W_gate^T) * (x W_up^T)`` and ``W_down``, scaled by their
-    routing weight (in float32) and added into the output in expert order.
+    routing weight (in the wider of its dtype and the weights') and added into the output in
+    expert order.
     """
     out = torch.zeros_like(x)
     intermediate = w2.shape[-1]
@@ -75,6 +76,7 @@ class FusedMoE(nn.Module):
         hidden_size: int,
         intermediate_size: int,
         renormalize: bool,
+        weights_in_model_dtype: bool = False,
         dtype: torch.dtype,
         ops: KernelOps | None = None,
         tp: TensorParallel = SINGLE,
@@ -88,6 +90,9 @@ class FusedMoE(nn.Module):
         self.num_experts = num_experts
         self.top_k = top_k
         self.renormalize = renormalize
+        self.weights_in_model_dtype = weights_in_model_dtype
+        """Round the routing weights to the activations' dtype before scaling (Qwen-MoE does;
+        Mixtral scales in float32): the same rounding as transformers in bfloat16."""
         self.ops = ops or KernelOps()
         self.tp = tp
         self.full_intermediate = intermediate_size
@@ -160,6 +165,8 @@ class FusedMoE(nn.Module):
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         """The weighted sum of each token's ``top_k`` experts (summed over ranks)."""
         weights, ids = route_top_k(router_logits, self.top_k, self.renormalize)
+        if self.weights_in_model_dtype:
+            weights = weights.to(x.dtype)
         prepared = self.__dict__.get("_prepared")
         if prepared is None:
             out = fused_moe_reference(x, self.w13, self.w2, ids, weights)

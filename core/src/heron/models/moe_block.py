@@ -34,6 +34,8 @@ class MoEOptions:
     top_k: int
     intermediate_size: int
     renormalize: bool
+    weights_in_model_dtype: bool = False
+    """Qwen-MoE rounds the routing weights to the model dtype before scaling; Mixtral does not."""
     shared_expert_size: int = 0
     """Intermediate size of Qwen2-MoE's shared expert; 0: none."""
     dense_layers: frozenset[int] = frozenset()
@@ -55,6 +57,7 @@ class SparseMoeBlock(nn.Module):
             hidden_size=opts.hidden_size,
             intermediate_size=moe.intermediate_size,
             renormalize=moe.renormalize,
+            weights_in_model_dtype=moe.weights_in_model_dtype,
             dtype=ctx.dtype,
             ops=ctx.ops,
             tp=ctx.tp,

@@ -27,6 +27,7 @@ def _qwen_moe_options(hf_config: Any, shared_expert_size: int) -> MoEOptions:
         top_k=hf_config.num_experts_per_tok,
         intermediate_size=hf_config.moe_intermediate_size,
         renormalize=bool(getattr(hf_config, "norm_topk_prob", False)),
+        weights_in_model_dtype=True,
         shared_expert_size=shared_expert_size,
         dense_layers=frozenset(dense),
     )

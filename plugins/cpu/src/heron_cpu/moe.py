@@ -65,8 +65,9 @@ def fused_moe(
 ) -> torch.Tensor:
     """``sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t])`` for every token ``t``.
 
-    ``x`` ``[T, H]``; ``topk_ids`` ``[T, k]`` (int64), ``topk_weights`` ``[T, k]`` (float32, the
-    product is taken in float32 and rounded to ``x``'s dtype as the reference does).
+    ``x`` ``[T, H]``; ``topk_ids`` ``[T, k]`` (int64), ``topk_weights`` ``[T, k]`` (float32 or
+    ``x``'s dtype: the product is taken in the wider of the two and rounded to ``x``'s dtype, as
+    the reference does).
     """
     num_experts = len(experts.w13)
     if x.dim() != 2 or x.shape[1] != experts.hidden_size:
