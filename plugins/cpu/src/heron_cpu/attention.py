@@ -105,7 +105,7 @@ class CpuAttentionBackend(AttentionBackend):
         self.write_kv(key, value, kv_cache, metadata.slot_mapping)
         query = _rows(query)
         if not self.spec.causal:
-            self._forward_bidirectional(query, kv_cache, metadata, out)
+            self._forward_bidirectional(query, key, value, kv_cache, metadata, out)
             return out
         threshold = long_prefill.min_query_tokens()
         if threshold and metadata.max_query_len >= threshold and not torch.compiler.is_compiling():
@@ -126,6 +126,8 @@ class CpuAttentionBackend(AttentionBackend):
     def _forward_bidirectional(
         self,
         query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
         kv_cache: torch.Tensor,
         metadata: AttentionMetadata,
         out: torch.Tensor,
@@ -134,15 +136,33 @@ class CpuAttentionBackend(AttentionBackend):
 
         Encoder prompts are computed whole in one step, which is the compute-bound case that
         :mod:`heron_cpu.long_prefill` already serves faster than the paged kernel, and an
-        unmasked attention needs no mask at all; so no C++ kernel has a non-causal mode.
+        unmasked attention needs no mask at all; so no C++ kernel has a non-causal mode. A whole
+        prompt (the encoder case) attends to this step's own keys and values, with no gather
+        from the cache; a chunk over cached positions reads them from the cache.
         """
         qsl = metadata.query_start_loc_cpu
         lens = metadata.seq_lens_cpu
         starts = (qsl if qsl is not None else metadata.query_start_loc).tolist()
         seq_lens = (lens if lens is not None else metadata.seq_lens).tolist()
+        prompts = [
+            i
+            for i in range(metadata.num_seqs)
+            if 0 < starts[i + 1] - starts[i] == seq_lens[i]  # a whole prompt: no cached prefix
+        ]
+        if prompts:
+            long_prefill.attend_prompts(
+                out,
+                query,
+                key,
+                value,
+                [starts[i] for i in prompts],
+                [seq_lens[i] for i in prompts],
+                self.spec.scale,
+            )
+        whole = set(prompts)
         for i in range(metadata.num_seqs):
             q_len = starts[i + 1] - starts[i]
-            if q_len == 0:
+            if q_len == 0 or i in whole:
                 continue
             long_prefill.attend_sequence(
                 out,
