@@ -284,3 +284,36 @@ def test_a_slow_grammar_does_not_stall_other_requests(model_dir) -> None:
     assert finals == {"held": "abort", "gated": "abort", "gated2": "abort"}
     assert not engine.has_unfinished_requests()
     release.set()
+
+
+@pytest.mark.parametrize(
+    ("num_rows", "rows"), [(5, [0, 1, 2, 3, 4]), (5, [1, 4]), (6, [0, 1, 2, 3, 4, 5])]
+)
+def test_word_wise_mask_equals_xgrammar_kernel(num_rows: int, rows: list[int]) -> None:
+    """The fast path (logits exactly as wide as the mask, mostly whole words: zero or all-ones,
+    a few partial) and, with a dense random sixth row, the fallback: both equal xgrammar's own
+    kernel."""
+    import xgrammar as xgr
+
+    from heron.structured_outputs.manager import GrammarStep
+
+    generator = torch.Generator().manual_seed(1)
+    words = 64
+    bitmask = torch.zeros(6, words, dtype=torch.int32)
+    bitmask[1, 3] = -1
+    bitmask[2, 5:9] = torch.randint(
+        -(2**31), 2**31 - 1, (4,), dtype=torch.int32, generator=generator
+    )
+    bitmask[3] = -1
+    bitmask[3, 0] = 0b1011
+    bitmask[4, 10] = -(2**31)  # bit 31 only: the word's last token
+    bitmask[5] = torch.randint(
+        -(2**31), 2**31 - 1, (words,), dtype=torch.int32, generator=generator
+    )
+    bitmask = bitmask[:num_rows]
+    logits = torch.randn(num_rows, words * 32, generator=generator)
+    expected = logits.clone()
+    xgr.apply_token_bitmask_inplace(expected, bitmask, indices=rows)
+    got = apply_grammar_bitmask(logits.clone(), GrammarStep(bitmask=bitmask, rows=rows))
+    assert torch.equal(got, expected)
+    assert torch.isinf(got[rows]).any() and torch.isfinite(got[rows]).any()
