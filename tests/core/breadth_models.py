@@ -47,11 +47,19 @@ FALLBACK_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "phi": ("PhiConfig", {"partial_rotary_factor": 0.5, "qk_layernorm": True}),
     "cohere": ("CohereConfig", {"logit_scale": 0.5, "use_qk_norm": False}),
     "gpt2": ("GPT2Config", {}),
+    "gemma": ("GemmaConfig", {"head_dim": 64}),
+    "glm": ("GlmConfig", {"head_dim": 64}),
+    "starcoder2": ("Starcoder2Config", {"sliding_window": None}),
     # Mixture of experts: per-expert checkpoint tensors that transformers fuses on load.
     "olmoe": (
         "OlmoeConfig",
         {"num_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 64},
     ),
+}
+
+# transformers' StableLM does not route attention through AttentionInterface: refused clearly.
+UNSUPPORTED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "stablelm": ("StableLmConfig", {"num_key_value_heads": 2}),
 }
 
 # Architectures with a native implementation added by issue 21.
@@ -109,7 +117,7 @@ def breadth_config(arch: str) -> Any:
     """The tiny config of ``arch`` (a key of FALLBACK_CONFIGS or NATIVE_CONFIGS)."""
     import transformers
 
-    class_name, overrides = {**FALLBACK_CONFIGS, **NATIVE_CONFIGS}[arch]
+    class_name, overrides = {**FALLBACK_CONFIGS, **NATIVE_CONFIGS, **UNSUPPORTED_CONFIGS}[arch]
     kwargs = dict(_COMMON)
     if arch == "gpt2":  # GPT-2 spells its sizes its own way
         kwargs = {

@@ -88,6 +88,12 @@ def test_heron_impl_refuses_an_architecture_it_does_not_implement(tmp_path) -> N
         LLM(str(folder), dtype="float32", model_impl="heron")
 
 
+def test_a_model_whose_attention_transformers_does_not_route_is_refused(tmp_path) -> None:
+    folder = make_breadth_model_dir(tmp_path, "stablelm")
+    with pytest.raises(UnsupportedModelError, match="_supports_attention_backend is False"):
+        LLM(str(folder), dtype="float32")
+
+
 def test_bad_model_impl_is_refused_naming_the_choices() -> None:
     with pytest.raises(EngineArgsError, match="model_impl"):
         LLM(model="unused", model_impl="vllm")
