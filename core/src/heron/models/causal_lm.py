@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heron.layers import ColumnParallelLinear, rope_parameters
-from heron.layers.linear import prepare_linear_weights
+from heron.layers.linear import prepare_linear_weights, prepare_tied_logits
 from heron.models.context import ModelContext
 from heron.models.decoder import DecoderModel, DecoderOptions, HeadShard
 from heron.models.weights import load_checkpoint
@@ -142,8 +142,11 @@ class DecoderForCausalLM(nn.Module):
         time for the logits matmul (the vocabulary-sized GEMM of every step).
         """
         prepare_linear_weights(self)
-        if self.lm_head is None and self.model.embed_tokens is not None and self.ctx.pp.is_last:
-            self._logits_weight = self.ctx.ops.prepare_linear(self.model.embed_tokens.weight)
+        embed = self.model.embed_tokens
+        if self.lm_head is None and embed is not None and self.ctx.pp.is_last:
+            self._logits_weight = prepare_tied_logits(self.ctx.ops, embed)
+        if embed is not None:
+            embed.__dict__.pop("quantized_source", None)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors; a tied model ignores a checkpoint's ``lm_head.weight``, and a

@@ -49,6 +49,7 @@ from heron_interfaces.testing.platform_suite import (
     test_capabilities_are_consistent,
     test_platform_identity,
 )
+from heron_interfaces.testing.quantized_suite import test_quantized_linear_matches_dequantized
 from heron_interfaces.testing.static_shapes_suite import (
     test_check_config_keeps_steps_within_buckets,
     test_padded_step_matches_unpadded,
@@ -82,6 +83,7 @@ __all__ = [
     "test_padding_buckets_are_declared",
     "test_peak_follows_allocation_and_resets",
     "test_platform_identity",
+    "test_quantized_linear_matches_dequantized",
     "test_rms_norm_matches_reference",
     "test_rotary_matches_reference",
     "test_silu_and_mul_matches_reference",

@@ -26,12 +26,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from heron_cpu import gemm, gemv, moe
+from heron_cpu import gemm, gemv, moe, quant
 from heron_cpu._kernels import _C
 from heron_cpu.launch import LaunchGraph, launch, launch_torch
 from heron_cpu.memory import HugePageArena
 from heron_cpu.ops import DTYPE_CODES
 from heron_interfaces.kernel_ops import KernelOps
+from heron_interfaces.quantization import QuantizedWeight
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class CpuKernelOps(KernelOps):
         self._onednn = not self._packed and onednn_bf16_available()
         self._gemv_rows = gemv.MAX_ROWS if gemv.available() and not self._packed else 0
         self._arena = HugePageArena()
+        self._quant_logged = False
         # The engine's start-up log names the kernels by this: say which matmuls run.
         self.name = f"heron-cpu ({self.gemm} GEMM)"
         logger.info("heron-cpu: bfloat16 matmuls on %s", self._describe_gemm())
@@ -147,9 +149,22 @@ class CpuKernelOps(KernelOps):
         )
         return PreparedLinear(weight, packed)
 
+    def prepare_quantized_linear(self, weight: QuantizedWeight) -> quant.PackedQuant | None:
+        """GGUF Q8_0/Q4_0/Q4_1 and int8 weights stay in blocks, repacked once for the quantized
+        loops of :mod:`heron_cpu.quant` (None: a shape they do not serve, core dequantizes)."""
+        if not weight.data.is_cpu:
+            return None
+        packed = quant.pack(weight)
+        if packed is not None and not self._quant_logged:
+            self._quant_logged = True
+            logger.info("heron-cpu: quantized weights on %s", quant.describe())
+        return packed
+
     def linear(self, x: torch.Tensor, prepared: Any, bias: torch.Tensor | None) -> torch.Tensor:
         if isinstance(prepared, gemm.PackedWeight):
             return self._linear_packed(x, prepared, bias)
+        if isinstance(prepared, quant.PackedQuant):
+            return quant.linear(x, prepared, bias)
         if not isinstance(prepared, PreparedLinear):
             return F.linear(x, prepared, bias)
         if x.dim() == 2 and x.shape[0] <= self._gemv_rows and _bf16_rows(x):

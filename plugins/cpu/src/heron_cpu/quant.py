@@ -1,0 +1,180 @@
+"""Linear layers over weights kept in 8- and 4-bit blocks (``csrc/quant.cpp``, module ``_quant``).
+
+A single decode stream reads every weight once per token, so a 4-bit weight (0.75 bytes each in
+the layout below) streams 2.7x fewer bytes than bfloat16 for the same product. :func:`pack`
+repacks a :class:`~heron_interfaces.quantization.QuantizedWeight` (GGUF Q8_0/Q4_0/Q4_1 blocks as
+in the file, or int8 with per-channel scales) once at load into the layout the kernels read:
+
+- ``qs``: each row's quantized values, contiguous (Q8: 32 int8 per block; Q4: 16 bytes of
+  nibbles per block in llama.cpp's order);
+- ``d``: float32 block scales ``[n, k / 32]``; ``mins``: float32 block minimums (Q4 only; Q4_0's
+  ``d (q - 8)`` becomes ``d q + (-8 d)``, exactly, so both 4-bit formats share one loop).
+
+:func:`linear` runs the compiled loop (AVX-512, AVX2 or portable; ``HERON_CPU_ISA`` forces one,
+as for every heron-cpu kernel) for up to :data:`MAX_GEMV_ROWS` rows of ``x``. Past that the product is
+compute-bound and the packed bf16/oneDNN GEMM wins, so the weight is dequantized into a scratch
+matrix in one compiled pass and multiplied by torch's linear (prefill chunks). Both go through
+:func:`~heron_cpu.launch.launch`, so decode steps are recorded in step graphs like the bf16 path.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from heron_cpu import _kernels, _quant
+from heron_cpu.launch import launch, launch_torch
+from heron_interfaces.quantization import BLOCK, GGUF_BLOCK_BYTES, QuantizedWeight
+
+__all__ = [
+    "MAX_GEMV_ROWS",
+    "PATHS",
+    "PackedQuant",
+    "available_paths",
+    "describe",
+    "linear",
+    "pack",
+]
+
+MAX_GEMV_ROWS = 16
+"""Most rows of ``x`` that run the quantized loop; more rows dequantize and use a GEMM."""
+
+PATHS: dict[str, int] = {"auto": 0, "avx512": 1, "avx2": 2, "portable": 3}
+"""Loop selectors of ``linear(path=...)``, for tests and benchmarks."""
+
+_Q8, _Q4 = 0, 1
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+@dataclass(frozen=True, slots=True)
+class PackedQuant:
+    """A weight ``[n, k]`` in the kernels' layout (see the module docstring)."""
+
+    format: str
+    """The source format (``q8_0``, ``q4_0``, ``q4_1``, ``int8``), for logs."""
+    n: int
+    k: int
+    qs: torch.Tensor
+    d: torch.Tensor
+    mins: torch.Tensor | None
+
+    @property
+    def kind(self) -> int:
+        return _Q8 if self.mins is None else _Q4
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the loop streams per product (values, scales and minimums)."""
+        extra = 0 if self.mins is None else self.mins.numel() * 4
+        return self.qs.numel() + self.d.numel() * 4 + extra
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight ``[n, k]`` in ``dtype`` (float32 or bfloat16), by the compiled decoder."""
+        out = torch.empty((self.n, self.k), dtype=dtype)
+        launch(
+            _quant.quant_dequantize,
+            out.data_ptr(), self.qs.data_ptr(), self.d.data_ptr(),
+            0 if self.mins is None else self.mins.data_ptr(), self.n, self.k, self.kind,
+            _DTYPES[dtype], torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+
+@functools.cache
+def _paths() -> dict[str, bool]:
+    return dict(_quant.quant_paths())
+
+
+def available_paths() -> list[str]:
+    """The explicit loops this CPU runs (tests run each)."""
+    return [name for name, ok in _paths().items() if ok]
+
+
+def describe() -> str:
+    """Which loop runs quantized products here, for the start-up log."""
+    code = _path_code("auto")
+    loop = {0: "AVX-512", 2: "AVX2"}.get(code, "portable")
+    if code == 0 and not _paths()["avx512"]:
+        loop = "AVX2" if _paths()["avx2"] else "portable"
+    return (
+        f"heron-cpu's {loop} quantized loop up to {MAX_GEMV_ROWS} rows, "
+        "dequantized tiles and a GEMM past that"
+    )
+
+
+def _f16(raw: torch.Tensor) -> torch.Tensor:
+    return raw.contiguous().view(torch.float16).float().squeeze(-1)
+
+
+def pack(weight: QuantizedWeight) -> PackedQuant | None:
+    """``weight`` repacked for the kernels, or None where they do not serve its shape."""
+    n, k = weight.shape
+    if k % BLOCK or k == 0 or n == 0:
+        return None
+    nb = k // BLOCK
+    if weight.format == "int8":
+        qs = weight.data.contiguous().view(torch.uint8)
+        d = weight.scales.float().unsqueeze(1).expand(n, nb).contiguous()
+        return PackedQuant("int8", n, k, qs, d, None)
+    raw = weight.data.reshape(n, nb, GGUF_BLOCK_BYTES[weight.format])
+    d = _f16(raw[..., :2])
+    if weight.format == "q8_0":
+        return PackedQuant("q8_0", n, k, raw[..., 2:].reshape(n, nb * 32).contiguous(), d, None)
+    if weight.format == "q4_0":
+        qs, mins = raw[..., 2:], -8.0 * d
+    else:
+        qs, mins = raw[..., 4:], _f16(raw[..., 2:4])
+    return PackedQuant(weight.format, n, k, qs.reshape(n, nb * 16).contiguous(), d, mins)
+
+
+def _path_code(path: str) -> int:
+    if path != "auto":
+        return PATHS[path]
+    # HERON_CPU_ISA (or heron_cpu._kernels.set_isa) picks the variant of every kernel.
+    return {"avx512": 0, "avx2": 2}.get(_kernels.isa(), 3)
+
+
+def linear(
+    x: torch.Tensor,
+    weight: PackedQuant,
+    bias: torch.Tensor | None = None,
+    *,
+    path: str = "auto",
+) -> torch.Tensor:
+    """``x @ W^T + bias`` for ``x`` ``[..., k]`` in float32 or bfloat16 (the result's dtype).
+
+    Accumulates in float32 and rounds once, after the bias. Any other dtype is computed by torch
+    on the dequantized weight.
+    """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {sorted(PATHS)}, got {path!r}")
+    if x.shape[-1] != weight.k:
+        raise ValueError(
+            f"x has K = {x.shape[-1]} (shape {tuple(x.shape)}), the weight has K = {weight.k}"
+        )
+    code = _DTYPES.get(x.dtype)
+    if code is None or not x.is_cpu or (bias is not None and bias.dtype != x.dtype):
+        w = weight.dequantize().to(x.dtype)
+        return F.linear(x, w, bias)
+    if x.dim() != 2 or x.stride(-1) != 1:
+        rows = x.reshape(-1, weight.k).contiguous()
+        return linear(rows, weight, bias, path=path).view(*x.shape[:-1], weight.n)
+    m = x.shape[0]
+    if bias is not None:
+        if bias.shape != (weight.n,):
+            raise ValueError(f"bias must have shape ({weight.n},), got {tuple(bias.shape)}")
+        bias = bias.contiguous()
+    if m > MAX_GEMV_ROWS and path == "auto":
+        return launch_torch(F.linear, x, weight.dequantize(x.dtype), bias)
+    out = x.new_empty((m, weight.n))
+    launch(
+        _quant.quant_linear,
+        out.data_ptr(), x.data_ptr(), weight.qs.data_ptr(), weight.d.data_ptr(),
+        0 if weight.mins is None else weight.mins.data_ptr(),
+        0 if bias is None else bias.data_ptr(), m, weight.n, weight.k, max(x.stride(0), weight.k),
+        weight.kind, code, torch.get_num_threads(), _path_code(path),
+    )  # fmt: skip
+    return out

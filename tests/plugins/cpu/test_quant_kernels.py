@@ -1,0 +1,93 @@
+"""heron-cpu's quantized linear loops against dequantize-then-matmul, on every path this CPU runs.
+
+``heron_cpu.quant`` keeps GGUF Q8_0/Q4_0/Q4_1 and int8 weights in blocks; each loop (AVX-512,
+AVX2, portable, and auto, which past ``MAX_GEMV_ROWS`` rows dequantizes and runs a GEMM) must
+give ``x @ W^T + b`` for ``W = QuantizedWeight.dequantize()`` (the reference decode of
+heron_interfaces) up to the order of the fp32 sums, over rows 1..64, K odd multiples of the
+block and N not a multiple of any tile.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+quant = pytest.importorskip("heron_cpu.quant", reason="heron-cpu is not installed")
+from heron_interfaces.quantization import QuantizedWeight  # noqa: E402
+from heron_interfaces.testing.quantized_suite import random_quantized_weight  # noqa: E402
+
+FORMATS = ["q8_0", "q4_0", "q4_1", "int8"]
+# (rows of x, K, N): K = 32 x odd; N = 1, 7, 45, 130 cross every tile boundary.
+SHAPES = [(1, 32, 1), (1, 96, 45), (2, 224, 7), (3, 352, 130), (4, 96, 130), (5, 160, 45),
+          (8, 224, 33), (13, 96, 7), (16, 32, 45), (17, 160, 130), (33, 96, 45), (64, 224, 130)]  # fmt: skip
+
+
+@pytest.fixture(params=["auto", *quant.available_paths()])
+def path(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def _reference(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x.float(), weight.dequantize(), None if bias is None else bias.float())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loops_match_dequantized_matmul(path: str, fmt: str, dtype: torch.dtype) -> None:
+    for i, (rows, k, n) in enumerate(SHAPES):
+        weight = random_quantized_weight(fmt, n, k, seed=i)
+        packed = quant.pack(weight)
+        gen = torch.Generator().manual_seed(i)
+        x = torch.randn(rows, k, generator=gen).to(dtype)
+        bias = torch.randn(n, generator=gen).to(dtype) if i % 2 else None
+        out = quant.linear(x, packed, bias, path=path)
+        expected = _reference(x, weight, bias)
+        assert out.dtype == dtype and out.shape == (rows, n)
+        if dtype == torch.float32:
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5, msg=f"{rows, k, n}")
+        elif path == "auto" and rows > quant.MAX_GEMV_ROWS:
+            # The GEMM path multiplies the weight dequantized to bf16, as --quantization none.
+            plain = F.linear(x, weight.dequantize(dtype), bias)
+            torch.testing.assert_close(out, plain, rtol=8e-3, atol=1e-3)
+        else:  # one rounding of the fp32 sum to bf16, ± one ulp for the summation order
+            torch.testing.assert_close(out, expected.to(dtype), rtol=8e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_strided_rows_and_batched_shape(path: str, fmt: str) -> None:
+    weight = random_quantized_weight(fmt, 45, 96, seed=3)
+    packed = quant.pack(weight)
+    wide = torch.randn(3, 2, 128, generator=torch.Generator().manual_seed(0))
+    x = wide[..., 16:112]  # rows at stride 128, a 3-D batch
+    out = quant.linear(x, packed, path=path)
+    expected = _reference(x.reshape(-1, 96), weight, None).view(3, 2, 45)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_compiled_dequantize_is_exact(fmt: str) -> None:
+    """The prefill path's decoder rounds exactly as the reference (and core's loader) does."""
+    weight = random_quantized_weight(fmt, 37, 224, seed=5)
+    packed = quant.pack(weight)
+    assert torch.equal(packed.dequantize(torch.float32), weight.dequantize())
+    assert torch.equal(packed.dequantize(torch.bfloat16), weight.dequantize(torch.bfloat16))
+
+
+def test_four_bit_layout_reads_fewer_bytes() -> None:
+    """The repacked Q4 weight streams 0.75 bytes per weight, Q8 1.125: what makes decode faster."""
+    q4 = quant.pack(random_quantized_weight("q4_1", 64, 576, seed=0))
+    q8 = quant.pack(random_quantized_weight("q8_0", 64, 576, seed=0))
+    assert q4.nbytes == 64 * 576 * 3 // 4
+    assert q8.nbytes == 64 * 576 * 9 // 8
+
+
+def test_bad_arguments_are_named() -> None:
+    packed = quant.pack(random_quantized_weight("q8_0", 8, 64, seed=0))
+    with pytest.raises(ValueError, match="K = 32"):
+        quant.linear(torch.randn(1, 32), packed)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        quant.linear(torch.randn(1, 64), packed, torch.randn(3))
+    with pytest.raises(ValueError, match="path must be one of"):
+        quant.linear(torch.randn(1, 64), packed, path="sse9")
+    assert quant.pack(QuantizedWeight(format="int8", shape=(2, 40), data=torch.zeros(2, 40, dtype=torch.int8), scales=torch.ones(2))) is None  # fmt: skip
