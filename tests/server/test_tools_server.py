@@ -1,7 +1,7 @@
 """Tool calling on /v1/chat/completions (issue 20), with the official ``openai`` client.
 
-A server of its own: a tiny random model, ``--enable-auto-tool-choice --tool-call-parser hermes``
-and a chat template that renders tools, assistant tool calls and tool results (written here in
+A server of its own: a tiny random model, ``--enable-auto-tool-choice --tool-call-parser hermes
+--reasoning-parser qwen3`` and a chat template that renders tools, assistant tool calls and tool results (written here in
 Hermes' shape). ``required`` and named choices constrain decoding, so even random weights call
 the tools with arguments that validate; streamed calls, joined, equal the whole answer.
 """
@@ -72,6 +72,8 @@ def tool_server(
         "--enable-auto-tool-choice",
         "--tool-call-parser",
         "hermes",
+        "--reasoning-parser",
+        "qwen3",
     )
     yield remote
     assert remote.stop() == 0, remote.log()
@@ -233,3 +235,35 @@ def test_bad_tool_requests_are_400(tools_client: openai.OpenAI, kwargs, words) -
         tools_client.chat.completions.create(**args)
     assert words in info.value.body["message"]
     assert info.value.body["param"] in ("tool_choice", "tools", "tools[0].function")
+
+
+def test_reasoning_goes_to_reasoning_content_whole_and_streamed(
+    tools_client: openai.OpenAI,
+) -> None:
+    """Steered into Qwen3's thinking format by a regex: the think block is reasoning_content,
+    the rest content; a streamed answer joins to the same, and a tool call after the reasoning
+    is still parsed."""
+    regex = r"<think>\nI should check\.\n</think>\n\nIt is (sunny|rainy)\."
+    kwargs = dict(
+        model="tiny", messages=MESSAGES, seed=1, extra_body={"structured_outputs": {"regex": regex}}
+    )
+    whole = tools_client.chat.completions.create(**kwargs).choices[0].message
+    reasoning = whole.model_extra["reasoning_content"]
+    assert reasoning == "\nI should check.\n"
+    assert whole.content in ("\n\nIt is sunny.", "\n\nIt is rainy.")
+    parts = {"reasoning_content": "", "content": ""}
+    for chunk in tools_client.chat.completions.create(stream=True, **kwargs):
+        delta = chunk.choices[0].delta if chunk.choices else None
+        if delta is not None:
+            parts["reasoning_content"] += (delta.model_extra or {}).get("reasoning_content") or ""
+            parts["content"] += delta.content or ""
+    assert parts == {"reasoning_content": reasoning, "content": whole.content}
+    regex = (
+        r'<think>\nA tool\.\n</think>\n\n<tool_call>\n\{"name": "get_time", '
+        r'"arguments": \{"tz": "(CET|UTC)"\}\}\n</tool_call>'
+    )
+    args = dict(kwargs, tools=TOOLS, extra_body={"structured_outputs": {"regex": regex}})
+    choice = tools_client.chat.completions.create(**args).choices[0]
+    assert choice.message.model_extra["reasoning_content"] == "\nA tool.\n"
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "\n\n"
+    assert [c.function.name for c in choice.message.tool_calls] == ["get_time"]

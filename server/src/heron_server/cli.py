@@ -65,6 +65,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_server_arguments(server: Any) -> None:
     from heron_server.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPTS, positive_int
+    from heron_server.reasoning_parsers import REASONING_PARSERS
     from heron_server.tool_parsers import TOOL_PARSERS
 
     server.add_argument("--host", default="127.0.0.1", help="Address to bind (default: 127.0.0.1).")
@@ -136,6 +137,13 @@ def _add_server_arguments(server: Any) -> None:
         choices=sorted(TOOL_PARSERS),
         default=None,
         help="How tool calls look in this model's answers, by model family (default: none).",
+    )
+    server.add_argument(
+        "--reasoning-parser",
+        choices=sorted(REASONING_PARSERS),
+        default=None,
+        help="Move the model's <think>...</think> reasoning into reasoning_content, for this "
+        "model family (default: none, reasoning stays in content).",
     )
     server.add_argument(
         "--disable-access-log",
@@ -302,6 +310,7 @@ def _serve(
     app.state.heron.tool_calling = ToolCallingConfig(
         enable_auto_tool_choice=args.enable_auto_tool_choice,
         tool_call_parser=args.tool_call_parser,
+        reasoning_parser=args.reasoning_parser,
     )
     server = make_server(
         app,

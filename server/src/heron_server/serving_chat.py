@@ -28,6 +28,7 @@ from heron.sampling_params import SamplingParams
 from heron_server.errors import APIError, from_engine_exception
 from heron_server.metrics import RequestRecorder
 from heron_server.protocol import ChatCompletionRequest
+from heron_server.reasoning_parsers import ReasoningParser, ReasoningStream
 from heron_server.serving import (
     DeltaMerger,
     ServerState,
@@ -42,10 +43,18 @@ from heron_server.structured_request import ToolPlan, plan_tools
 from heron_server.tool_parsers import ToolCall, ToolCallStream
 
 
-def _message(plan: ToolPlan, seq: CompletionOutput) -> tuple[dict[str, Any], str | None]:
-    """The whole answer's message (content, tool calls) and its finish reason."""
-    content, calls = plan.calls_of(seq.text)
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+def _message(
+    plan: ToolPlan, seq: CompletionOutput, reasoning_parser: ReasoningParser | None
+) -> tuple[dict[str, Any], str | None]:
+    """The whole answer's message (reasoning, content, tool calls) and its finish reason."""
+    text: str | None = seq.text
+    reasoning = None
+    if reasoning_parser is not None:
+        reasoning, text = reasoning_parser.extract(seq.text)
+    content, calls = plan.calls_of(text or "")
+    message: dict[str, Any] = {"role": "assistant", "content": None if text is None else content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
     if calls:
         message["tool_calls"] = [call.to_openai() for call in calls]
     return message, _finish_reason(seq.finish_reason, calls)
@@ -202,7 +211,7 @@ class ChatHandler:
             logprobs = None
             if body.logprobs:
                 logprobs = {"content": self._logprobs(seq, body.top_logprobs or 0)}
-            message, finish_reason = _message(plan, seq)
+            message, finish_reason = _message(plan, seq, self.state.tool_calling.reasoning())
             choices.append(
                 {
                     "index": seq.index,
@@ -252,7 +261,7 @@ class ChatHandler:
 
         completion_tokens = 0
         cached_tokens = 0
-        tools = _StreamedTools(plan)
+        tools = _StreamedTools(plan, self.state.tool_calling.reasoning())
         try:
             for index in range(params.n):
                 yield chunk(
@@ -303,37 +312,58 @@ class _StreamedTools:
     arguments as they are generated; ``required`` sends the calls when the answer ends.
     """
 
-    def __init__(self, plan: ToolPlan) -> None:
+    def __init__(self, plan: ToolPlan, reasoning_parser: ReasoningParser | None) -> None:
         self.plan = plan
+        self.reasoning_parser = reasoning_parser
+        self.raw: dict[int, str] = {}
+        self.reasoning: dict[int, ReasoningStream] = {}
         self.texts: dict[int, str] = {}
         self.streams: dict[int, ToolCallStream] = {}
+        self.headers: set[int] = set()
+        """Choices whose named-function call header was sent."""
 
     def delta(self, seq: CompletionOutput) -> tuple[dict[str, Any], str | None]:
+        """The chunk's delta for this output: reasoning first (``--reasoning-parser``), then
+        the rest as content or tool calls."""
+        piece = seq.text
+        reasoning = ""
+        if self.reasoning_parser is not None:
+            raw = self.raw[seq.index] = self.raw.get(seq.index, "") + seq.text
+            stream = self.reasoning.setdefault(seq.index, ReasoningStream(self.reasoning_parser))
+            reasoning, piece = stream.feed(raw, final=seq.finish_reason is not None)
+        delta, finish_reason = self._answer_delta(seq.index, piece, seq.finish_reason)
+        if reasoning:
+            delta = {"reasoning_content": reasoning, **delta}
+        return delta, finish_reason
+
+    def _answer_delta(
+        self, index: int, piece: str, reason: str | None
+    ) -> tuple[dict[str, Any], str | None]:
         plan = self.plan
         if plan.mode == "none":
-            return ({"content": seq.text} if seq.text else {}), seq.finish_reason
-        before = self.texts.get(seq.index, "")
-        text = self.texts[seq.index] = before + seq.text
-        finished = seq.finish_reason is not None
+            return ({"content": piece} if piece else {}), reason
+        text = self.texts[index] = self.texts.get(index, "") + piece
+        finished = reason is not None
         if plan.mode == "named":
             calls = [ToolCall(name=plan.named or "", arguments="")]
-            pieces = [] if before else _call_deltas(calls, 0)[:1]
-            if seq.text:
-                pieces.append({"index": 0, "function": {"arguments": seq.text}})
+            pieces = [] if index in self.headers else _call_deltas(calls, 0)[:1]
+            self.headers.add(index)
+            if piece:
+                pieces.append({"index": 0, "function": {"arguments": piece}})
             delta = {"tool_calls": pieces} if pieces else {}
-            return delta, _finish_reason(seq.finish_reason, calls)
+            return delta, _finish_reason(reason, calls)
         if plan.mode == "required":
             if not finished:
                 return {}, None
             content, calls = plan.calls_of(text)
-            return _delta(content or "", calls), _finish_reason(seq.finish_reason, calls)
-        stream = self.streams.setdefault(seq.index, ToolCallStream(plan.parser))  # type: ignore[arg-type]
+            return _delta(content or "", calls), _finish_reason(reason, calls)
+        stream = self.streams.setdefault(index, ToolCallStream(plan.parser))  # type: ignore[arg-type]
         content = stream.feed(text)
         calls: list[ToolCall] = []
         if finished:
             rest, calls = stream.finish(text)
             content += rest
-        return _delta(content, calls), _finish_reason(seq.finish_reason, calls)
+        return _delta(content, calls), _finish_reason(reason, calls)
 
 
 def _delta(content: str, calls: list[ToolCall]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 from heron.structured_outputs import StructuredOutputsError, StructuredOutputsParams
 from heron.structured_outputs.grammar import build_grammar
 from heron_server.errors import APIError
+from heron_server.reasoning_parsers import REASONING_PARSERS, ReasoningParser
 from heron_server.tool_parsers import ToolCall, get_tool_parser
 from heron_server.tool_parsers.base import ToolParser
 
@@ -26,9 +27,14 @@ class ToolCallingConfig:
 
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    """``--reasoning-parser NAME``: ``<think>`` blocks go to ``reasoning_content``."""
 
     def parser(self) -> ToolParser | None:
         return get_tool_parser(self.tool_call_parser) if self.tool_call_parser else None
+
+    def reasoning(self) -> ReasoningParser | None:
+        return REASONING_PARSERS[self.reasoning_parser]() if self.reasoning_parser else None
 
 
 def _bad(message: str, param: str) -> APIError:
