@@ -317,3 +317,25 @@ def test_word_wise_mask_equals_xgrammar_kernel(num_rows: int, rows: list[int]) -
     got = apply_grammar_bitmask(logits.clone(), GrammarStep(bitmask=bitmask, rows=rows))
     assert torch.equal(got, expected)
     assert torch.isinf(got[rows]).any() and torch.isfinite(got[rows]).any()
+
+
+def test_pipeline_parallel_ranks_sample_with_the_mask(model_dir) -> None:
+    """With two pipeline stages the last one, a worker process, samples: it gets the mask too,
+    so outputs validate and equal one process's for the same seeds."""
+    params = SamplingParams(
+        temperature=1.0,
+        seed=3,
+        max_tokens=60,
+        structured_outputs={"json": SMALL_SCHEMA, "disable_any_whitespace": True},
+    )
+    prompts = ["Person:", "Describe someone"]
+    one = LLM(str(model_dir), dtype="float32", block_size=16)
+    expected = [o.outputs[0].text for o in one.generate(prompts, params, use_tqdm=False)]
+    two = LLM(str(model_dir), dtype="float32", block_size=16, pipeline_parallel_size=2)
+    try:
+        got = [o.outputs[0].text for o in two.generate(prompts, params, use_tqdm=False)]
+    finally:
+        two.shutdown()
+    assert got == expected
+    for text in got:
+        jsonschema.validate(json.loads(text), SMALL_SCHEMA)

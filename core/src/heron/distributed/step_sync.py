@@ -10,11 +10,15 @@ input tensors, so no tensor is pickled and the message stays small at decode tim
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 from heron.request import Request, RequestStatus
 from heron.sampling_params import SamplingParams
 from heron.sched.output import ScheduledRequest, SchedulerOutput
+
+if typing.TYPE_CHECKING:
+    from heron.structured_outputs.manager import GrammarStep
 
 
 @dataclass(slots=True, kw_only=True)
@@ -40,6 +44,9 @@ class StepMessage:
     scheduled: list[ScheduledUpdate] = field(default_factory=list)
     released_ids: list[str] = field(default_factory=list)
     """Requests that finished since the last step: workers forget their mirrors and state."""
+    grammar: GrammarStep | None = None
+    """The step's structured-outputs token mask (only when some request follows a grammar): the
+    rank that samples (the last pipeline stage) may be a worker."""
 
 
 class StepEncoder:
@@ -56,7 +63,7 @@ class StepEncoder:
                 self._released.append(rid)
 
     def encode(self, out: SchedulerOutput) -> StepMessage:
-        message = StepMessage(released_ids=self._released)
+        message = StepMessage(released_ids=self._released, grammar=out.grammar)
         self._released = []
         for item in out.scheduled:
             request = item.request
@@ -103,7 +110,7 @@ class StepDecoder:
                 eos_token_ids=new.eos_token_ids,
                 status=RequestStatus.RUNNING,
             )
-        out = SchedulerOutput()
+        out = SchedulerOutput(grammar=message.grammar)
         for update in message.scheduled:
             request = self.requests[update.request_id]
             request.output_token_ids.extend(update.new_output_token_ids)
