@@ -32,7 +32,7 @@ from heron.loader import ModelSource, load_model_source
 from heron.models.decoder import HeadShard, UnsupportedAttentionError
 from heron.models.registry import builtin_registry, resolve_model_impl
 from heron.plugins import PluginHost, load_plugins, select_platform
-from heron.pooling.config import pooling_engine_changes, resolve_runner
+from heron.pooling.config import pooling_engine_changes, pooling_kv_plan, resolve_runner
 from heron.pooling.scheduler import PoolingScheduler
 from heron.request import Request, RequestStatus
 from heron.sched.output import RequestUpdate, SchedulerOutput
@@ -117,6 +117,8 @@ class EngineCore:
         if not args.enable_chunked_prefill:
             budget = max(budget, self.max_model_len)
         self.kv_plan = self.executor.plan_kv_cache(budget)
+        if self.pooler is not None:
+            self.kv_plan = pooling_kv_plan(self.kv_plan, budget, args.max_num_seqs)
         self.executor.init_kv_cache(self.kv_plan.num_blocks)
         step_graphs = (
             "off (--enforce-eager)"

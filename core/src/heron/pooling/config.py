@@ -198,3 +198,21 @@ def pooling_engine_changes(args: Any, pooler: PoolerConfig) -> dict[str, Any]:
         changes["enable_prefix_caching"] = False
         logger.info("Pooling runner: prefix caching off (KV is freed after each step)")
     return changes
+
+
+def pooling_kv_plan(plan: Any, budget: int, max_num_seqs: int) -> Any:
+    """The KV plan capped at one step's blocks: pooled inputs free their KV after their step.
+
+    A cache sized for generation (gigabytes on a CPU) would only be walked through block after
+    block, each first touch a page fault, while a step's worth stays in cache; a sequence wastes
+    at most one partial block, hence the extra block per sequence.
+    """
+    needed = -(-budget // plan.block_size) + min(max_num_seqs, budget)
+    if plan.num_blocks <= needed:
+        return plan
+    return replace(
+        plan,
+        num_blocks=needed,
+        source=f"{plan.source}, capped at one pooling step ({budget} tokens, up to "
+        f"{max_num_seqs} inputs)",
+    )
