@@ -38,13 +38,17 @@ FALLBACK_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "residual_multiplier": 0.5,
             "attention_multiplier": 0.1,
             "logits_scaling": 4.0,
+            "num_key_value_heads": 2,
         },
     ),
     "gpt_neox": (
         "GPTNeoXConfig",
         {"rotary_pct": 0.5, "use_parallel_residual": True, "num_key_value_heads": None},
     ),
-    "phi": ("PhiConfig", {"partial_rotary_factor": 0.5, "qk_layernorm": True}),
+    "phi": (
+        "PhiConfig",
+        {"partial_rotary_factor": 0.5, "qk_layernorm": True, "num_key_value_heads": 2},
+    ),
     "cohere": ("CohereConfig", {"logit_scale": 0.5, "use_qk_norm": False}),
     "gpt2": ("GPT2Config", {}),
     "gemma": ("GemmaConfig", {"head_dim": 64}),

@@ -99,10 +99,33 @@ def test_bad_model_impl_is_refused_naming_the_choices() -> None:
         LLM(model="unused", model_impl="vllm")
 
 
-def test_fallback_refuses_tensor_parallelism_clearly(tmp_path) -> None:
-    folder = make_breadth_model_dir(tmp_path, "olmo2")
-    with pytest.raises(EngineConfigError, match="Transformers fallback runs olmo2 unsharded"):
+# Plans with sharded attention (fused qkv in GPT-NeoX, biases in Phi, multipliers in Granite)
+# and OLMo 2's, whose attention stays replicated (its q/k norms span all heads) and MLP splits.
+FALLBACK_TP = ("gpt_neox", "granite", "olmo2", "phi")
+
+
+def test_fallback_tensor_parallel_two_equals_hf(fallback_model, request) -> None:
+    """transformers' own plan splits the fallback's linear layers over two ranks."""
+    arch = request.node.callspec.params["fallback_model"]
+    if arch not in FALLBACK_TP:
+        pytest.skip("tensor parallelism is checked on a few architectures")
+    folder, _prompt_ids, expected = fallback_model
+    llm = LLM(str(folder), dtype="float32", block_size=16, tensor_parallel_size=2)
+    try:
+        model = llm.llm_engine.core.runner.model
+        assert type(model).__name__ == "TransformersForCausalLM" and model.num_sharded > 0
+        outputs = llm.generate(EQUALITY_PROMPTS, greedy(), use_tqdm=False)
+        assert [list(o.outputs[0].token_ids) for o in outputs] == expected, arch
+    finally:
+        llm.shutdown()
+
+
+def test_fallback_refuses_what_it_cannot_split_clearly(tmp_path) -> None:
+    folder = make_breadth_model_dir(tmp_path, "gpt2")
+    with pytest.raises(EngineConfigError, match="no tensor-parallel plan for 'gpt2'"):
         LLM(str(folder), dtype="float32", tensor_parallel_size=2)
+    with pytest.raises(EngineConfigError, match="pipeline_parallel_size \\(2\\) must be 1"):
+        LLM(str(folder), dtype="float32", pipeline_parallel_size=2)
 
 
 def test_cli_flag_is_spelled_like_vllm() -> None:

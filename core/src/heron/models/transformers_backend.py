@@ -33,6 +33,13 @@ from heron.layers.linear import prepare_linear_weights
 from heron.models.context import ModelContext
 from heron.models.decoder import UnsupportedAttentionError, _dtype_name
 from heron.models.registry import UnsupportedModelError
+from heron.models.transformers_tp import (
+    apply_tp_plan,
+    heads_are_sharded,
+    shard_heads,
+    sharded_modules,
+    tp_plan,
+)
 from heron.models.weights import CheckpointMismatchError, _show
 from heron_interfaces import AttentionBackend, AttentionLayerSpec, AttentionMetadata
 
@@ -132,8 +139,8 @@ def _use_heron_linears(model: nn.Module, ctx: ModelContext) -> int:
 class TransformersForCausalLM(nn.Module):
     """A transformers causal LM whose attention is Heron's (see the module docstring).
 
-    Tensor and pipeline parallelism are refused with a clear error (:meth:`check_layout`): the
-    modules are transformers', unsharded.
+    Tensor parallelism follows transformers' own plan (:mod:`heron.models.transformers_tp`);
+    pipeline parallelism is refused with a clear error (:meth:`check_layout`).
     """
 
     step_graphs_off = "the Transformers fallback runs transformers' modules in eager torch"
@@ -160,11 +167,20 @@ class TransformersForCausalLM(nn.Module):
         self.hidden_size = hidden
         self.vocab_size = int(hf_config.vocab_size)
         self.config = hf_config
-        self._check_kernels(ctx)
         self.hf_model = self._build(hf_config, ctx)
+        self.base = self.hf_model.base_model
+        self.num_sharded = 0
+        """Linear layers split over the tensor-parallel ranks by transformers' plan."""
+        if ctx.tp.size > 1:
+            sharded = sharded_modules(self.base, tp_plan(hf_config))
+            if heads_are_sharded(self.base, sharded):
+                self.num_heads, self.num_kv_heads = shard_heads(
+                    self.num_heads, self.num_kv_heads, ctx.tp.size
+                )
+            self.num_sharded = apply_tp_plan(self.base, sharded, ctx)
+        self._check_kernels(ctx)
         self.num_linears = _use_heron_linears(self.hf_model, ctx)
         """transformers' ``nn.Linear`` layers now run through the platform's matmul kernels."""
-        self.base = self.hf_model.base_model
         self.lm_head = self.hf_model.get_output_embeddings()
         if self.lm_head is None:
             raise UnsupportedModelError(
@@ -175,13 +191,15 @@ class TransformersForCausalLM(nn.Module):
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def check_layout(cls, hf_config: Any, tp: int, pp: int) -> None:
-        """Refuse tensor/pipeline parallelism: transformers' modules are not sharded here."""
-        if tp > 1 or pp > 1:
+        """Refuse pipeline parallelism, and tensor parallelism without transformers' plan."""
+        if pp > 1:
             raise ShardingError(
-                f"the Transformers fallback runs {getattr(hf_config, 'model_type', '?')} "
-                f"unsharded: tensor_parallel_size ({tp}) and pipeline_parallel_size ({pp}) must "
-                "be 1 (a native implementation, --model-impl heron, splits across ranks)"
+                f"the Transformers fallback runs {getattr(hf_config, 'model_type', '?')} in one "
+                f"pipeline stage: pipeline_parallel_size ({pp}) must be 1 (a native "
+                "implementation, --model-impl heron, splits into stages)"
             )
+        if tp > 1:
+            tp_plan(hf_config)
 
     @staticmethod
     def _check_architecture(hf_config: Any) -> None:
@@ -344,6 +362,7 @@ class TransformersForCausalLM(nn.Module):
         renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
         converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
         prefix = getattr(model, "base_model_prefix", None) or None
+        modules = dict(model.named_modules())
         loaded: set[str] = set()
         unexpected: list[str] = []
         held: dict[str, torch.Tensor] = {}
@@ -358,7 +377,12 @@ class TransformersForCausalLM(nn.Module):
                 else:
                     unexpected.append(name)
                 continue
-            copy_weight(target, tensor, name)
+            owner_name, _, kind = target_name.rpartition(".")
+            owner = modules.get(owner_name)
+            if isinstance(owner, Linear):  # slices its tensor-parallel shard itself
+                owner.load_tensor(kind, tensor, name)
+            else:
+                copy_weight(target, tensor, name)
             loaded.add(target_name)
         missing = set(dict(model.named_parameters())) - loaded
         if held:
