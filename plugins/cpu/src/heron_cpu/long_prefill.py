@@ -121,6 +121,10 @@ def attend_sequence(
     out[start : start + q_len].copy_(result[0].transpose(0, 1))
 
 
+PROMPT_GROUPS = 4
+"""Whole prompts of a step are sorted by length and attended in this many padded calls."""
+
+
 def attend_prompts(
     out: torch.Tensor,
     query: torch.Tensor,
@@ -131,13 +135,39 @@ def attend_prompts(
     scale: float,
 ) -> None:
     """Bidirectional attention of whole prompts over their own keys and values as the step
-    computed them (no cache gather), all in one padded SDPA call, into ``out``.
+    computed them (no cache gather), in a few padded SDPA calls, into ``out``.
 
-    Prompt ``i`` owns rows ``starts[i]:starts[i]+lengths[i]``. One call with a key-padding mask
-    instead of one call per prompt: a step holds tens of short prompts, and per-call overheads
-    (thread-team wake-ups, layout copies) cost more than their attention; the padding only adds
-    attention FLOPs, a few percent of an encoder layer's.
+    Prompt ``i`` owns rows ``starts[i]:starts[i]+lengths[i]``. A step holds tens of prompts of
+    mixed lengths: one call per prompt pays per-call overheads (thread-team wake-ups, layout
+    copies) tens of times per layer, one call for all pads every prompt to the longest. Sorted by
+    length and split into :data:`PROMPT_GROUPS` calls with a key-padding mask, the padding stays
+    small and the calls few.
     """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    size = -(-len(order) // PROMPT_GROUPS)
+    for first in range(0, len(order), size):
+        chosen = order[first : first + size]
+        _attend_padded(
+            out,
+            query,
+            key,
+            value,
+            [starts[i] for i in chosen],
+            [lengths[i] for i in chosen],
+            scale,
+        )
+
+
+def _attend_padded(
+    out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    starts: list[int],
+    lengths: list[int],
+    scale: float,
+) -> None:
+    """One SDPA call over prompts padded to the longest (no mask when they are all as long)."""
     device = query.device
     longest = max(lengths)
     positions = torch.arange(longest, device=device)
@@ -151,9 +181,13 @@ def attend_prompts(
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-    mask = valid[:, None, None, :]  # padded keys get no weight; padded queries are dropped
+    padded = min(lengths) < longest
+    mask = valid[:, None, None, :] if padded else None  # padded keys get no weight
     result = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    out[rows[valid]] = result.transpose(1, 2)[valid].to(out.dtype)
+    if padded:  # padded query rows are dropped
+        out[rows[valid]] = result.transpose(1, 2)[valid].to(out.dtype)
+    else:
+        out[rows.flatten()] = result.transpose(1, 2).flatten(0, 1).to(out.dtype)
 
 
 def split_long_sequences(
