@@ -94,6 +94,25 @@ def test_a_model_whose_attention_transformers_does_not_route_is_refused(tmp_path
         LLM(str(folder), dtype="float32")
 
 
+def test_a_bidirectional_model_is_refused() -> None:
+    """BERT's causal-LM head class still attends both ways unless configured as a decoder."""
+    from model_utils import make_context
+    from transformers import BertConfig
+
+    from heron.models.transformers_backend import TransformersForCausalLM
+
+    config = BertConfig(
+        vocab_size=64, hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64,
+    )  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match="attends bidirectionally"):
+        TransformersForCausalLM(config, make_context(block_size=16))
+    decoder = TransformersForCausalLM(
+        BertConfig(**{**config.to_dict(), "is_decoder": True}), make_context(block_size=16)
+    )
+    assert decoder.num_layers == 1
+
+
 def test_bad_model_impl_is_refused_naming_the_choices() -> None:
     with pytest.raises(EngineArgsError, match="model_impl"):
         LLM(model="unused", model_impl="vllm")

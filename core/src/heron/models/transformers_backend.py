@@ -254,6 +254,16 @@ class TransformersForCausalLM(nn.Module):
                 config, attn_implementation=ATTENTION_NAME, dtype=ctx.dtype
             )
         model.tie_weights()  # skipped with the initialisation; ties what the config ties
+        bidirectional = [
+            name
+            for name, module in model.named_modules()
+            if hasattr(module, "layer_idx") and getattr(module, "is_causal", True) is False
+        ]
+        if bidirectional:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} attends bidirectionally ({bidirectional[0]}.is_causal "
+                "is False); the Transformers fallback runs causal decoders only"
+            )
         if not getattr(model, "_supports_attention_backend", False):
             raise UnsupportedModelError(
                 f"{type(model).__name__} does not pass attention arguments through transformers' "
