@@ -8,7 +8,7 @@ By default (CI) the tiny Llama runs once with prefix caching, prefill chunks of 
 cache small enough to preempt, all in one engine, and the test checks that each of them happened
 and that serving compiled nothing after start-up; a second test serves prompts of many lengths and
 counts XLA compiles. ``HERON_TPU_FULL=1`` adds every tiny architecture in every engine mode of
-the cpu/reference equality tests (about 3 minutes here)::
+the cpu/reference equality tests (several minutes)::
 
     HERON_TPU_FULL=1 pytest tests/plugins/tpu/test_engine_tpu.py -q
 
