@@ -101,7 +101,7 @@ def describe() -> str:
         loop = "AVX2" if _paths()["avx2"] else "portable"
     return (
         f"heron-cpu's {loop} quantized loop up to {MAX_GEMV_ROWS} rows, "
-        "dequantized tiles and a GEMM past that"
+        "the weight dequantized for a GEMM past that"
     )
 
 
