@@ -25,7 +25,7 @@ from server_utils import RemoteServer, start_server
 
 HEADER_TIMEOUT = 1.0
 SHUTDOWN_TIMEOUT = 1.5
-CONTEXT = 4096
+CONTEXT = 16384
 """Long enough that a stream of the tiny model outlives the shutdown timeout many times over."""
 
 
