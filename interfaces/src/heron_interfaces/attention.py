@@ -14,6 +14,14 @@ Conventions, for every backend:
   built with ``AttentionLayerSpec(causal=False)`` (API 1.7, encoder models such as BERT) is
   bidirectional instead: every query token of sequence ``i`` sees all ``seq_lens[i]`` positions.
   Only backends whose :attr:`AttentionBackend.supports_non_causal` is true accept such a layer.
+* Sliding window (API 1.9, ``AttentionLayerSpec(sliding_window=W)``): the query at position ``p``
+  sees only positions ``p - W + 1 .. p`` (Hugging Face's window: the token and the ``W - 1`` before
+  it). Core may free the blocks of a sequence that lie wholly before the window of its first query
+  token, i.e. blocks ``j`` with ``(j + 1) * block_size <= seq_len - q_len - W + 1``: their
+  ``block_tables`` entries then name blocks that other sequences may be using, so a kernel must
+  never read them (not even to multiply them by a zero probability).
+* Logit soft-capping (API 1.9, ``AttentionLayerSpec(logits_soft_cap=c)``, Gemma 2): each scaled
+  score ``s`` becomes ``c * tanh(s / c)`` before masking and softmax.
 * ``slot_mapping[t]`` is ``block_id * block_size + offset`` of token ``t``; a negative slot means
   "do not write" (padding).
 * ``block_tables[i, j]`` is the physical block holding positions ``j*block_size .. (j+1)*block_size-1``
@@ -69,6 +77,21 @@ class AttentionLayerSpec:
     causal: bool = True
     """API 1.7: ``False`` for a bidirectional (encoder) layer: each query token attends to every
     position of its sequence's context, not only to those before it."""
+    sliding_window: int | None = None
+    """API 1.9: the query at position ``p`` attends to positions ``p - sliding_window + 1 .. p``
+    only (Mistral, the local layers of Gemma 2/3); ``None``: the whole causal context. Per layer,
+    since models alternate windowed and full layers."""
+    logits_soft_cap: float | None = None
+    """API 1.9: scores (after ``scale``) pass through ``cap * tanh(score / cap)`` before the
+    softmax (Gemma 2); ``None``: no capping."""
+
+    def __post_init__(self) -> None:
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+        if self.sliding_window is not None and not self.causal:
+            raise ValueError("sliding_window applies to causal layers only (causal=False given)")
+        if self.logits_soft_cap is not None and not self.logits_soft_cap > 0:
+            raise ValueError(f"logits_soft_cap must be > 0 or None, got {self.logits_soft_cap}")
 
 
 class AttentionBackend(ABC):
@@ -91,6 +114,15 @@ class AttentionBackend(ABC):
     """API 1.7: the backend runs layers built with ``AttentionLayerSpec(causal=False)``. The
     default keeps older backends honest: :meth:`check_support` refuses such a layer for them, so
     core names the backend instead of computing causal attention for an encoder."""
+
+    supports_sliding_window: ClassVar[bool] = False
+    """API 1.9: the backend applies ``AttentionLayerSpec.sliding_window`` and never reads a block
+    wholly before a sequence's window (core frees those). Without it :meth:`check_support`
+    refuses a windowed layer, so core names the backend instead of attending to the whole
+    context."""
+
+    supports_logits_soft_cap: ClassVar[bool] = False
+    """API 1.9: the backend applies ``AttentionLayerSpec.logits_soft_cap``; refused otherwise."""
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         self.spec = spec
@@ -127,6 +159,10 @@ class AttentionBackend(ABC):
             reasons.append(
                 "non-causal (bidirectional, encoder) attention is not supported by this backend"
             )
+        if spec.sliding_window is not None and not cls.supports_sliding_window:
+            reasons.append("sliding-window attention is not supported by this backend")
+        if spec.logits_soft_cap is not None and not cls.supports_logits_soft_cap:
+            reasons.append("attention logit soft-capping is not supported by this backend")
         if spec.num_heads % spec.num_kv_heads:
             reasons.append(
                 f"num_heads {spec.num_heads} is not a multiple of num_kv_heads {spec.num_kv_heads}"

@@ -28,12 +28,35 @@ def write_kv(
     value_cache[blocks, offsets] = value[keep].to(value_cache.dtype)
 
 
-def gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
-    """The first ``length`` positions of one sequence as ``[length, kv_heads, head]``."""
+def gather_context(
+    cache: torch.Tensor, block_table: torch.Tensor, length: int, start: int = 0
+) -> torch.Tensor:
+    """Positions ``start .. length - 1`` of one sequence as ``[length - start, kv_heads, head]``.
+
+    Only the blocks holding those positions are read: with a sliding window (API 1.9) the blocks
+    before ``start`` may have been freed and handed to other sequences.
+    """
     block_size = cache.shape[1]
+    first = start // block_size
     num_blocks = (length + block_size - 1) // block_size
-    blocks = cache[block_table[:num_blocks].long()]
-    return blocks.reshape(-1, *cache.shape[2:])[:length]
+    blocks = cache[block_table[first:num_blocks].long()]
+    return blocks.reshape(-1, *cache.shape[2:])[
+        start - first * block_size : length - first * block_size
+    ]
+
+
+def window_start(context: int, q_len: int, sliding_window: int | None) -> int:
+    """The first context position any of a sequence's ``q_len`` last queries sees."""
+    if sliding_window is None:
+        return 0
+    return max(0, context - q_len - sliding_window + 1)
+
+
+def soft_cap(scores: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma 2's logit soft-capping, ``cap * tanh(scores / cap)`` (``None``: unchanged)."""
+    if cap is None:
+        return scores
+    return torch.tanh(scores / cap) * cap
 
 
 def paged_attention(
@@ -44,10 +67,15 @@ def paged_attention(
     scale: float,
     out: torch.Tensor,
     causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> torch.Tensor:
     """Attention of each sequence's query tokens over its cached context (written already).
 
-    Causal unless ``causal`` is false (API 1.7): then every query sees the whole context.
+    Causal unless ``causal`` is false (API 1.7): then every query sees the whole context. With
+    ``sliding_window`` (API 1.9) the query at position ``p`` sees positions ``> p - window`` only,
+    and blocks wholly before the first query's window are never read; ``logits_soft_cap`` caps
+    the scaled scores with ``tanh`` before the mask.
     """
     num_heads = query.shape[1]
     num_kv_heads = key_cache.shape[2]
@@ -59,33 +87,46 @@ def paged_attention(
         q_len = q_end - q_start
         if q_len == 0:
             continue
+        lo = window_start(context, q_len, sliding_window)
         q = query[q_start:q_end].float()
-        k = gather_context(key_cache, metadata.block_tables[i], context).float()
-        v = gather_context(value_cache, metadata.block_tables[i], context).float()
+        k = gather_context(key_cache, metadata.block_tables[i], context, lo).float()
+        v = gather_context(value_cache, metadata.block_tables[i], context, lo).float()
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+        scores = soft_cap(torch.einsum("qhd,khd->hqk", q, k) * scale, logits_soft_cap)
         if causal:
             q_pos = torch.arange(context - q_len, context).unsqueeze(1)
-            k_pos = torch.arange(context).unsqueeze(0)
-            scores.masked_fill_(k_pos > q_pos, float("-inf"))
+            k_pos = torch.arange(lo, context).unsqueeze(0)
+            hidden = k_pos > q_pos
+            if sliding_window is not None:
+                hidden |= k_pos <= q_pos - sliding_window
+            scores.masked_fill_(hidden, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[q_start:q_end] = torch.einsum("hqk,khd->qhd", probs, v).to(out.dtype)
     return out
 
 
 def dense_causal_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, causal: bool = True
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> torch.Tensor:
     """Attention of one whole sequence without a cache: the oracle of the oracle (bidirectional
-    when ``causal`` is false)."""
+    when ``causal`` is false; windowed and soft-capped as :func:`paged_attention`)."""
     group = query.shape[1] // key.shape[1]
     k = key.float().repeat_interleave(group, dim=1)
     v = value.float().repeat_interleave(group, dim=1)
     scores = torch.einsum("qhd,khd->hqk", query.float(), k) * scale
+    scores = soft_cap(scores, logits_soft_cap)
     if causal:
         n = query.shape[0]
         mask = torch.ones(n, n, dtype=torch.bool).triu(1)
+        if sliding_window is not None:
+            mask |= torch.ones(n, n, dtype=torch.bool).tril(-sliding_window)
         scores.masked_fill_(mask, float("-inf"))
     return torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v).to(query.dtype)
 
@@ -99,6 +140,8 @@ class ReferenceAttention(AttentionBackend):
 
     name = "reference"
     supports_non_causal = True
+    supports_sliding_window = True
+    supports_logits_soft_cap = True
 
     @classmethod
     def supported_block_sizes(cls) -> tuple[int, ...]:
@@ -132,5 +175,13 @@ class ReferenceAttention(AttentionBackend):
         self.write_kv(key, value, kv_cache, metadata.slot_mapping)
         key_cache, value_cache = self.kv_views(kv_cache)
         return paged_attention(
-            query, key_cache, value_cache, metadata, self.spec.scale, out, causal=self.spec.causal
+            query,
+            key_cache,
+            value_cache,
+            metadata,
+            self.spec.scale,
+            out,
+            causal=self.spec.causal,
+            sliding_window=self.spec.sliding_window,
+            logits_soft_cap=self.spec.logits_soft_cap,
         )

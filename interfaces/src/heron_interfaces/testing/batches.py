@@ -43,6 +43,17 @@ class Scenario:
     """Unused physical blocks mixed into the pool, so block ids are sparse and out of order."""
     causal: bool = True
     """``False``: a bidirectional (encoder) layer, API 1.7."""
+    sliding_window: int | None = None
+    """API 1.9: the layer's window. Blocks wholly before a sequence's window are "freed": their
+    block-table entries name one shared block of NaNs, which no kernel may read."""
+    logits_soft_cap: float | None = None
+    """API 1.9: the layer's score cap."""
+
+    def freed_blocks(self, context: int, q_len: int) -> int:
+        """Leading blocks of a sequence that lie wholly before its first query's window."""
+        if self.sliding_window is None:
+            return 0
+        return max(0, context - q_len - self.sliding_window + 1) // self.block_size
 
     def layer_spec(self) -> AttentionLayerSpec:
         return AttentionLayerSpec(
@@ -53,6 +64,8 @@ class Scenario:
             block_size=self.block_size,
             dtype=self.dtype,
             causal=self.causal,
+            sliding_window=self.sliding_window,
+            logits_soft_cap=self.logits_soft_cap,
         )
 
 
@@ -123,14 +136,16 @@ def make_batch(scenario: Scenario) -> Batch:
     gen = torch.Generator().manual_seed(s.seed)
     rng = random.Random(s.seed)
     blocks_per_seq = [(ctx + s.block_size - 1) // s.block_size for ctx, _ in s.seqs]
-    num_blocks = sum(blocks_per_seq) + s.extra_blocks
+    freed_per_seq = [s.freed_blocks(ctx, q_len) for ctx, q_len in s.seqs]
+    num_blocks = sum(blocks_per_seq) - sum(freed_per_seq) + max(s.extra_blocks, 1)
     pool = list(range(num_blocks))
     rng.shuffle(pool)
+    freed_block = pool[0]  # an unused block: stays NaN, and every freed table entry names it
     max_blocks = max(blocks_per_seq)
     block_tables = torch.zeros(len(s.seqs), max_blocks, dtype=torch.int32)
     starts, slots = [0], []
-    for i, ((ctx, q_len), n) in enumerate(zip(s.seqs, blocks_per_seq)):
-        table = [pool.pop() for _ in range(n)]
+    for i, ((ctx, q_len), n, freed) in enumerate(zip(s.seqs, blocks_per_seq, freed_per_seq)):
+        table = [freed_block] * freed + [pool.pop() for _ in range(n - freed)]
         block_tables[i, :n] = torch.tensor(table, dtype=torch.int32)
         starts.append(starts[-1] + q_len)
         slots += [
@@ -148,7 +163,7 @@ def make_batch(scenario: Scenario) -> Batch:
     prefix = [  # the cached prefix of every sequence, written by earlier steps
         (int(block_tables[i, p // s.block_size]), p % s.block_size)
         for i, (ctx, q_len) in enumerate(s.seqs)
-        for p in range(ctx - q_len)
+        for p in range(s.freed_blocks(ctx, q_len) * s.block_size, ctx - q_len)
     ]
     if prefix:
         blocks, offsets = (torch.tensor(column) for column in zip(*prefix))
@@ -233,5 +248,7 @@ def reference_forward(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.T
         scale,
         out,
         causal=batch.scenario.causal,
+        sliding_window=batch.scenario.sliding_window,
+        logits_soft_cap=batch.scenario.logits_soft_cap,
     )
     return out, key_cache, value_cache

@@ -55,6 +55,12 @@ from heron_interfaces.testing.static_shapes_suite import (
     test_padded_step_matches_unpadded,
     test_padding_buckets_are_declared,
 )
+from heron_interfaces.testing.window_suite import (
+    test_sliding_window_matches_reference,
+    test_sliding_window_prompt_matches_dense,
+    test_soft_cap_matches_reference,
+    test_window_and_soft_cap_support_are_declared_honestly,
+)
 
 __all__ = [
     "attention_backend_cls",
@@ -88,7 +94,11 @@ __all__ = [
     "test_rotary_matches_reference",
     "test_silu_and_mul_matches_reference",
     "test_single_process_communicator_is_identity",
+    "test_sliding_window_matches_reference",
+    "test_sliding_window_prompt_matches_dense",
     "test_snapshot_is_sane",
+    "test_soft_cap_matches_reference",
     "test_step_graph_replays_recorded_ops",
+    "test_window_and_soft_cap_support_are_declared_honestly",
     "test_write_kv_matches_reference",
 ]
