@@ -92,6 +92,13 @@ class EngineArgs(BaseModel):
         description='Pooling runner overrides as JSON, e.g. \'{"pooling_type": "MEAN", '
         '"normalize": true, "matryoshka": true}\' (pooling_type MEAN, CLS or LAST).',
     )
+    speculative_config: dict[str, Any] | None = Field(
+        None,
+        description="Speculative decoding as JSON, spelled as in vLLM: "
+        '\'{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, '
+        '"prompt_lookup_min": 1}\' proposes the tokens that followed the latest earlier '
+        "occurrence of the context's last 1-4 tokens, and the model verifies them in one step.",
+    )
     tensor_parallel_size: int = Field(
         1,
         ge=1,
@@ -120,6 +127,13 @@ class EngineArgs(BaseModel):
         "names, else a local one; pip install 'heron-core[ray]').",
     )
 
+    @field_validator("speculative_config", mode="before")
+    @classmethod
+    def _parse_speculative_config(cls, value: Any) -> Any:
+        from heron.spec_decode.config import parse_speculative_config
+
+        return parse_speculative_config(value)  # JSON text from the CLI, or a dict
+
     @field_validator("pooler_config", mode="before")
     @classmethod
     def _parse_pooler_config(cls, value: Any) -> Any:
@@ -141,6 +155,7 @@ _DEFAULT_HELP: dict[str, str] = {
     "num_gpu_blocks_override": "sized from the memory the backend grants",
     "backend": "HERON_BACKEND, else the available backend with the highest score",
     "distributed_executor_backend": "uni for one rank, mp for several",
+    "speculative_config": "off",
     "pooler_config": "read from the model (sentence-transformers modules.json)",
 }
 

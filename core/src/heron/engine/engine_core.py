@@ -37,6 +37,7 @@ from heron.pooling.scheduler import PoolingScheduler
 from heron.request import Request, RequestStatus
 from heron.sched.output import RequestUpdate, SchedulerOutput
 from heron.sched.scheduler import Scheduler, SchedulerConfig
+from heron.spec_decode.enable import attach_speculation, check_speculation
 from heron.structured_outputs.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class EngineCore:
         """The pooling recipe when the engine runs the pooling runner (embeddings), else None."""
         if self.pooler is not None:
             self.args = args = args.model_copy(update=pooling_engine_changes(args, self.pooler))
+        spec_config = check_speculation(args, pooling=self.pooler is not None)
         self.dtype = self._resolve_dtype(args.dtype)
         self.block_size = self._resolve_block_size(args.block_size)
         self.max_model_len = self._resolve_max_model_len(args.max_model_len, hf_config)
@@ -140,6 +142,8 @@ class EngineCore:
         )
         scheduler_cls = Scheduler if self.pooler is None else PoolingScheduler
         self.scheduler = scheduler_cls(self.scheduler_config, self.kv_manager)
+        self.spec_decode = attach_speculation(spec_config, self.scheduler, self.max_model_len)
+        """Speculative decoding's acceptance counters, or None when it is off."""
         self.structured: StructuredOutputManager | None = None
         """Grammar state of constrained requests; made on the first one (xgrammar's tokenizer
         info takes a moment to build, so engines that never constrain never pay it)."""
@@ -340,6 +344,11 @@ class EngineCore:
         if constraint is None:
             self.scheduler.add_request(request)
             return
+        if self.spec_decode is not None:
+            raise ValueError(
+                "structured outputs cannot be combined with speculative decoding: this engine "
+                "was started with speculative_config; start one without it for constrained output"
+            )
         # It joins the scheduler once its grammar is compiled (see _admit_compiled_grammars).
         self.scheduler.check_request(request)
         if request.request_id in self._awaiting_grammar:
@@ -384,6 +393,8 @@ class EngineCore:
             )
         runner_out = self.executor.execute(out)
         updates = self.scheduler.update_from_output(out, runner_out)
+        if self.spec_decode is not None:
+            self.spec_decode.observe(out, runner_out)
         self.num_generation_tokens += sum(len(u.new_token_ids) for u in updates)
         if self.structured is not None:
             for update in updates:
@@ -436,6 +447,7 @@ class EngineCore:
             num_preemptions=sched.num_preemptions,
             prompt_tokens=self.num_prompt_tokens,
             generation_tokens=self.num_generation_tokens,
+            spec_decode=None if self.spec_decode is None else self.spec_decode.snapshot(),
         )
 
 

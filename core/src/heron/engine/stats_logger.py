@@ -20,6 +20,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from heron.spec_decode.metrics import SpecDecodeCounters
 
 logger = logging.getLogger("heron.engine.stats")
 
@@ -46,6 +50,8 @@ class EngineStats:
     """Prompt tokens computed (cached prefix tokens are not computed, so not counted)."""
     generation_tokens: int = 0
     """Tokens sampled."""
+    spec_decode: SpecDecodeCounters | None = None
+    """Speculative decoding's acceptance counters, when it is on."""
 
     @property
     def busy(self) -> bool:
@@ -142,4 +148,21 @@ def format_stats(now: EngineStats, base: EngineStats, elapsed: float) -> str:
     preemptions = now.num_preemptions - base.num_preemptions
     if preemptions:
         line += f", Preempted: {preemptions} reqs"
+    if now.spec_decode is not None:
+        line += spec_decode_summary(now.spec_decode, base.spec_decode)
     return line
+
+
+def spec_decode_summary(now: SpecDecodeCounters, base: SpecDecodeCounters | None) -> str:
+    """Draft acceptance over the interval, as vLLM reports it: the rate, and the mean tokens a
+    verification step yields (1 + accepted drafts)."""
+    drafts = now.num_drafts - (base.num_drafts if base else 0)
+    drafted = now.num_draft_tokens - (base.num_draft_tokens if base else 0)
+    accepted = now.num_accepted_tokens - (base.num_accepted_tokens if base else 0)
+    if drafts <= 0:
+        return ", Spec decode: no drafts"
+    return (
+        f", Spec decode acceptance rate: {100.0 * accepted / drafted:.1f}% "
+        f"({accepted}/{drafted} draft tokens), mean acceptance length: "
+        f"{1.0 + accepted / drafts:.2f}"
+    )

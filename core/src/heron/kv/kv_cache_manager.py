@@ -123,6 +123,27 @@ class KVCacheManager:
         request.block_ids = []
         self._num_cached_blocks.pop(request.request_id, None)
 
+    def free_blocks_past(self, request: Request, num_tokens: int) -> list[int]:
+        """Free the request's blocks that lie wholly past its first ``num_tokens`` tokens; their
+        ids, tail first.
+
+        Speculative decoding allocates slots for draft tokens, and rejected drafts leave blocks
+        that hold nothing valid. They were never hashed (hashes cover the request's own tokens
+        only), so they go back to the pool as plain free blocks.
+        """
+        keep = self.num_blocks_for(num_tokens)
+        if len(request.block_ids) <= keep:
+            return []
+        if self._num_cached_blocks.get(request.request_id, 0) > keep:
+            raise RuntimeError(
+                f"request {request.request_id!r}: a block past token {num_tokens} is in the "
+                "prefix cache, so it would be freed with KV that other requests may share"
+            )
+        tail = request.block_ids[keep:][::-1]
+        del request.block_ids[keep:]
+        self.pool.free_blocks(tail)
+        return tail
+
     # -- internals -------------------------------------------------------------------------------
     def _looks_up(self, request: Request) -> bool:
         return self.enable_prefix_caching and request.sampling_params.prompt_logprobs is None

@@ -40,7 +40,9 @@ def build_step_inputs(out: SchedulerOutput, block_size: int, device: torch.devic
         ):
             token_ids.append(s.request.output_token_ids[-1])
         else:
-            token_ids.extend(s.request.token_ids_range(s.start, s.start + s.num_new_tokens))
+            known = s.num_new_tokens - len(s.draft_token_ids)
+            token_ids.extend(s.request.token_ids_range(s.start, s.start + known))
+            token_ids.extend(s.draft_token_ids)  # speculative decoding: verified this step
 
     longest = int((starts + q_lens).max()) if num_seqs else 0
     max_blocks = max(1, -(-longest // block_size))

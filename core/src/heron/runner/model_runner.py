@@ -28,6 +28,7 @@ from heron.runner.input_batch import (
 from heron.runner.sampler import Sampler, SamplingBatch, SamplingRow, compute_prompt_logprobs
 from heron.runner.step_graphs import StepGraphs
 from heron.sched.output import RunnerOutput, ScheduledRequest, SchedulerOutput
+from heron.spec_decode.sampling import sample_with_drafts
 from heron.structured_outputs.manager import apply_grammar_bitmask
 from heron_interfaces import AttentionBackend, AttentionMetadata, Platform
 from heron_interfaces.kernel_ops import KernelOps
@@ -262,7 +263,9 @@ class TorchModelRunner:
         result = RunnerOutput()
         cu = inputs.query_start_loc
         sampling = [i for i, s in enumerate(out.scheduled) if s.samples]
-        if sampling:
+        if any(s.draft_token_ids for s in out.scheduled):
+            sample_with_drafts(self, out, cu, hidden, result)  # speculative decoding
+        elif sampling:
             rows = [self._sampling_row(out.scheduled[i]) for i in sampling]
             last = torch.from_numpy(cu[1:][sampling] - 1).to(self.device)
             logits = self.model.compute_logits(hidden[last])

@@ -20,7 +20,10 @@ if typing.TYPE_CHECKING:
 class ScheduledRequest:
     request: Request
     num_new_tokens: int
-    """Tokens computed this step, starting at ``request.num_computed_tokens``."""
+    """Tokens computed this step, starting at ``request.num_computed_tokens`` (drafts included)."""
+    draft_token_ids: list[int] = field(default_factory=list)
+    """Speculative decoding: proposed tokens computed after the request's last token this step
+    (the last ``len(draft_token_ids)`` of ``num_new_tokens``); not yet the request's tokens."""
 
     @property
     def start(self) -> int:
@@ -61,6 +64,11 @@ class TokenLogprobs:
 class RunnerOutput:
     sampled: dict[str, int] = field(default_factory=dict)
     """request_id -> new token, for requests whose step ended in a sample."""
+    more_sampled: dict[str, list[int]] = field(default_factory=dict)
+    """Speculative decoding: request_id -> the tokens after ``sampled``'s in an accepted run
+    (accepted drafts, then the target's own token); absent when no draft was accepted."""
+    more_logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
+    """Parallel to ``more_sampled``, for requests that asked for logprobs."""
     logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)
     prompt_logprobs: dict[str, list[TokenLogprobs | None]] = field(default_factory=dict)
     """request_id -> logprobs of the prompt tokens covered this step (None for the first token)."""

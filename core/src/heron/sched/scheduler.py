@@ -25,6 +25,7 @@ from heron.sched.output import (
     TokenLogprobs,
 )
 from heron.sched.queue import RequestQueue
+from heron.spec_decode.proposer import DraftPlanner
 
 
 @dataclass
@@ -132,6 +133,8 @@ class Scheduler:
         self.num_preemptions = 0
         self._prompt_logprobs_done: dict[str, int] = {}
         """request_id -> prompt positions already reported (a recompute would repeat them)."""
+        self.proposer: DraftPlanner | None = None
+        """Speculative decoding: plans each decoding request's draft tokens (set by the engine)."""
 
     # -- admission -------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -196,6 +199,8 @@ class Scheduler:
             elif chunking:
                 num_left = min(num_left, budget - decodes_behind - kept)
             num_new = min(num_left, budget)
+            drafts = self._drafts(request, num_left, budget)
+            num_new += len(drafts)
             if num_new <= 0:
                 index += 1
                 continue
@@ -208,7 +213,7 @@ class Scheduler:
             if request.status is not RequestStatus.RUNNING:
                 break  # it preempted itself: everything older is already scheduled
             (decodes if num_new == 1 else prefills).append(
-                ScheduledRequest(request=request, num_new_tokens=num_new)
+                ScheduledRequest(request=request, num_new_tokens=num_new, draft_token_ids=drafts)
             )
             budget -= num_new
             index += 1
@@ -367,6 +372,8 @@ class Scheduler:
                 if logprobs is not None:
                     update.new_logprobs.append(logprobs)
                 status = self._check_stop(request, token)
+                if status is None and item.draft_token_ids:
+                    status = self._append_accepted(item, runner_output, update)
                 if status is not None:
                     self._finish(request, status)
                     update.finished = True
@@ -414,6 +421,42 @@ class Scheduler:
         self.kv.free(request)
         self.requests.pop(request.request_id, None)
         self._prompt_logprobs_done.pop(request.request_id, None)
+
+    # -- speculative decoding ------------------------------------------------------------------
+    def _drafts(self, request: Request, num_left: int, budget: int) -> list[int]:
+        """Draft tokens for a decoding request this step (none without a proposer)."""
+        if self.proposer is None or num_left != 1:
+            return []
+        return self.proposer.drafts(request, budget, self.kv)
+
+    def _append_accepted(
+        self, item: ScheduledRequest, runner_output: RunnerOutput, update: RequestUpdate
+    ) -> RequestStatus | None:
+        """Append the rest of a verified run and roll back the KV of the rejected drafts.
+
+        The step computed the last token and every draft, but only the accepted drafts' KV is
+        valid: ``num_computed_tokens`` goes back by the rejected ones (their slots are rewritten
+        later), and blocks wholly past the request's tokens are freed. Prefix-cache hashes never
+        covered drafts, since they are not the request's tokens. Stops are checked token by token,
+        so tokens past an EOS, a stop token or a length limit are dropped.
+        """
+        request = item.request
+        request_id = request.request_id
+        tokens = runner_output.more_sampled.get(request_id, [])
+        logprobs = runner_output.more_logprobs.get(request_id)
+        request.num_computed_tokens -= len(item.draft_token_ids) - len(tokens)
+        status = None
+        for j, token in enumerate(tokens):
+            request.output_token_ids.append(token)
+            update.new_token_ids.append(token)
+            if logprobs is not None:
+                update.new_logprobs.append(logprobs[j])
+            status = self._check_stop(request, token)
+            if status is not None:
+                break
+        if status is None:
+            self.kv.free_blocks_past(request, request.num_tokens)
+        return status
 
     # -- control from outside --------------------------------------------------------------------
     def finish_requests(self, request_ids: str | Iterable[str], status: RequestStatus) -> None:

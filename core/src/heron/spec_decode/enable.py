@@ -1,0 +1,56 @@
+"""Turn speculation on for an engine: check the combination, give the scheduler its planner.
+
+Kept out of the engine core so that the core only asks one question at start-up and one per step
+(the counters). Combinations that would silently compute wrong tokens are refused here, by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from heron.sched.scheduler import Scheduler
+from heron.spec_decode.config import SpeculativeConfig
+from heron.spec_decode.metrics import SpecDecodeCounters
+from heron.spec_decode.proposer import DraftPlanner
+
+
+class SpeculativeConfigError(ValueError):
+    """speculative_config does not fit the rest of the engine's configuration."""
+
+
+def check_speculation(args: Any, *, pooling: bool) -> SpeculativeConfig | None:
+    """``args.speculative_config`` parsed, or None when off; raises before any worker starts
+    when it cannot work with the rest of the configuration."""
+    config = SpeculativeConfig.from_value(args.speculative_config)
+    if config is None:
+        return None
+    if args.pipeline_parallel_size > 1:
+        raise SpeculativeConfigError(
+            "speculative_config cannot be combined with pipeline_parallel_size > 1 (several "
+            "batches in flight): a request's drafts depend on the tokens of its previous step"
+        )
+    if args.tensor_parallel_size > 1:
+        raise SpeculativeConfigError(
+            "speculative_config is not supported with tensor_parallel_size > 1 yet: the other "
+            "ranks' step messages do not carry draft tokens; use tensor_parallel_size 1"
+        )
+    if pooling:
+        raise SpeculativeConfigError(
+            "speculative_config is for text generation; the pooling runner generates nothing"
+        )
+    if config.method != "ngram":
+        raise SpeculativeConfigError(
+            f"speculative_config.method {config.method!r} (a draft model) is not supported yet; "
+            'use {"method": "ngram", ...} (prompt lookup)'
+        )
+    return config
+
+
+def attach_speculation(
+    config: SpeculativeConfig | None, scheduler: Scheduler, max_model_len: int
+) -> SpecDecodeCounters | None:
+    """Give ``scheduler`` its draft planner; the counters, or None when speculation is off."""
+    if config is None:
+        return None
+    scheduler.proposer = DraftPlanner(config, max_model_len)
+    return SpecDecodeCounters(num_speculative_tokens=config.num_speculative_tokens)
