@@ -207,3 +207,27 @@ def test_planner_limits_drafts_to_room_and_lengths() -> None:
     request.sampling_params = SamplingParams(max_tokens=4)
     assert planner.limit(request, budget=100, kv=kv2) == 2  # 1 output so far, at most 4
     assert planner.drafts(request, budget=100, kv=kv2) == [3, 1]
+
+
+def test_sampled_logprobs_equal_the_target_and_seeds_repeat(tiny_llama: Path) -> None:
+    """Temperature > 0 through rejection sampling: each returned token's logprob is the target's
+    own at that position (checked against prompt logprobs of the same tokens without
+    speculation), and a seeded request gives the same tokens twice."""
+    spec = LLM(str(tiny_llama), dtype="float32", block_size=16, speculative_config=NGRAM)
+    engine = spec.llm_engine.core
+    plain = LLM(str(tiny_llama), dtype="float32", block_size=16)
+    params = SamplingParams(temperature=0.7, top_k=20, max_tokens=20, logprobs=1, seed=5)
+    first = spec.generate(EQUALITY_PROMPTS[1:2], params, use_tqdm=False)[0]
+    again = spec.generate(EQUALITY_PROMPTS[1:2], params, use_tqdm=False)[0]
+    assert list(again.outputs[0].token_ids) == list(first.outputs[0].token_ids)
+    assert engine.spec_decode.num_draft_tokens > 0
+    tokens = list(first.outputs[0].token_ids)
+    prompt = list(first.prompt_token_ids)
+    check = plain.generate(
+        [{"prompt_token_ids": prompt + tokens}],
+        SamplingParams(max_tokens=1, prompt_logprobs=1),
+        use_tqdm=False,
+    )[0]
+    for i, (token, entry) in enumerate(zip(tokens, first.outputs[0].logprobs)):
+        want = check.prompt_logprobs[len(prompt) + i][token].logprob
+        assert entry[token].logprob == pytest.approx(want, abs=1e-4)
