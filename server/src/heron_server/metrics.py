@@ -149,6 +149,42 @@ class _EngineCollector(Collector):
             family = CounterMetricFamily(name, doc, labels=labels)
             family.add_metric(values, float(value))
             yield family
+        if stats.spec_decode is not None:
+            yield from _spec_decode_families(stats.spec_decode, labels, values)
+
+
+def _spec_decode_families(spec: Any, labels: list[str], values: list[str]) -> Iterator[Metric]:
+    """Speculative decoding's counters under vLLM's names (the ``_total`` suffix is the
+    exposition's), the per-position one labelled by draft position."""
+    counters = (
+        (
+            "heron:spec_decode_num_drafts",
+            "Verification steps of a request with at least one draft token.",
+            spec.num_drafts,
+        ),
+        (
+            "heron:spec_decode_num_draft_tokens",
+            "Draft tokens proposed and verified.",
+            spec.num_draft_tokens,
+        ),
+        (
+            "heron:spec_decode_num_accepted_tokens",
+            "Draft tokens accepted.",
+            spec.num_accepted_tokens,
+        ),
+    )
+    for name, doc, value in counters:
+        family = CounterMetricFamily(name, doc, labels=labels)
+        family.add_metric(values, float(value))
+        yield family
+    family = CounterMetricFamily(
+        "heron:spec_decode_num_accepted_tokens_per_pos",
+        "Draft tokens accepted, by their position in the draft (0 = first).",
+        labels=[*labels, "position"],
+    )
+    for position, count in enumerate(spec.accepted_per_pos):
+        family.add_metric([*values, str(position)], float(count))
+    yield family
 
 
 class ServerMetrics:

@@ -42,6 +42,7 @@ from heron.outputs import RequestOutput
 from heron.request import Request
 from heron.sampling_params import SamplingParams
 from heron.sched.scheduler import RequestLimits, check_request_limits
+from heron.spec_decode.metrics import sum_counters
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +290,7 @@ class DataParallelEngine:
             num_preemptions=sum(s.num_preemptions for s in known),
             prompt_tokens=sum(s.prompt_tokens for s in known),
             generation_tokens=sum(s.generation_tokens for s in known),
+            spec_decode=sum_counters([s.spec_decode for s in known]),
         )
         return total
 

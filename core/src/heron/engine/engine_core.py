@@ -344,11 +344,6 @@ class EngineCore:
         if constraint is None:
             self.scheduler.add_request(request)
             return
-        if self.spec_decode is not None:
-            raise ValueError(
-                "structured outputs cannot be combined with speculative decoding: this engine "
-                "was started with speculative_config; start one without it for constrained output"
-            )
         # It joins the scheduler once its grammar is compiled (see _admit_compiled_grammars).
         self.scheduler.check_request(request)
         if request.request_id in self._awaiting_grammar:

@@ -154,6 +154,8 @@ class Scheduler:
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
         check_request_limits(request, self.limits())
+        if self.proposer is not None:
+            self.proposer.check_request(request)
 
     def limits(self) -> RequestLimits:
         """What :func:`check_request_limits` needs, small enough to send to another process."""

@@ -48,3 +48,22 @@ class SpecDecodeCounters:
             num_accepted_tokens=self.num_accepted_tokens,
             accepted_per_pos=list(self.accepted_per_pos),
         )
+
+
+def sum_counters(counters: list[SpecDecodeCounters | None]) -> SpecDecodeCounters | None:
+    """Several engines' counters added up (data-parallel replicas); None when none speculates."""
+    known = [c for c in counters if c is not None]
+    if not known:
+        return None
+    width = max(c.num_speculative_tokens for c in known)
+    per_pos = [0] * width
+    for c in known:
+        for pos, count in enumerate(c.accepted_per_pos):
+            per_pos[pos] += count
+    return SpecDecodeCounters(
+        num_speculative_tokens=width,
+        num_drafts=sum(c.num_drafts for c in known),
+        num_draft_tokens=sum(c.num_draft_tokens for c in known),
+        num_accepted_tokens=sum(c.num_accepted_tokens for c in known),
+        accepted_per_pos=per_pos,
+    )

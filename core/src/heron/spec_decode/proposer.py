@@ -27,6 +27,16 @@ class DraftPlanner:
         self.max_model_len = max_model_len
         self.ngram = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
 
+    @staticmethod
+    def check_request(request: Request) -> None:
+        """Refuse what speculation cannot serve: a grammar's matcher would have to advance
+        through drafts and roll back, which xgrammar's matchers here are not driven to do."""
+        if request.sampling_params.structured_outputs is not None:
+            raise ValueError(
+                "structured outputs cannot be combined with speculative decoding: this engine "
+                "was started with speculative_config; start one without it for constrained output"
+            )
+
     def limit(self, request: Request, budget: int, kv: KVCacheManager) -> int:
         """How many drafts ``request`` may get this step (the step also computes its last token).
 
