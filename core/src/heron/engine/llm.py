@@ -129,9 +129,13 @@ class LLM:
             prepared = []
             for prompt, params in zip(prompt_list, params_list):
                 prepared.append(engine.prepare_pooling(engine.next_request_id(), prompt, params))
-            for item in prepared:
+            # Submitted shortest first (as sentence-transformers batches): a step then holds
+            # prompts of nearly one length, which attend in few padded calls with little padding.
+            # Outputs still come back in the caller's order.
+            for item in sorted(prepared, key=lambda p: len(p.request.prompt_token_ids)):
                 engine.add_prepared(item)
                 ids.append(item.request_id)
+            ids = [item.request_id for item in prepared]  # the caller's order
             results: dict[str, EmbeddingRequestOutput] = {}
             bar = tqdm(total=len(ids), desc="Embedding", unit="input", disable=not use_tqdm)
             try:

@@ -22,6 +22,7 @@ from heron.layers.linear import prepare_linear_weights
 from heron.models.context import ModelContext
 from heron.models.decoder import UnsupportedAttentionError
 from heron.models.weights import load_checkpoint
+from heron.pooling.encoder_attention import PromptGroup, attend, plan_groups
 from heron_interfaces import AttentionLayerSpec, AttentionMetadata
 
 _ACTIVATIONS = {
@@ -32,6 +33,10 @@ _ACTIVATIONS = {
 }
 _PREFIXES = ("bert.", "roberta.", "model.")
 """Prefixes of the encoder's tensors in checkpoints saved from a task model."""
+_SDPA_BACKENDS = frozenset({"cpu"})
+"""Backends whose non-causal mode is torch's SDPA over the step's rows: on them the encoder
+attends itself (:mod:`heron.pooling.encoder_attention`), skipping the KV write nothing reads.
+Every other backend (the reference oracle, CUDA/HIP kernels) gets the layer as usual."""
 _IGNORED = ("pooler.", "cls.", "lm_head.", "classifier.", "embeddings.position_ids")
 """Heads and buffers the encoder does not use (sentence-transformers pools the hidden states)."""
 
@@ -106,11 +111,19 @@ class SelfAttention(nn.Module):
         self.attn = ctx.attention_cls(spec)  # a plain attribute: backends hold no parameters
 
     def forward(
-        self, hidden: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata
+        self,
+        hidden: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        groups: list[PromptGroup] | None = None,
     ) -> torch.Tensor:
+        """Through the backend, or through torch's SDPA over ``groups`` when the step has them."""
         n = hidden.shape[0]
         size = self.num_heads * self.head_size
         qkv = self.qkv_proj(hidden)
+        if groups is not None:
+            out = hidden.new_empty((n, size))
+            return attend(qkv, groups, self.num_heads, self.head_size, self.attn.spec.scale, out)
         q = qkv[:, :size].view(n, self.num_heads, self.head_size)
         k = qkv[:, size : 2 * size].view(n, self.num_heads, self.head_size)
         v = qkv[:, 2 * size :].view(n, self.num_heads, self.head_size)
@@ -148,9 +161,13 @@ class EncoderLayer(nn.Module):
         self.act = _ACTIVATIONS[act]
 
     def forward(
-        self, hidden: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata
+        self,
+        hidden: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        groups: list[PromptGroup] | None = None,
     ) -> torch.Tensor:
-        attended = self.attention.self(hidden, kv_cache, metadata)
+        attended = self.attention.self(hidden, kv_cache, metadata, groups)
         hidden = self.attention.output(attended, hidden)
         return self.output(self.act(self.intermediate.dense(hidden)), hidden)
 
@@ -179,6 +196,7 @@ class BertModel(nn.Module):
         self.head_size = hf_config.hidden_size // self.num_heads
         self.hidden_size = hf_config.hidden_size
         self.vocab_size = hf_config.vocab_size
+        self.direct_attention = ctx.attention_cls.name in _SDPA_BACKENDS
         # RoBERTa numbers positions after the padding index (HF's create_position_ids_from_input_ids).
         offset = 0
         if getattr(hf_config, "model_type", "") in ("roberta", "xlm-roberta"):
@@ -198,9 +216,26 @@ class BertModel(nn.Module):
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
         hidden = self.embeddings(input_ids, positions)
+        groups = self._direct_groups(metadata, hidden.device)
         for layer, kv_cache in zip(self.encoder.layer, kv_caches):
-            hidden = layer(hidden, kv_cache, metadata)
+            hidden = layer(hidden, kv_cache, metadata, groups)
         return hidden
+
+    def _direct_groups(
+        self, metadata: AttentionMetadata, device: torch.device
+    ) -> list[PromptGroup] | None:
+        """The step's SDPA groups when the encoder attends itself: on an SDPA backend, and only
+        when every sequence is a whole prompt (no cached prefix whose keys live in the cache)."""
+        if not self.direct_attention:
+            return None
+        qsl = metadata.query_start_loc_cpu
+        lens = metadata.seq_lens_cpu
+        starts = (qsl if qsl is not None else metadata.query_start_loc).tolist()
+        seq_lens = (lens if lens is not None else metadata.seq_lens).tolist()
+        starts = starts[: metadata.num_seqs + 1]
+        if any(b - a != n for a, b, n in zip(starts[:-1], starts[1:], seq_lens)):
+            return None
+        return plan_groups(starts, device)
 
     def prepare_for_inference(self) -> None:
         prepare_linear_weights(self)

@@ -1,0 +1,118 @@
+"""Bidirectional attention of a pooling step's whole prompts straight through torch's SDPA.
+
+An encoder prompt is computed whole in one step and pooled at once, so nothing ever reads its
+keys and values again: writing them to the paged KV cache is pure cost. On a backend whose own
+non-causal mode is torch's SDPA over the step's rows anyway (heron-cpu), the encoder computes the
+same SDPA itself, from the fused q/k/v projection, without the KV write, and plans the padded
+batches once per step instead of once per layer.
+
+The plan sorts the step's prompts by length and cuts them into groups whose padding stays small.
+A group of equally long prompts that sit next to each other in the flattened step (what
+``LLM.embed`` produces: it submits inputs sorted by length) is a view of the projection, with no
+gather, no mask and no scatter; any other group gathers its rows into a padded batch with a
+key-padding mask.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MAX_PADDING = 0.125
+"""A group grows while its padded tokens stay within this fraction of its real tokens."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptGroup:
+    """Prompts attended in one SDPA call, padded to ``length``.
+
+    ``rows`` is ``None`` for a contiguous run of equally long prompts starting at row ``start``;
+    otherwise ``[batch, length]`` row indices (padding reads row 0), with ``valid`` marking the
+    real ones and ``mask`` the keys each query may see.
+    """
+
+    start: int
+    batch: int
+    length: int
+    rows: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+def plan_groups(query_start_loc: list[int], device: torch.device) -> list[PromptGroup]:
+    """The step's prompts (``query_start_loc``, each a whole prompt) as padded SDPA groups."""
+    lengths = [b - a for a, b in itertools.pairwise(query_start_loc)]
+    order = sorted((i for i in range(len(lengths)) if lengths[i] > 0), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:
+        if groups:
+            members = groups[-1]
+            padded = lengths[i] * (len(members) + 1)
+            if padded - (real + lengths[i]) <= MAX_PADDING * (real + lengths[i]):
+                members.append(i)
+                real += lengths[i]
+                continue
+        groups.append([i])
+        real = lengths[i]
+    return [_group(members, query_start_loc, lengths, device) for members in groups]
+
+
+def _group(
+    members: list[int], starts: list[int], lengths: list[int], device: torch.device
+) -> PromptGroup:
+    longest = max(lengths[i] for i in members)
+    members = sorted(members)
+    contiguous = all(lengths[i] == longest for i in members) and members == list(
+        range(members[0], members[-1] + 1)
+    )
+    if contiguous:
+        return PromptGroup(start=starts[members[0]], batch=len(members), length=longest)
+    positions = torch.arange(longest, device=device)
+    first = torch.tensor([starts[i] for i in members], device=device).unsqueeze(1)
+    size = torch.tensor([lengths[i] for i in members], device=device).unsqueeze(1)
+    valid = positions.unsqueeze(0) < size
+    rows = torch.where(valid, first + positions, 0)
+    return PromptGroup(
+        start=0,
+        batch=len(members),
+        length=longest,
+        rows=rows,
+        valid=valid,
+        mask=valid[:, None, None, :],
+    )
+
+
+def attend(
+    qkv: torch.Tensor,
+    groups: list[PromptGroup],
+    num_heads: int,
+    head_size: int,
+    scale: float,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``out`` ``[num_tokens, num_heads * head_size]``: every prompt attending to all of itself.
+
+    ``qkv`` is the fused projection ``[num_tokens, 3 * num_heads * head_size]`` (q, then k, then
+    v, heads inside each), as the encoder's ``qkv_proj`` computes it.
+    """
+    width = num_heads * head_size
+    for g in groups:
+        if g.rows is None:
+            part = qkv[g.start : g.start + g.batch * g.length]
+        else:
+            part = qkv[g.rows.flatten()]
+        heads = part.view(g.batch, g.length, 3, num_heads, head_size)
+        q, k, v = (heads[:, :, j].transpose(1, 2) for j in range(3))
+        result = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)
+        result = result.transpose(1, 2)  # [batch, length, heads, head_size]
+        if g.rows is None:
+            out[g.start : g.start + g.batch * g.length].view(
+                g.batch, g.length, num_heads, head_size
+            ).copy_(result)
+        else:
+            out[g.rows[g.valid]] = result[g.valid].reshape(-1, width).to(out.dtype)
+    return out
