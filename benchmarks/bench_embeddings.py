@@ -6,10 +6,14 @@ sentences of 20-200 tokens (seeded random words, lengths uniform), on the same c
     python benchmarks/bench_embeddings.py st --dtype float32 --batch-sizes 16,32,64,128
     python benchmarks/bench_embeddings.py heron --dtype float32
     python benchmarks/bench_embeddings.py serve --clients 32 --dtype float32
+    python benchmarks/bench_embeddings.py compare --dtype bfloat16 --rounds 3
 
 ``st`` tunes sentence-transformers' batch size on the first 500 sentences and then times all of
 them with the best one; ``serve`` starts ``heron serve`` on the model and sends one sentence per
-request from ``--clients`` concurrent clients. Each prints one JSON line.
+request from ``--clients`` concurrent clients (requests/s and p50/p99 latency); ``compare`` runs
+``heron`` and ``st`` alternately, each in a fresh process, ``--rounds`` times, and prints every
+run and the medians (interleaved, so a change in the machine's load hits both). Each prints JSON
+lines. Threads are torch's defaults unless ``OMP_NUM_THREADS`` says otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -103,21 +108,26 @@ def bench_heron(sentences: list[str], dtype: str, max_num_batched_tokens: int | 
     }
 
 
-async def _clients(url: str, sentences: list[str], clients: int) -> float:
+async def _clients(url: str, sentences: list[str], clients: int) -> tuple[float, list[float]]:
+    """Seconds for all ``sentences`` from ``clients`` concurrent clients, and each latency."""
     import httpx
 
     queue = list(reversed(sentences))
+    latencies: list[float] = []
 
     async def worker(client: httpx.AsyncClient) -> None:
         while queue:
             text = queue.pop()
+            sent = time.perf_counter()
             response = await client.post("/v1/embeddings", json={"input": text})
             response.raise_for_status()
+            latencies.append(time.perf_counter() - sent)
 
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
-        return time.perf_counter() - started
+        return time.perf_counter() - started, latencies
 
 
 def bench_serve(sentences: list[str], dtype: str, clients: int) -> dict:
@@ -151,10 +161,11 @@ def bench_serve(sentences: list[str], dtype: str, clients: int) -> dict:
         if url is None:
             raise RuntimeError(log.read_text())
         asyncio.run(_clients(url, sentences[:200], clients))  # warm-up
-        elapsed = asyncio.run(_clients(url, sentences, clients))
+        elapsed, latencies = asyncio.run(_clients(url, sentences, clients))
     finally:
         proc.terminate()
         proc.wait(60)
+    latencies.sort()
     return {
         "engine": "heron serve",
         "dtype": dtype,
@@ -162,18 +173,44 @@ def bench_serve(sentences: list[str], dtype: str, clients: int) -> dict:
         "sentences": len(sentences),
         "seconds": round(elapsed, 2),
         "sentences_per_s": round(len(sentences) / elapsed, 1),
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
+        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)], 1),
     }
+
+
+def compare(args: argparse.Namespace) -> None:
+    """``heron`` and ``st`` alternately in fresh processes; every run, then the medians."""
+    rates: dict[str, list[float]] = {"heron": [], "st": []}
+    for round_ in range(args.rounds):
+        for mode in ("heron", "st") if round_ % 2 == 0 else ("st", "heron"):
+            command = [sys.executable, __file__, mode, "--num", str(args.num)]
+            command += ["--dtype", args.dtype, "--batch-sizes", args.batch_sizes]
+            if args.max_num_batched_tokens:
+                command += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            line = done.stdout.strip().splitlines()[-1]
+            print(line, flush=True)
+            rates[mode].append(json.loads(line)["sentences_per_s"])
+    heron, st = statistics.median(rates["heron"]), statistics.median(rates["st"])
+    summary = {"dtype": args.dtype, "rounds": args.rounds, "sentences": args.num}
+    summary.update(heron_median=heron, st_median=st, ratio=round(heron / st, 2))
+    print(json.dumps(summary))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["st", "heron", "serve"])
+    parser.add_argument("mode", choices=["st", "heron", "serve", "compare"])
     parser.add_argument("--num", type=int, default=10_000, help="sentences (default 10,000)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batch-sizes", default="16,32,64,128", help="st: batch sizes to tune")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--clients", type=int, default=32, help="serve: concurrent clients")
+    parser.add_argument("--rounds", type=int, default=3, help="compare: runs of each engine")
     args = parser.parse_args()
+    if args.mode == "compare":
+        compare(args)
+        return
     sentences = make_sentences(args.num)
     if args.mode == "st":
         sizes = [int(b) for b in args.batch_sizes.split(",")]
