@@ -183,7 +183,8 @@ void check_metadata(const int32_t* starts, const int32_t* lens, const int32_t* t
 // few items to keep every thread busy (long decodes), so that the combine pass merges the parts.
 std::vector<WorkItem> plan(const int32_t* starts, const int32_t* lens, int64_t num_seqs,
                            int64_t num_kv_heads, int64_t group, int64_t block_size, int num_threads,
-                           int64_t head_size, int64_t* partial_floats, int64_t* max_rows) {
+                           int64_t head_size, int64_t window, int64_t* partial_floats,
+                           int64_t* max_rows) {
   const int64_t q_chunk = group >= 32 ? 1 : 32 / group;
   int64_t base = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
@@ -201,7 +202,13 @@ std::vector<WorkItem> plan(const int32_t* starts, const int32_t* lens, int64_t n
     const int64_t q_len = int64_t{starts[s + 1]} - starts[s];
     for (int64_t q0 = 0; q0 < q_len; q0 += q_chunk) {
       const int64_t count = q_len - q0 < q_chunk ? q_len - q0 : q_chunk;
-      const int64_t keys = lens[s] - q_len + q0 + count;  // causal: the last query's context
+      const int64_t end = lens[s] - q_len + q0 + count;  // causal: the last query's context
+      // Under a sliding window the item starts at the block of its first query's window start:
+      // blocks before it are never read (core may have freed them).
+      const int64_t pos0 = lens[s] - q_len + q0;
+      const int64_t lo = window > 0 && pos0 - window + 1 > 0 ? pos0 - window + 1 : 0;
+      const int64_t begin = lo / block_size * block_size;
+      const int64_t keys = end - begin;
       int64_t parts = want < (keys + min_part - 1) / min_part ? want : (keys + min_part - 1) / min_part;
       parts = parts < 1 ? 1 : parts;
       const int64_t part_len = ((keys + parts - 1) / parts + block_size - 1) / block_size * block_size;
@@ -210,10 +217,11 @@ std::vector<WorkItem> plan(const int32_t* starts, const int32_t* lens, int64_t n
       *max_rows = rows > *max_rows ? rows : *max_rows;
       for (int64_t h = 0; h < num_kv_heads; ++h) {
         for (int64_t p = 0; p < parts; ++p) {
-          const int64_t end = (p + 1) * part_len < keys ? (p + 1) * part_len : keys;
+          const int64_t part_end = (p + 1) * part_len < keys ? (p + 1) * part_len : keys;
           items.push_back(WorkItem{static_cast<int32_t>(s), static_cast<int32_t>(h),
                                    static_cast<int32_t>(q0), static_cast<int32_t>(count),
-                                   static_cast<int32_t>(p * part_len), static_cast<int32_t>(end),
+                                   static_cast<int32_t>(begin + p * part_len),
+                                   static_cast<int32_t>(begin + part_end),
                                    static_cast<int32_t>(p), static_cast<int32_t>(parts),
                                    parts > 1 ? *partial_floats : 0});
           if (parts > 1) *partial_floats += rows * (head_size + 2);
@@ -230,10 +238,13 @@ void paged_attention(uintptr_t out, uintptr_t query, uintptr_t key_cache, uintpt
                      int64_t head_size, int64_t block_size, int64_t num_blocks,
                      int64_t block_table_stride, int64_t block_table_width,
                      int64_t query_stride_token, int64_t query_stride_head, int64_t out_stride_token,
-                     int64_t out_stride_head, double scale, int dtype, int num_threads) {
+                     int64_t out_stride_head, double scale, int64_t window, double softcap,
+                     int dtype, int num_threads) {
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
     throw py::value_error("num_heads must be a positive multiple of num_kv_heads");
   }
+  if (window < 0) throw py::value_error("window must be >= 0 (0: no sliding window)");
+  if (softcap < 0) throw py::value_error("softcap must be >= 0 (0: no soft-capping)");
   const int32_t* starts = ptr<int32_t>(query_start_loc);
   const int32_t* lens = ptr<int32_t>(seq_lens);
   const int32_t* tables = ptr<int32_t>(block_tables);
@@ -244,7 +255,7 @@ void paged_attention(uintptr_t out, uintptr_t query, uintptr_t key_cache, uintpt
   int64_t max_rows = 1;
   const std::vector<WorkItem> items =
       plan(starts, lens, num_seqs, num_kv_heads, num_heads / num_kv_heads, block_size, num_threads,
-           head_size, &partial_floats, &max_rows);
+           head_size, window, &partial_floats, &max_rows);
   // Room for the scores of the longest item that the two-pass path takes.
   int64_t two_pass_keys = 0;
   for (const WorkItem& it : items) {
@@ -260,7 +271,8 @@ void paged_attention(uintptr_t out, uintptr_t query, uintptr_t key_cache, uintpt
                            ptr<void>(value_cache), starts, lens, tables, num_heads, num_kv_heads,
                            head_size, block_size, block_table_stride, query_stride_token,
                            query_stride_head, out_stride_token, out_stride_head,
-                           static_cast<float>(scale), to_dtype(dtype), num_threads, items.data(),
+                           static_cast<float>(scale), window, static_cast<float>(softcap),
+                           to_dtype(dtype), num_threads, items.data(),
                            static_cast<int64_t>(items.size()), max_rows, partials.data(),
                            scratch.get(), scratch_floats, two_pass_keys};
   py::gil_scoped_release release;

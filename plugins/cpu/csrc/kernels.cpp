@@ -148,6 +148,23 @@ HERON_INLINE v16f exp_nonpositive(v16f x) {
 
 constexpr v16i kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
+// Gemma 2's logit soft-capping, cap * tanh(s / cap), on 16 lanes (cap > 0): tanh|x| =
+// (1 - e) / (1 + e) with e = exp(-2|x|), so the exp above serves (its argument is nonpositive).
+HERON_INLINE v16f soft_cap16(v16f s, float cap) {
+  const v16f x = s * (1.0f / cap);
+  const v16f neg = -x;
+  const v16f ax = x < v16f{} ? neg : x;
+  const v16f e = exp_nonpositive(-2.0f * ax);
+  const v16f t = (1.0f - e) / (1.0f + e);
+  return (x < v16f{} ? -t : t) * cap;
+}
+
+// Lanes j0 .. j0 + 15 of a block that a row sees: keys [first, visible) of the block.
+HERON_INLINE v16i visible_lanes(int64_t j0, int64_t first, int64_t visible) {
+  const v16i lane = kLane + static_cast<int32_t>(j0);
+  return (lane < static_cast<int32_t>(visible)) & (lane >= static_cast<int32_t>(first));
+}
+
 // Rows of queries that one pass over a block serves: their scores and accumulators stay in
 // registers (R * P score partials, R * C accumulator vectors), and each key or value vector loaded
 // is shared by all R rows.
@@ -232,12 +249,14 @@ HERON_INLINE void pv_cols(float* acc, int64_t hd, const float* alpha, const floa
     for (int c = 0; c < C; ++c) store16(acc + r * hd + c0 + 16 * c, a[r][c]);
 }
 
-// One block for R consecutive query rows (online softmax): rows see keys [0, visible[r]) of the
-// block, visible[r] >= 1 and nondecreasing in r. m, l and acc are the rows' running max, running
-// sum and unnormalised output; p is [R][bs] scratch.
+// One block for R consecutive query rows (online softmax): rows see keys [first[r], visible[r])
+// of the block (first[r] > 0 only under a sliding window), at least one each; both bounds are
+// nondecreasing in r. Scores are soft-capped first when softcap > 0. m, l and acc are the rows'
+// running max, running sum and unnormalised output; p is [R][bs] scratch.
 template <int R, typename T>
 HERON_INLINE void block_step(const float* q, int64_t hd, const T* kt, const T* v, int64_t bs,
-                             const int64_t* visible, float* m, float* l, float* acc, float* p) {
+                             const int64_t* first, const int64_t* visible, float softcap, float* m,
+                             float* l, float* acc, float* p) {
   const int64_t widest = visible[R - 1];
   float alpha[R];
   v16f block_max[R];
@@ -246,24 +265,23 @@ HERON_INLINE void block_step(const float* q, int64_t hd, const T* kt, const T* v
     v16f s[R];
     qk16<R>(q, hd, kt + j0, bs, s);
     for (int r = 0; r < R; ++r) {
-      // Lanes past the visible keys (causality, or the tile's unused tail, which may hold any
-      // bits) are selected away, never computed with.
-      s[r] = kLane + static_cast<int32_t>(j0) < static_cast<int32_t>(visible[r]) ? s[r]
-                                                                                 : splat(kNegInf);
+      if (softcap > 0.f) s[r] = soft_cap16(s[r], softcap);
+      // Lanes outside the visible keys (causality, the window, or the tile's unused tail, which
+      // may hold any bits) are selected away, never computed with.
+      s[r] = visible_lanes(j0, first[r], visible[r]) ? s[r] : splat(kNegInf);
       block_max[r] = vmax(block_max[r], s[r]);
       store16(p + r * bs + j0, s[r]);
     }
   }
   for (int r = 0; r < R; ++r) {
-    const float m_new = maxf(m[r], hmax(block_max[r]));  // finite: visible[r] >= 1
+    const float m_new = maxf(m[r], hmax(block_max[r]));  // finite: each row sees a key
     alpha[r] = m[r] == kNegInf ? 0.f : exp_clamped(m[r] - m_new);
     m[r] = m_new;
     v16f sum = v16f{};
     for (int64_t j0 = 0; j0 < widest; j0 += 16) {
       const v16f s = load16(p + r * bs + j0);
-      const v16f e = kLane + static_cast<int32_t>(j0) < static_cast<int32_t>(visible[r])
-                         ? exp_nonpositive(s - m_new)
-                         : v16f{};
+      const v16f e = visible_lanes(j0, first[r], visible[r]) ? exp_nonpositive(s - m_new)
+                                                            : v16f{};
       sum += e;
       store16(p + r * bs + j0, e);
     }
@@ -278,20 +296,25 @@ HERON_INLINE void block_step(const float* q, int64_t hd, const T* kt, const T* v
 
 template <typename T>
 HERON_INLINE void block_rows_dispatch(int64_t rows, const float* q, int64_t hd, const T* kt,
-                                      const T* v, int64_t bs, const int64_t* visible, float* m,
-                                      float* l, float* acc, float* p) {
+                                      const T* v, int64_t bs, const int64_t* first,
+                                      const int64_t* visible, float softcap, float* m, float* l,
+                                      float* acc, float* p) {
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4)
-    block_step<4>(q + r * hd, hd, kt, v, bs, visible + r, m + r, l + r, acc + r * hd, p);
+    block_step<4>(q + r * hd, hd, kt, v, bs, first + r, visible + r, softcap, m + r, l + r,
+                  acc + r * hd, p);
   switch (rows - r) {
     case 3:
-      block_step<3>(q + r * hd, hd, kt, v, bs, visible + r, m + r, l + r, acc + r * hd, p);
+      block_step<3>(q + r * hd, hd, kt, v, bs, first + r, visible + r, softcap, m + r, l + r,
+                    acc + r * hd, p);
       break;
     case 2:
-      block_step<2>(q + r * hd, hd, kt, v, bs, visible + r, m + r, l + r, acc + r * hd, p);
+      block_step<2>(q + r * hd, hd, kt, v, bs, first + r, visible + r, softcap, m + r, l + r,
+                    acc + r * hd, p);
       break;
     case 1:
-      block_step<1>(q + r * hd, hd, kt, v, bs, visible + r, m + r, l + r, acc + r * hd, p);
+      block_step<1>(q + r * hd, hd, kt, v, bs, first + r, visible + r, softcap, m + r, l + r,
+                    acc + r * hd, p);
       break;
     default:
       break;
@@ -417,16 +440,19 @@ void attend_two_pass(const AttentionArgs& a, const WorkItem& it, const float* q,
     // The first 16 keys of the block carry the prefetch of the block kAhead on.
     const Trickle ahead = tiles.trickle_ahead(kb, hd / qk_partials<R>());
     const T* kt = tiles.key_tile(kb);
-    int32_t visible[R];  // keys of this block that row r sees (may be <= 0)
+    int64_t visible[R];  // keys [first[r], visible[r]) of this block that row r sees
+    int64_t first[R];    // (an empty range for a row whose window this block misses)
     for (int r = 0; r < R; ++r) {
-      visible[r] = static_cast<int32_t>(min64(n, pos0 + r / group - kb + 1));
+      visible[r] = min64(n, pos0 + r / group - kb + 1);
+      first[r] = a.window > 0 ? pos0 + r / group - a.window + 1 - kb : 0;
     }
     float* pk = p + (kb - it.key_begin);
     for (int64_t j0 = 0; j0 < n; j0 += 16) {
       v16f s[R];
       qk16<R>(q, hd, kt + j0, bs, s, j0 == 0 ? ahead : Trickle{});
       for (int r = 0; r < R; ++r) {
-        s[r] = kLane + static_cast<int32_t>(j0) < visible[r] ? s[r] : splat(kNegInf);
+        if (a.softcap > 0.f) s[r] = soft_cap16(s[r], a.softcap);
+        s[r] = visible_lanes(j0, first[r], visible[r]) ? s[r] : splat(kNegInf);
         row_max[r] = vmax(row_max[r], s[r]);
         store16(pk + r * stride + j0, s[r]);
       }
@@ -507,7 +533,8 @@ void attend_online(const AttentionArgs& a, const WorkItem& it, int64_t pos0, con
   const int64_t bs = a.block_size;
   const int64_t group = a.num_heads / a.num_kv_heads;
   const int64_t rows = it.q_count * group;
-  int64_t visible[kMaxRows];  // per row of a pass: the block's keys it sees
+  int64_t visible[kMaxRows];  // per row of a pass: the block's keys [first, visible) it sees
+  int64_t first[kMaxRows];
   const KvTiles<T> tiles(a, it);
   tiles.prefetch_start(it.key_begin);
   // With more than one pass of rows per block (prefill chunks), widen the block to float once
@@ -517,24 +544,32 @@ void attend_online(const AttentionArgs& a, const WorkItem& it, int64_t pos0, con
   for (int64_t kb = it.key_begin; kb < it.key_end; kb += bs) {
     const int64_t n = min64(bs, it.key_end - kb);
     tiles.prefetch_ahead(kb);
-    // Query t sees positions <= pos0 + t; earlier queries may not reach this block at all.
+    // Query t sees positions <= pos0 + t; earlier queries may not reach this block at all, and
+    // under a window, later ones may have left it behind: queries [first_t, end_t) see it.
     const int64_t first_t = kb > pos0 ? kb - pos0 : 0;
-    if (first_t >= it.q_count) continue;
+    const int64_t end_t =
+        a.window > 0 ? min64(it.q_count, kb + n + a.window - 1 - pos0) : it.q_count;
+    if (first_t >= end_t) continue;
     const T* kt = tiles.key_tile(kb);
     const T* v = tiles.value_tile(kb);
     if (widen) {
       load_row(kt, w.kbuf, bs * hd, 1.0f);
       load_row(v, w.vbuf, n * hd, 1.0f);
     }
-    for (int64_t r0 = first_t * group; r0 < rows; r0 += kMaxRows) {
-      const int64_t count = min64(kMaxRows, rows - r0);
-      for (int64_t i = 0; i < count; ++i) visible[i] = min64(n, pos0 + (r0 + i) / group - kb + 1);
+    const int64_t end_row = end_t * group;
+    for (int64_t r0 = first_t * group; r0 < end_row; r0 += kMaxRows) {
+      const int64_t count = min64(kMaxRows, end_row - r0);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t pos = pos0 + (r0 + i) / group;
+        visible[i] = min64(n, pos - kb + 1);
+        first[i] = a.window > 0 && pos - a.window + 1 > kb ? pos - a.window + 1 - kb : 0;
+      }
       if (widen) {
-        block_rows_dispatch(count, w.q + r0 * hd, hd, w.kbuf, w.vbuf, bs, visible, w.m + r0,
-                            w.l + r0, w.acc + r0 * hd, w.p);
+        block_rows_dispatch(count, w.q + r0 * hd, hd, w.kbuf, w.vbuf, bs, first, visible,
+                            a.softcap, w.m + r0, w.l + r0, w.acc + r0 * hd, w.p);
       } else {
-        block_rows_dispatch(count, w.q + r0 * hd, hd, kt, v, bs, visible, w.m + r0, w.l + r0,
-                            w.acc + r0 * hd, w.p);
+        block_rows_dispatch(count, w.q + r0 * hd, hd, kt, v, bs, first, visible, a.softcap,
+                            w.m + r0, w.l + r0, w.acc + r0 * hd, w.p);
       }
     }
   }

@@ -64,6 +64,12 @@ struct AttentionArgs {
   int64_t query_stride_token, query_stride_head;
   int64_t out_stride_token, out_stride_head;
   float scale;
+  // Sliding window (0: none): the query at position p sees positions > p - window only. The
+  // planner starts every item at the block holding its first query's window start, so blocks
+  // wholly before it (which core may have freed) are never read.
+  int64_t window;
+  // Logit soft-capping (0: none): scores become softcap * tanh(score / softcap).
+  float softcap;
   DType dtype;
   int num_threads;
   const WorkItem* items;

@@ -22,6 +22,10 @@ from heron_interfaces.testing.attention_suite import (
     test_forward_strided_qkv,
     test_write_kv_matches_reference,
 )
+from heron_interfaces.testing.window_suite import (
+    test_sliding_window_matches_reference,
+    test_soft_cap_matches_reference,
+)
 
 __all__ = [
     "attention_backend_cls",
@@ -30,6 +34,8 @@ __all__ = [
     "test_forward_long_context",
     "test_forward_matches_reference",
     "test_forward_strided_qkv",
+    "test_sliding_window_matches_reference",
+    "test_soft_cap_matches_reference",
     "test_write_kv_matches_reference",
 ]
 

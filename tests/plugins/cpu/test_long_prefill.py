@@ -55,14 +55,36 @@ def test_every_threshold_matches_reference(monkeypatch: pytest.MonkeyPatch, thre
     check_forward(CpuAttentionBackend, make_batch(scenario))
 
 
+@pytest.mark.parametrize("window", [1, 37, 64, 1000])
+@pytest.mark.parametrize("soft_cap", [None, 5.0])
+def test_sliding_window_and_soft_cap_match_reference(
+    monkeypatch: pytest.MonkeyPatch, window: int, soft_cap: float | None
+) -> None:
+    """Windowed long chunks take the masked SDPA call over the window's blocks only (freed ones
+    hold NaN); soft-capped layers stay on the kernel, which caps them."""
+    monkeypatch.setenv(long_prefill.MIN_QUERY_TOKENS_ENV, "8")
+    scenario = Scenario(
+        seqs=((300, 1), (200, 40), (90, 90), (70, 9)),
+        num_heads=4,
+        num_kv_heads=2,
+        head_size=64,
+        block_size=16,
+        dtype="float32",
+        seed=window,
+        sliding_window=window,
+        logits_soft_cap=soft_cap,
+    )
+    check_forward(CpuAttentionBackend, make_batch(scenario))
+
+
 def test_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """Guards the tests above: they prove nothing if the long sequences never leave the kernel."""
     calls: list[tuple[int, int]] = []
     real = long_prefill.attend_sequence
 
-    def spy(out, query, kv_cache, table, start, q_len, seq_len, scale):
+    def spy(out, query, kv_cache, table, start, q_len, seq_len, scale, **kw):
         calls.append((q_len, seq_len))
-        return real(out, query, kv_cache, table, start, q_len, seq_len, scale)
+        return real(out, query, kv_cache, table, start, q_len, seq_len, scale, **kw)
 
     monkeypatch.setattr(long_prefill, "attend_sequence", spy)
     monkeypatch.delenv(long_prefill.MIN_QUERY_TOKENS_ENV, raising=False)

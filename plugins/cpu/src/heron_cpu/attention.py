@@ -26,6 +26,8 @@ class CpuAttentionBackend(AttentionBackend):
     name = "cpu"
     supports_step_graphs = True  # every launch goes through heron_cpu.launch
     supports_non_causal = True  # through torch's SDPA, see _forward_bidirectional
+    supports_sliding_window = True  # in the C++ kernel (and long_prefill's masked path)
+    supports_logits_soft_cap = True  # in the C++ kernel (long chunks too: SDPA has no cap)
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         super().__init__(spec)
@@ -107,7 +109,8 @@ class CpuAttentionBackend(AttentionBackend):
         if not self.spec.causal:
             self._forward_bidirectional(query, key, value, kv_cache, metadata, out)
             return out
-        threshold = long_prefill.min_query_tokens()
+        # torch's SDPA has no soft-capping: capped layers stay on the kernel for long chunks too.
+        threshold = 0 if self.spec.logits_soft_cap is not None else long_prefill.min_query_tokens()
         if threshold and metadata.max_query_len >= threshold and not torch.compiler.is_compiling():
             self._forward_mixed(query, kv_cache, metadata, out, threshold)
             return out
@@ -120,6 +123,8 @@ class CpuAttentionBackend(AttentionBackend):
             metadata.block_tables,
             self.spec.scale,
             metadata.num_seqs,
+            self.spec.sliding_window,
+            self.spec.logits_soft_cap,
         )
         return out
 
@@ -206,6 +211,8 @@ class CpuAttentionBackend(AttentionBackend):
                 metadata.block_tables[first:end],
                 self.spec.scale,
                 end - first,
+                self.spec.sliding_window,
+                self.spec.logits_soft_cap,
             )
         for i in long_ids:
             long_prefill.attend_sequence(
@@ -217,6 +224,7 @@ class CpuAttentionBackend(AttentionBackend):
                 query_start_loc[i + 1] - query_start_loc[i],
                 seq_lens[i],
                 self.spec.scale,
+                sliding_window=self.spec.sliding_window,
             )
 
 

@@ -64,17 +64,20 @@ def _attend(
 
 
 def _gather_context(
-    kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int, group: int
+    kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int, group: int, first: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of positions ``[0, seq_len)`` as ``[1, heads, seq_len, head_size]``.
+    """Keys and values of positions ``[first, seq_len)`` as ``[1, heads, seq_len - first, hd]``
+    (``first`` a block start: under a sliding window, earlier blocks may be freed).
 
     The cache holds one tile per (block, KV head): keys transposed ``[head_size, block_size]``,
     values ``[block_size, head_size]``. KV heads are repeated to the query heads, because the flash
     op has no grouped-query mode; the copy is small next to the attention it feeds.
     """
     _, _, num_kv_heads, head_size, block_size = kv_cache.shape
-    num_blocks = -(-seq_len // block_size)
-    blocks = block_table[:num_blocks].long()
+    first_block = first // block_size
+    num_blocks = -(-seq_len // block_size) - first_block
+    seq_len -= first_block * block_size
+    blocks = block_table[first_block : first_block + num_blocks].long()
     keys = kv_cache[0].index_select(0, blocks)  # [nb, kvh, hd, bs]
     keys = keys.permute(1, 0, 3, 2).reshape(num_kv_heads, num_blocks * block_size, head_size)
     values = (
@@ -96,17 +99,30 @@ def attend_sequence(
     seq_len: int,
     scale: float,
     causal: bool = True,
+    sliding_window: int | None = None,
 ) -> None:
     """Causal attention of one sequence's ``q_len`` query rows (from ``start``) into ``out``;
-    bidirectional (every row sees all ``seq_len`` positions) when ``causal`` is false.
+    bidirectional (every row sees all ``seq_len`` positions) when ``causal`` is false; the query
+    at position ``p`` sees only positions ``> p - sliding_window`` when a window is given.
 
     Its keys and values, the chunk's own included, must already be in ``kv_cache``.
     """
     num_heads = query.shape[1]
     group = num_heads // kv_cache.shape[2]
-    keys, values = _gather_context(kv_cache, block_table, seq_len, group)
     q = query[start : start + q_len].transpose(0, 1).unsqueeze(0)  # [1, heads, q_len, hd]
     prefix = seq_len - q_len
+    if sliding_window is not None and causal:
+        # One masked call over the blocks the window reaches (the window bounds its cost).
+        block_size = kv_cache.shape[4]
+        first = max(0, prefix - sliding_window + 1) // block_size * block_size
+        keys, values = _gather_context(kv_cache, block_table, seq_len, group, first)
+        q_pos = torch.arange(prefix, seq_len).unsqueeze(1)
+        k_pos = torch.arange(first, seq_len).unsqueeze(0)
+        mask = (k_pos <= q_pos) & (k_pos > q_pos - sliding_window)
+        result = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+        out[start : start + q_len].copy_(result[0].transpose(0, 1))
+        return
+    keys, values = _gather_context(kv_cache, block_table, seq_len, group)
     if not causal:
         result = F.scaled_dot_product_attention(q, keys, values, is_causal=False, scale=scale)
     elif prefix == 0:

@@ -135,11 +135,20 @@ def paged_attention_eager(
     block_tables: torch.Tensor,
     scale: float,
     num_seqs: int,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> None:
     """Causal attention of each sequence's query tokens over its cached context, into ``out``.
 
     The new tokens' keys and values must already be in ``kv_cache`` (see :func:`write_kv`).
+    ``sliding_window`` limits the query at position ``p`` to positions ``> p - window`` (blocks
+    wholly before a sequence's window are never read); ``logits_soft_cap`` caps scaled scores
+    with ``cap * tanh(score / cap)`` (heron_interfaces 1.9).
     """
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1 or None, got {sliding_window}")
+    if logits_soft_cap is not None and not logits_soft_cap > 0:
+        raise ValueError(f"logits_soft_cap must be > 0 or None, got {logits_soft_cap}")
     _check_tensor("query", query, ndim=3, dtypes=tuple(DTYPE_CODES))
     head_size = query.shape[2]
     num_blocks, num_kv_heads, block_size = _check_cache(kv_cache, head_size)
@@ -187,6 +196,8 @@ def paged_attention_eager(
         out.stride(0),
         out.stride(1),
         scale,
+        sliding_window or 0,
+        logits_soft_cap or 0.0,
         DTYPE_CODES[kv_cache.dtype],
         torch.get_num_threads(),
     )
