@@ -36,7 +36,12 @@ TRITON_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 def configurations() -> Iterator[tuple[str, str, dict[str, Any]]]:
     """``(kernel name, dtype, constexprs)`` covering every constexpr branch of every kernel."""
-    for dtype in ("bfloat16", "float16", "float32"):
+    for dtype, causal in (
+        ("bfloat16", True),
+        ("float16", True),
+        ("float32", True),
+        ("bfloat16", False),
+    ):
         yield (
             "paged_attention_kernel",
             dtype,
@@ -49,6 +54,7 @@ def configurations() -> Iterator[tuple[str, str, dict[str, Any]]]:
                 BLOCK_M=16,
                 TILE_N=64,
                 EMULATE_BF16=False,
+                CAUSAL=causal,
             ),
         )
     yield (

@@ -28,6 +28,7 @@ class XpuAttentionBackend(AttentionBackend):
     the whole flattened batch (prefill chunks and decodes together)."""
 
     name = "xpu-triton"
+    supports_non_causal = True  # API 1.7: the kernel's CAUSAL=False branch (encoder layers)
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         super().__init__(spec)
@@ -90,5 +91,6 @@ class XpuAttentionBackend(AttentionBackend):
             metadata.block_tables,
             self.spec.scale,
             metadata.max_query_len,
+            self.spec.causal,
         )
         return out

@@ -158,8 +158,10 @@ def paged_attention_kernel(
     BLOCK_M: tl.constexpr,
     TILE_N: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
+    CAUSAL: tl.constexpr = True,
 ):
-    """Causal attention of one tile of query tokens of one sequence, for one KV head.
+    """Causal attention of one tile of query tokens of one sequence, for one KV head; with
+    ``CAUSAL`` false (API 1.7's non-causal layers, encoders) every query sees its whole context.
 
     Grid: ``(num_seqs, query tiles of the longest query, num_kv_heads)``. A tile holds ``BLOCK_Q``
     consecutive query tokens times the ``QUERIES_PER_KV`` query heads that share the KV head
@@ -195,9 +197,13 @@ def paged_attention_kernel(
     )
     q = dot_operand(q, EMULATE_BF16)
 
-    # The last query token of this tile sees every position up to its own; an empty tile none.
+    # The last query token of this tile sees every position up to its own (all of them when not
+    # causal); an empty tile none.
     tile_first = q_tile * BLOCK_Q
-    kv_end = tl.minimum(seq_len, context_len + tile_first + BLOCK_Q)
+    if CAUSAL:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
+        kv_end = tl.minimum(seq_len, context_len + tile_first + BLOCK_Q)
+    else:
+        kv_end = seq_len
     kv_end = tl.where(tile_first < q_len, kv_end, 0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -217,7 +223,10 @@ def paged_attention_kernel(
         k = tl.load(key_cache_ptr + kv_offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
         v = tl.load(value_cache_ptr + kv_offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
         scores = tl.dot(q, tl.trans(dot_operand(k, EMULATE_BF16)), input_precision="ieee") * scale
-        visible = (pos[None, :] <= query_pos[:, None]) & pos_ok[None, :]
+        if CAUSAL:
+            visible = (pos[None, :] <= query_pos[:, None]) & pos_ok[None, :]
+        else:
+            visible = pos_ok[None, :] & row_ok[:, None]
         scores = tl.where(visible, scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         # Every row sees position 0 in the first tile, so m_new is finite from then on.

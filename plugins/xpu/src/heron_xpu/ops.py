@@ -238,8 +238,10 @@ def paged_attention(
     block_tables: torch.Tensor,
     scale: float,
     max_query_len: int,
+    causal: bool = True,
 ) -> None:
-    """Causal paged attention of a flattened batch of prefill chunks and decodes, into ``out``.
+    """Causal paged attention of a flattened batch of prefill chunks and decodes, into ``out``;
+    with ``causal`` false every query sees its sequence's whole context (encoder layers).
 
     Layouts are the attention contract's (``heron_interfaces.attention``); the cache is
     ``[2, num_blocks, block_size, num_kv_heads, head_size]``. ``max_query_len`` only sizes the
@@ -279,6 +281,7 @@ def paged_attention(
         BLOCK_M=block_m,
         TILE_N=KV_TILE,
         EMULATE_BF16=INTERPRETED,
+        CAUSAL=causal,
     )
 
 
@@ -292,6 +295,7 @@ def _paged_attention_fake(
     block_tables: torch.Tensor,
     scale: float,
     max_query_len: int,
+    causal: bool = True,
 ) -> None:
     _check_attention(out, query, kv_cache, query_start_loc, seq_lens, block_tables)
 
