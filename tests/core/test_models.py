@@ -154,12 +154,3 @@ def test_tied_model_ignores_checkpoint_lm_head_and_rotary_buffers():
     model = Qwen2ForCausalLM(hf.config, make_context())
     model.load_weights(state.items())
     assert model.lm_head is None
-
-
-def test_sliding_window_is_reported(caplog):
-    from heron.models.llama import MistralForCausalLM
-
-    config = tiny_config("mistral", sliding_window=32)
-    with caplog.at_level("WARNING"):
-        MistralForCausalLM(config, make_context())
-    assert "sliding_window=32" in caplog.text

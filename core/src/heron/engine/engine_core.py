@@ -31,6 +31,7 @@ from heron.kv.kv_cache_manager import KVCacheManager
 from heron.loader import ModelSource, load_model_source
 from heron.models.decoder import HeadShard, UnsupportedAttentionError
 from heron.models.registry import builtin_registry, resolve_model_impl
+from heron.models.sliding_window import uniform_window
 from heron.plugins import PluginHost, load_plugins, select_platform
 from heron.pooling.config import pooling_engine_changes, pooling_kv_plan, resolve_runner
 from heron.pooling.scheduler import PoolingScheduler
@@ -137,9 +138,19 @@ class EngineCore:
             enable_chunked_prefill=args.enable_chunked_prefill,
             split_prompt_bursts=args.split_prompt_bursts is not False,
         )
+        kv_window = uniform_window(hf_config)
         self.kv_manager = KVCacheManager(
-            self.kv_plan.num_blocks, self.block_size, args.enable_prefix_caching
+            self.kv_plan.num_blocks,
+            self.block_size,
+            args.enable_prefix_caching,
+            sliding_window=kv_window,
         )
+        if kv_window is not None:
+            logger.info(
+                "Sliding window of %d tokens on every layer: KV blocks that fall out of it are "
+                "freed as requests advance",
+                kv_window,
+            )
         scheduler_cls = Scheduler if self.pooler is None else PoolingScheduler
         self.scheduler = scheduler_cls(self.scheduler_config, self.kv_manager)
         self.spec_decode = attach_speculation(spec_config, self.scheduler, self.max_model_len)

@@ -6,6 +6,12 @@ tokens" (``allocate_slots``, every step it is scheduled). The answer ``None`` to
 only signal the scheduler needs to preempt. Block ids are kept in ``request.block_ids`` (the block
 table the runner reads); the chained block hashes in ``request.block_hashes`` survive preemption,
 since the tokens do.
+
+Sliding window (every layer windowed, Mistral-style): a request's leading blocks that lie wholly
+before the window of its next token are returned to the pool as it advances. Their ids stay in
+``request.block_ids`` (so block-table positions do not move) as stale entries that kernels never
+read (heron_interfaces 1.9's contract). Prefix caching stays on: a freed block keeps its hash
+until the pool evicts it, and a lookup only ever returns a run of cached blocks from the start.
 """
 
 from __future__ import annotations
@@ -19,10 +25,20 @@ class KVCacheManager:
     """Allocates blocks to requests from a ``BlockPool`` and looks up and fills its prefix cache."""
 
     def __init__(
-        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool = True,
+        sliding_window: int | None = None,
     ) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1 or None, got {sliding_window}")
+        self.sliding_window = sliding_window
+        """The window every layer shares, or None: then no block is freed before the request."""
+        self._num_freed_blocks: dict[str, int] = {}
+        """request_id -> its leading blocks already returned to the pool (out of the window)."""
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
@@ -96,6 +112,7 @@ class KVCacheManager:
         """
         computed_blocks = computed_blocks or []
         pool = self.pool
+        self._free_out_of_window(request)
         first_allocation = not request.block_ids and request.num_computed_tokens == 0
         num_total = request.num_computed_tokens + num_computed_from_cache + num_new_tokens
         num_held = len(request.block_ids) + len(computed_blocks)
@@ -119,9 +136,14 @@ class KVCacheManager:
 
     def free(self, request: Request) -> None:
         """Release the request's blocks, tail first, so its tail is evicted before its head."""
-        self.pool.free_blocks(reversed(request.block_ids))
+        freed = self._num_freed_blocks.pop(request.request_id, 0)
+        self.pool.free_blocks(reversed(request.block_ids[freed:]))
         request.block_ids = []
         self._num_cached_blocks.pop(request.request_id, None)
+
+    def num_freed_blocks(self, request: Request) -> int:
+        """Leading blocks of ``request`` already returned to the pool (out of the window)."""
+        return self._num_freed_blocks.get(request.request_id, 0)
 
     def free_blocks_past(self, request: Request, num_tokens: int) -> list[int]:
         """Free the request's blocks that lie wholly past its first ``num_tokens`` tokens; their
@@ -145,6 +167,24 @@ class KVCacheManager:
         return tail
 
     # -- internals -------------------------------------------------------------------------------
+    def _free_out_of_window(self, request: Request) -> None:
+        """Return the blocks wholly before the window of the request's next token to the pool.
+
+        The next token to compute sits at ``num_computed_tokens`` and sees positions from
+        ``num_computed_tokens - window + 1`` on; every later token sees less of the past. Called
+        before a step's tokens are scheduled, so a rollback of speculated tokens (which never goes
+        below this count) still finds its window's blocks.
+        """
+        if self.sliding_window is None or not request.block_ids:
+            return
+        first_needed = request.num_computed_tokens - self.sliding_window + 1
+        num_out = min(max(0, first_needed) // self.block_size, len(request.block_ids))
+        done = self._num_freed_blocks.get(request.request_id, 0)
+        if num_out <= done:
+            return
+        self.pool.free_blocks(reversed(request.block_ids[done:num_out]))
+        self._num_freed_blocks[request.request_id] = num_out
+
     def _looks_up(self, request: Request) -> bool:
         return self.enable_prefix_caching and request.sampling_params.prompt_logprobs is None
 

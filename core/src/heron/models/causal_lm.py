@@ -14,6 +14,7 @@ from heron.layers import ColumnParallelLinear, rope_parameters
 from heron.layers.linear import prepare_linear_weights, prepare_tied_logits
 from heron.models.context import ModelContext
 from heron.models.decoder import DecoderModel, DecoderOptions, HeadShard
+from heron.models.sliding_window import layer_windows
 from heron.models.weights import load_checkpoint
 from heron_interfaces import AttentionMetadata
 
@@ -44,10 +45,9 @@ class DecoderForCausalLM(nn.Module):
         self.num_heads = shard.num_heads
         self.vocab_size = self.opts.vocab_size
         self.hidden_size = self.opts.hidden_size
-        self._check_sliding_window(hf_config)
         self._logits_weight: Any = None
         with torch.device(ctx.device):
-            self.model = DecoderModel(self.opts, ctx)
+            self.model = self.build_decoder(ctx)
             self.lm_head: ColumnParallelLinear | None = None
             if not self.opts.tie_word_embeddings and ctx.pp.is_last:
                 self.lm_head = ColumnParallelLinear(
@@ -58,6 +58,11 @@ class DecoderForCausalLM(nn.Module):
                     ops=ctx.ops,
                     tp=ctx.tp,
                 )
+
+    def build_decoder(self, ctx: ModelContext) -> nn.Module:
+        """HF's ``model.*`` sub-tree; architectures with other layers (Gemma) return their own,
+        with the same attributes (``embed_tokens``, ``layers``, ``norm``, stage bounds)."""
+        return DecoderModel(self.opts, ctx)
 
     @classmethod
     def qkv_bias(cls, hf_config: Any) -> bool:
@@ -86,22 +91,8 @@ class DecoderForCausalLM(nn.Module):
             mlp_bias=bool(getattr(hf_config, "mlp_bias", False)),
             qk_norm=cls.qk_norm,
             tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+            sliding_windows=tuple(layer_windows(hf_config)),
         )
-
-    def _check_sliding_window(self, hf_config: Any) -> None:
-        """Sliding-window attention is not implemented: say so when it would change results."""
-        window = getattr(hf_config, "sliding_window", None)
-        if getattr(hf_config, "use_sliding_window", True) is False or window is None:
-            return
-        if window < self.opts.max_position:
-            logger.warning(
-                "%s: sliding_window=%d is smaller than max_position_embeddings=%d; Heron attends "
-                "to the full context, so outputs differ from the reference beyond %d tokens",
-                type(self).__name__,
-                window,
-                self.opts.max_position,
-                window,
-            )
 
     def forward(
         self,

@@ -51,6 +51,13 @@ class DecoderOptions:
     """Channels of each head that rotate (Phi-3's partial rotary); None: all of them."""
     mlp_factory: Callable[[DecoderOptions, ModelContext, int], nn.Module] | None = None
     """Builds layer ``i``'s feed-forward block instead of the dense SwiGLU (mixture of experts)."""
+    sliding_windows: tuple[int | None, ...] = ()
+    """Each layer's sliding window (``None``: full attention; empty: no layer is windowed), as
+    :func:`heron.models.sliding_window.layer_windows` reads the config."""
+    attn_scale: float | None = None
+    """Scores' scale; ``None``: ``head_size ** -0.5`` (Gemma: ``query_pre_attn_scalar ** -0.5``)."""
+    attn_logit_softcap: float | None = None
+    """Gemma 2's ``attn_logit_softcapping``: scores pass through ``cap * tanh(s / cap)``."""
 
 
 class UnsupportedAttentionError(ValueError):
@@ -98,7 +105,11 @@ class Attention(nn.Module):
     """Fused q/k/v projection, optional q/k norm, rotary embedding, paged attention, output."""
 
     def __init__(
-        self, opts: DecoderOptions, ctx: ModelContext, rotary_emb: RotaryEmbedding
+        self,
+        opts: DecoderOptions,
+        ctx: ModelContext,
+        rotary_emb: RotaryEmbedding,
+        layer_index: int = 0,
     ) -> None:
         super().__init__()
         shard = HeadShard.of(opts.num_heads, opts.num_kv_heads, ctx.tp)
@@ -138,9 +149,11 @@ class Attention(nn.Module):
             num_heads=self.num_heads,
             num_kv_heads=self.num_kv_heads,
             head_size=opts.head_size,
-            scale=opts.head_size**-0.5,
+            scale=opts.attn_scale if opts.attn_scale is not None else opts.head_size**-0.5,
             block_size=ctx.block_size,
             dtype=_dtype_name(ctx.dtype),
+            sliding_window=opts.sliding_windows[layer_index] if opts.sliding_windows else None,
+            logits_soft_cap=opts.attn_logit_softcap,
         )
         reasons = ctx.attention_cls.check_support(spec)
         if reasons:
@@ -225,7 +238,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(
             opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops
         )
-        self.self_attn = Attention(opts, ctx, rotary_emb)
+        self.self_attn = Attention(opts, ctx, rotary_emb, layer_index)
         self.post_attention_layernorm = RMSNorm(
             opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops
         )

@@ -1,0 +1,131 @@
+"""Sliding-window attention end to end: which layers a config windows, the KV cache manager
+freeing blocks that fell out of the window, and a windowed Mistral giving Hugging Face's greedy
+ids in every engine mode (the window smaller than the prompts and the generated text)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from model_utils import ENGINE_MODES, EQUALITY_PROMPTS, hf_greedy, make_equality_model
+
+from heron import LLM, SamplingParams
+from heron.kv.kv_cache_manager import KVCacheManager
+from heron.models.sliding_window import layer_windows, uniform_window
+from heron.request import Request
+from heron.sampling_params import SamplingParams as Params
+
+NEW_TOKENS = 24
+BS = 4
+
+
+def test_layer_windows_follow_transformers_rules() -> None:
+    from transformers import Gemma2Config, Gemma3TextConfig, MistralConfig, Qwen2Config
+
+    mistral = MistralConfig(num_hidden_layers=3, sliding_window=8)
+    assert layer_windows(mistral) == [8, 8, 8] and uniform_window(mistral) == 8
+    assert layer_windows(MistralConfig(num_hidden_layers=2, sliding_window=None)) == [None] * 2
+    qwen2 = Qwen2Config(num_hidden_layers=2, sliding_window=8, use_sliding_window=False)
+    assert layer_windows(qwen2) == [None, None] and uniform_window(qwen2) is None
+    gemma2 = Gemma2Config(num_hidden_layers=4, sliding_window=16)
+    assert layer_windows(gemma2) == [16, None, 16, None] and uniform_window(gemma2) is None
+    gemma3 = Gemma3TextConfig(num_hidden_layers=7, sliding_window=16)
+    assert layer_windows(gemma3) == [16] * 5 + [None, 16]
+
+
+def _request(request_id: str, prompt: list[int]) -> Request:
+    return Request(request_id=request_id, prompt_token_ids=prompt, sampling_params=Params())
+
+
+def test_blocks_out_of_the_window_are_freed_as_a_request_advances() -> None:
+    kv = KVCacheManager(num_blocks=12, block_size=BS, enable_prefix_caching=True, sliding_window=6)
+    request = _request("a", list(range(10)))
+    assert kv.allocate_slots(request, 10) is not None  # blocks 0-2 (positions 0-11)
+    request.num_computed_tokens = 10
+    assert kv.num_free_blocks == 9 and kv.num_freed_blocks(request) == 0
+    table = list(request.block_ids)
+    # The next token (position 10) sees positions 5..10: block 0 (0-3) is out of the window.
+    request.output_token_ids.append(7)
+    assert kv.allocate_slots(request, 1) == []
+    assert kv.num_freed_blocks(request) == 1 and kv.num_free_blocks == 10
+    assert request.block_ids == table, "freed entries keep their place in the block table"
+    for token in range(8, 14):  # up to position 16: positions 11..16 are needed, block 1 is not
+        request.num_computed_tokens += 1
+        request.output_token_ids.append(token)
+        assert kv.allocate_slots(request, 1) is not None
+    assert kv.num_freed_blocks(request) == 2
+    held = len(request.block_ids) - 2
+    assert kv.num_free_blocks == 12 - held
+    kv.free(request)  # frees only what it still holds: no block is freed twice
+    assert kv.num_free_blocks == 12 and request.block_ids == []
+    assert kv.num_freed_blocks(request) == 0
+
+
+def test_without_a_window_nothing_is_freed_early() -> None:
+    kv = KVCacheManager(num_blocks=12, block_size=BS)
+    request = _request("a", list(range(30)))
+    assert kv.allocate_slots(request, 30) is not None
+    request.num_computed_tokens = 30
+    request.output_token_ids.append(1)
+    kv.allocate_slots(request, 1)
+    assert kv.num_freed_blocks(request) == 0 and kv.num_free_blocks == 12 - 8
+
+
+def test_prefix_cache_hits_stay_correct_with_freed_blocks() -> None:
+    """A freed block keeps its hash until evicted: a later request with the same prompt reuses
+    the whole run of cached blocks from the start, and evicted ones end the run."""
+    kv = KVCacheManager(num_blocks=16, block_size=BS, sliding_window=5)
+    prompt = list(range(17))
+    first = _request("a", prompt)
+    assert kv.allocate_slots(first, 17) is not None
+    first.num_computed_tokens = 17
+    first.output_token_ids.append(99)
+    kv.allocate_slots(first, 1)
+    assert kv.num_freed_blocks(first) == 3
+    second = _request("b", prompt)
+    blocks, cached = kv.get_computed_blocks(second)
+    assert cached == 16 and blocks == first.block_ids[:4]
+    assert kv.allocate_slots(second, 1, blocks, cached) is not None
+    kv.free(first)
+    kv.free(second)
+    assert kv.num_free_blocks == 16
+
+
+def test_bad_window_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match="sliding_window"):
+        KVCacheManager(num_blocks=4, block_size=BS, sliding_window=0)
+
+
+@pytest.fixture(scope="module", params=[8, 21])
+def windowed_mistral(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Mistral whose window (8: inside one block; 21: across block boundaries) is far
+    shorter than the prompts plus the generated tokens."""
+    from transformers import AutoModelForCausalLM
+
+    window = request.param
+    folder, prompt_ids = make_equality_model(tmp_path_factory.mktemp(f"w{window}"), "mistral")
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["sliding_window"] = window
+    config_path.write_text(json.dumps(config))
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    expected = hf_greedy(hf, prompt_ids, NEW_TOKENS)
+    full = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, sliding_window=None)
+    assert hf_greedy(full.eval(), prompt_ids, NEW_TOKENS) != expected, "the window must matter"
+    return folder, prompt_ids, expected, window
+
+
+def test_windowed_mistral_equals_hf_in_every_mode(windowed_mistral, backend: str) -> None:
+    folder, prompt_ids, expected, window = windowed_mistral
+    greedy = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
+    for mode, kwargs in ENGINE_MODES.items():
+        llm = LLM(str(folder), dtype="float32", block_size=16, **kwargs)
+        core = llm.llm_engine.core
+        assert type(core.runner.model).__name__ == "MistralForCausalLM"
+        assert core.kv_manager.sliding_window == window
+        outputs = llm.generate(EQUALITY_PROMPTS, greedy, use_tqdm=False)
+        assert [o.prompt_token_ids for o in outputs] == prompt_ids
+        got = [list(o.outputs[0].token_ids) for o in outputs]
+        assert got == expected, f"mode {mode} on {backend}, window {window}"
+        assert core.kv_manager.num_free_blocks == core.kv_manager.num_blocks
