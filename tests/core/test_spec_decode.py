@@ -231,3 +231,29 @@ def test_sampled_logprobs_equal_the_target_and_seeds_repeat(tiny_llama: Path) ->
     for i, (token, entry) in enumerate(zip(tokens, first.outputs[0].logprobs)):
         want = check.prompt_logprobs[len(prompt) + i][token].logprob
         assert entry[token].logprob == pytest.approx(want, abs=1e-4)
+
+
+def test_bench_latency_dataset_with_speculation(tiny_llama: Path, tmp_path: Path) -> None:
+    """``heron bench latency --dataset`` cycles through the file's prompts and reports the
+    acceptance of ``--speculative-config`` over the timed runs."""
+    import json
+
+    from heron.bench.cli import main as bench_main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "\n".join(json.dumps({"prompt": f"ab ab ab ab {i} ab ab"}) for i in range(3)) + "\n"
+    )
+    out = tmp_path / "l.json"
+    argv = ["latency", "--model", str(tiny_llama), "--max-model-len", "128", "--batch-size", "2",
+            "--output-len", "12", "--num-iters-warmup", "1", "--num-iters", "3", "--dataset",
+            str(data), "--speculative-config", json.dumps(NGRAM), "--output-json", str(out),
+            "--dtype", "float32"]  # fmt: skip
+    assert bench_main(argv) == 0
+    result = json.loads(out.read_text())
+    spec = result["spec_decode"]
+    assert spec["num_drafts"] > 0 and 0 <= spec["acceptance_rate"] <= 1
+    assert spec["mean_acceptance_length"] == pytest.approx(
+        1 + spec["num_accepted_tokens"] / spec["num_drafts"]
+    )
+    assert result["dataset"] == str(data) and result["output_tokens"] > 0

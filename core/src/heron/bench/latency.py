@@ -29,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--output-len", type=int, default=128, help="Tokens generated per prompt.")
     group.add_argument("--num-iters-warmup", type=int, default=10, help="Untimed iterations.")
     group.add_argument("--num-iters", type=int, default=30, help="Timed iterations.")
+    group.add_argument(
+        "--dataset",
+        default=None,
+        help="JSONL prompts (see heron.bench.datasets) instead of random ids: iteration i takes "
+        "the next --batch-size of them, cycling, each with --output-len tokens at most (e.g. "
+        "an input-grounded workload: benchmarks/make_rewrite_dataset.py).",
+    )
     offline.add_offline_arguments(parser)
 
 
@@ -54,29 +61,24 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--num-iters and --batch-size must be at least 1")
     engine = offline.start_engine(args)
     llm = engine.llm
-    vocab_size, special = offline.synthetic_vocab(llm)
-    requests = datasets.synthetic_token_requests(
-        args.batch_size,
-        args.input_len,
-        args.output_len,
-        vocab_size,
-        seed=args.seed,
-        exclude_ids=special,
-    )
-    prompts = [r.engine_prompt() for r in requests]
+    batches = _prompt_batches(args, llm)
+    prompts = batches[0]
     params = offline.sampling_params(args, args.output_len)
 
-    for _ in range(args.num_iters_warmup):
-        llm.generate(prompts, params, use_tqdm=False)
+    for i in range(args.num_iters_warmup):
+        llm.generate(batches[i % len(batches)], params, use_tqdm=False)
+    spec_before = _spec_counters(llm)
 
     latencies: list[float] = []
     ttfts: list[float] = []
     decode_rates: list[float] = []  # per iteration: median over the batch's sequences
     metrics_available = True
-    for _ in range(args.num_iters):
+    output_tokens = 0
+    for i in range(args.num_iters):
         t0 = time.perf_counter()
-        outputs = llm.generate(prompts, params, use_tqdm=False)
+        outputs = llm.generate(batches[i % len(batches)], params, use_tqdm=False)
         latencies.append(time.perf_counter() - t0)
+        output_tokens += offline.count_tokens(outputs)[1]
         times = _sequence_times(outputs)
         if times is None:
             metrics_available = False
@@ -111,11 +113,56 @@ def run(args: argparse.Namespace) -> int:
         # vLLM's ``bench latency`` keys
         "avg_latency": latency["mean"],
         "percentiles": {str(int(p)): latency[percentile_key(p)] for p in DEFAULT_PERCENTILES},
+        "dataset": args.dataset,
+        "output_tokens": output_tokens,
+        "output_tok_s": output_tokens / sum(latencies),
+        "spec_decode": _spec_summary(spec_before, _spec_counters(llm)),
     }
     _print(result)
     if args.output_json:
         report.write_json(args.output_json, result)
     return 0
+
+
+def _prompt_batches(args: argparse.Namespace, llm: Any) -> list[list[Any]]:
+    """The prompts of each iteration: one random-id batch, or the dataset in batches."""
+    if args.dataset is None:
+        vocab_size, special = offline.synthetic_vocab(llm)
+        requests = datasets.synthetic_token_requests(
+            args.batch_size,
+            args.input_len,
+            args.output_len,
+            vocab_size,
+            seed=args.seed,
+            exclude_ids=special,
+        )
+        return [[r.engine_prompt() for r in requests]]
+    requests = datasets.load_dataset(args.dataset, args.output_len)
+    count = max(len(requests), args.batch_size)
+    count += -count % args.batch_size  # whole batches, cycling through the dataset
+    prompts = [r.engine_prompt() for r in datasets.take(requests, count)]
+    return [prompts[i : i + args.batch_size] for i in range(0, count, args.batch_size)]
+
+
+def _spec_counters(llm: Any) -> Any:
+    stats = getattr(llm.llm_engine, "stats", None)
+    return getattr(stats(), "spec_decode", None) if stats is not None else None
+
+
+def _spec_summary(before: Any, after: Any) -> dict[str, float] | None:
+    """Speculative decoding over the timed runs: acceptance rate and mean acceptance length."""
+    if after is None:
+        return None
+    drafts = after.num_drafts - (before.num_drafts if before else 0)
+    drafted = after.num_draft_tokens - (before.num_draft_tokens if before else 0)
+    accepted = after.num_accepted_tokens - (before.num_accepted_tokens if before else 0)
+    return {
+        "num_drafts": drafts,
+        "num_draft_tokens": drafted,
+        "num_accepted_tokens": accepted,
+        "acceptance_rate": accepted / drafted if drafted else math.nan,
+        "mean_acceptance_length": 1 + accepted / drafts if drafts else math.nan,
+    }
 
 
 def _prefill_fallback(
@@ -150,5 +197,13 @@ def _print(result: dict[str, Any]) -> None:
         ("Decode tok/s per sequence, median", dec["median"]),
         ("Decode tok/s, whole batch", result["decode_tok_s_batch"]),
         ("Decode measured from", result["decode_method"]),
+        ("Output tok/s over the timed runs (end to end)", result["output_tok_s"]),
     ]
+    spec = result["spec_decode"]
+    if spec is not None:
+        rows += [
+            "Speculative decoding (timed runs)",
+            ("Draft acceptance rate", spec["acceptance_rate"]),
+            ("Mean acceptance length (tokens per step)", spec["mean_acceptance_length"]),
+        ]
     report.print_table("Latency Benchmark", rows)
