@@ -210,8 +210,6 @@ class AsyncLLM:
         """Yield the input's pooled output (one, as vLLM's ``encode``); leaving early aborts."""
         if self.dead_error is not None:
             raise EngineDeadError("the engine has stopped") from self.dead_error
-        if not hasattr(self.engine, "prepare_pooling"):
-            raise ValueError("embeddings are not supported with data_parallel_size > 1")
         queue: asyncio.Queue = asyncio.Queue()
         rid = request_id or self.engine.next_request_id()
         prepared = self.engine.prepare_pooling(rid, prompt, pooling_params)

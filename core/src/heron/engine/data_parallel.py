@@ -39,6 +39,9 @@ from heron.engine.llm_engine import LLMEngine, PreparedRequest, prepare_request
 from heron.engine.output_processor import RequestOutputKind
 from heron.engine.stats_logger import EngineStats
 from heron.outputs import RequestOutput
+from heron.pooling.frontend import PoolingFrontend, PreparedPooling
+from heron.pooling.params import PoolingParams
+from heron.pooling.scheduler import check_pooling_limits
 from heron.request import Request
 from heron.sampling_params import SamplingParams
 from heron.sched.scheduler import RequestLimits, check_request_limits
@@ -80,6 +83,8 @@ class ReplicaFacts:
     input_processor: InputProcessor
     limits: RequestLimits
     stats: EngineStats
+    pooling: PoolingFrontend | None = None
+    """Its embedding frontend when it runs the pooling runner (the front tokenizes with it)."""
 
 
 @dataclass(slots=True)
@@ -131,6 +136,8 @@ class DataParallelEngine:
         # Replicas are configured alike, but each sized its own KV cache from the memory it was
         # granted: a request must fit the smallest, since any replica may get it.
         self.limits = min(facts, key=lambda f: f.limits.num_blocks).limits
+        self.pooling = first.pooling
+        """Embedding inputs are tokenized and checked here, then placed like any request."""
         for replica, fact in zip(self._replicas, facts):
             replica.stats = fact.stats
         self._monitor = threading.Thread(target=self._watch, name="heron-dp-monitor", daemon=True)
@@ -213,16 +220,33 @@ class DataParallelEngine:
     ) -> PreparedRequest:
         return prepare_request(self.input_processor, self._check, request_id, prompt, params)
 
+    def prepare_pooling(
+        self, request_id: str, prompt: PromptType | ProcessedPrompt, params: PoolingParams | None
+    ) -> PreparedPooling:
+        """An embedding request's checks against the replicas' limits (safe off-thread)."""
+        if self.pooling is None:
+            raise ValueError(
+                "this model runs the generate runner, which returns no embeddings; start it with "
+                "runner='pooling' (--runner pooling)"
+            )
+        return self.pooling.prepare(request_id, prompt, params, self._check_pooling)
+
+    def _check_pooling(self, request: Request) -> None:
+        if request.request_id in self._placed:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        check_pooling_limits(request, self.limits)
+
     def add_prepared(
         self,
-        prepared: PreparedRequest,
+        prepared: PreparedRequest | PreparedPooling,
         output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY,
     ) -> None:
+        """Place the request (an embedding input too) on the least-loaded replica."""
         self._raise_failure()
         if prepared.request_id in self._placed:
             raise ValueError(f"request id {prepared.request_id!r} is already in use")
         index = min(range(len(self._replicas)), key=lambda i: self._replicas[i].load)
-        sequences = len(prepared.requests)
+        sequences = 1 if isinstance(prepared, PreparedPooling) else len(prepared.requests)
         self._send(index, ("add", (prepared, output_kind)))
         self._replicas[index].load += sequences
         self._placed[prepared.request_id] = _Placed(index, sequences)

@@ -122,8 +122,6 @@ class LLM:
             p or PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens) for p in params_list
         ]
         engine = self.llm_engine
-        if not hasattr(engine, "prepare_pooling"):
-            raise ValueError("embeddings are not supported with data_parallel_size > 1")
         ids: list[str] = []
         try:
             prepared = []

@@ -37,6 +37,7 @@ def replica_main(spec: ReplicaSpec, conn: Connection) -> None:
             input_processor=engine.input_processor,
             limits=engine.core.scheduler.limits(),
             stats=engine.stats(),
+            pooling=engine.pooling,
         )
         conn.send(("ready", facts))
         _serve(engine, conn)

@@ -12,7 +12,31 @@ from __future__ import annotations
 
 from heron.request import Request, RequestStatus
 from heron.sched.output import RequestUpdate, RunnerOutput, SchedulerOutput
-from heron.sched.scheduler import Scheduler
+from heron.sched.scheduler import RequestLimits, Scheduler
+
+
+def check_pooling_limits(request: Request, limits: RequestLimits) -> None:
+    """Raise ValueError if the pooled ``request`` could never run within ``limits``: it must be
+    computed whole in one step. A data-parallel front checks its replicas' limits with it."""
+    n = request.num_prompt_tokens
+    if n == 0:
+        raise ValueError("the input is empty: at least one token is needed")
+    if n > limits.max_model_len:
+        raise ValueError(
+            f"the input has {n} tokens, but max_model_len is {limits.max_model_len}; shorten "
+            "it or ask for truncation (truncate_prompt_tokens)"
+        )
+    if n > limits.max_num_batched_tokens:
+        raise ValueError(
+            f"the input has {n} tokens, more than max_num_batched_tokens "
+            f"({limits.max_num_batched_tokens}), which one step computes at most"
+        )
+    blocks = -(-n // limits.block_size)
+    if blocks > limits.num_blocks:
+        raise ValueError(
+            f"the input needs {blocks} KV blocks during its step, but the cache has "
+            f"{limits.num_blocks}; give the KV cache more memory"
+        )
 
 
 class PoolingScheduler(Scheduler):
@@ -34,26 +58,7 @@ class PoolingScheduler(Scheduler):
         """A prompt may use all of ``max_model_len`` (nothing is generated after it)."""
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
-        cfg = self.config
-        n = request.num_prompt_tokens
-        if n == 0:
-            raise ValueError("the input is empty: at least one token is needed")
-        if n > cfg.max_model_len:
-            raise ValueError(
-                f"the input has {n} tokens, but max_model_len is {cfg.max_model_len}; shorten "
-                "it or ask for truncation (truncate_prompt_tokens)"
-            )
-        if n > cfg.max_num_batched_tokens:
-            raise ValueError(
-                f"the input has {n} tokens, more than max_num_batched_tokens "
-                f"({cfg.max_num_batched_tokens}), which one step computes at most"
-            )
-        blocks = -(-n // self.kv.block_size)
-        if blocks > self.kv.num_blocks:
-            raise ValueError(
-                f"the input needs {blocks} KV blocks during its step, but the cache has "
-                f"{self.kv.num_blocks}; give the KV cache more memory"
-            )
+        check_pooling_limits(request, self.limits())
 
     def update_from_output(
         self, scheduler_output: SchedulerOutput, runner_output: RunnerOutput

@@ -1,0 +1,74 @@
+"""Embeddings with data parallelism: ``data_parallel_size=2`` with the pooling runner. The front
+tokenizes and checks each input, places it on the least-loaded replica, and the replicas' pooled
+vectors equal Hugging Face's; bad input is refused in the front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_embed_encoders import INPUTS, _encoder_dir
+
+from heron import LLM, PoolingParams
+from heron.engine.data_parallel import DataParallelEngine
+
+
+@pytest.fixture(autouse=True)
+def _small_kv_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERON_BACKEND", "cpu" if _has_cpu() else "reference")
+    monkeypatch.setenv("HERON_CPU_KVCACHE_SPACE", "0.1")
+    monkeypatch.setenv("HERON_KVCACHE_SPACE", "0.1")
+
+
+def _has_cpu() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("heron_cpu") is not None
+
+
+def test_pooling_replicas_share_the_work_and_equal_hf(tmp_path: Path) -> None:
+    folder, hf = _encoder_dir(tmp_path, "bert")
+    llm = LLM(
+        str(folder),
+        dtype="float32",
+        data_parallel_size=2,
+        max_model_len=128,
+        pooler_config={"pooling_type": "MEAN", "normalize": False},
+    )
+    try:
+        engine = llm.llm_engine
+        assert isinstance(engine, DataParallelEngine)
+        # Placement: each input goes to the replica with fewer unfinished inputs.
+        for i, ids in enumerate(INPUTS):
+            engine.add_prepared(engine.prepare_pooling(f"p{i}", ids, None))
+        assert engine.replica_loads() == [2, 2]
+        done = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                done[out.request_id] = out
+        assert sorted(done) == [f"p{i}" for i in range(len(INPUTS))]
+        assert engine.replica_loads() == [0, 0]
+        # LLM.embed through the front: HF's vectors, in the caller's order.
+        inputs = INPUTS * 3
+        outs = llm.embed(inputs, use_tqdm=False)
+        for ids, out in zip(inputs, outs):
+            with torch.no_grad():
+                want = hf(input_ids=torch.tensor([ids])).last_hidden_state[0].mean(0)
+            got = torch.tensor(out.outputs.embedding)
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+            assert out.prompt_token_ids == ids
+        per_replica = [s.prompt_tokens for s in engine.replica_stats()]
+        assert all(n > 0 for n in per_replica), per_replica
+        # Refused in the front, as one engine refuses: too long, bad ids, bad dimensions.
+        with pytest.raises(
+            ValueError, match="maximum context length is 128 tokens, but the input has 138"
+        ):
+            llm.embed([list(range(2, 140))], use_tqdm=False)
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            llm.embed([[5, 10_000]], use_tqdm=False)
+        with pytest.raises(ValueError, match="dimensions"):
+            llm.embed(["x"], PoolingParams(dimensions=8), use_tqdm=False)
+        assert engine.replica_loads() == [0, 0] and not engine.has_unfinished_requests()
+    finally:
+        llm.shutdown()
