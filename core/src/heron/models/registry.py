@@ -19,6 +19,8 @@ _BUILTIN: dict[str, str] = {
     "Qwen2ForCausalLM": "heron.models.llama:Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "heron.models.llama:Qwen3ForCausalLM",
     "Phi3ForCausalLM": "heron.models.phi3:Phi3ForCausalLM",
+    "Gemma2ForCausalLM": "heron.models.gemma:Gemma2ForCausalLM",
+    "Gemma3ForCausalLM": "heron.models.gemma:Gemma3ForCausalLM",
     "MixtralForCausalLM": "heron.models.mixtral:MixtralForCausalLM",
     "Qwen2MoeForCausalLM": "heron.models.qwen_moe:Qwen2MoeForCausalLM",
     "Qwen3MoeForCausalLM": "heron.models.qwen_moe:Qwen3MoeForCausalLM",
