@@ -11,7 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from model_utils import ENGINE_MODES, EQUALITY_PROMPTS, TINY_VOCAB, make_equality_model
+from model_utils import (
+    ENGINE_MODES,
+    EQUALITY_PROMPTS,
+    TINY_VOCAB,
+    kernel_friendly_overrides,
+    make_equality_model,
+    make_tiny_model_dir,
+)
 
 from heron import LLM, SamplingParams
 from heron.kv.kv_cache_manager import KVCacheManager
@@ -159,8 +166,8 @@ def test_config_errors_name_the_field(value, message: str) -> None:
 def test_engine_refuses_unsupported_combinations(tiny_llama: Path) -> None:
     with pytest.raises(ValueError, match="pipeline_parallel_size > 1"):
         LLM(str(tiny_llama), speculative_config=NGRAM, pipeline_parallel_size=2)
-    with pytest.raises(ValueError, match="not supported yet"):
-        LLM(str(tiny_llama), speculative_config={"model": "draft", "num_speculative_tokens": 2})
+    with pytest.raises(ValueError, match="tensor_parallel_size > 1"):
+        LLM(str(tiny_llama), speculative_config=NGRAM, tensor_parallel_size=2)
 
 
 def _request(tokens: list[int]) -> Request:
@@ -257,3 +264,54 @@ def test_bench_latency_dataset_with_speculation(tiny_llama: Path, tmp_path: Path
         1 + spec["num_accepted_tokens"] / spec["num_drafts"]
     )
     assert result["dataset"] == str(data) and result["output_tokens"] > 0
+
+
+# -- draft model --------------------------------------------------------------------------------
+@pytest.mark.parametrize(("draft", "mode"), [("self", "default"), ("other", "preemption"),
+                                             ("other", "small-chunks"), ("self", "no-prefix-caching")])  # fmt: skip
+def test_draft_model_greedy_equal_without_speculation(
+    tiny_llama: Path, tmp_path: Path, draft: str, mode: str
+) -> None:
+    """The target's greedy ids whatever the draft: itself (nearly every draft accepted) or a
+    model of other weights on the same tokenizer (most rejected, so its KV is rolled back)."""
+    folder = tiny_llama
+    if draft == "other":
+        folder = make_tiny_model_dir(
+            tmp_path, "llama", seed=3, name="draft", **kernel_friendly_overrides("llama")
+        )
+    kwargs = ENGINE_MODES[mode]
+    params = _greedy(30, logprobs=1)
+    plain = LLM(str(tiny_llama), dtype="float32", block_size=16, **kwargs)
+    expected = plain.generate(EQUALITY_PROMPTS, params, use_tqdm=False)
+    config = {"model": str(folder), "num_speculative_tokens": 3}
+    spec = LLM(str(tiny_llama), dtype="float32", block_size=16, speculative_config=config, **kwargs)
+    got = spec.generate(EQUALITY_PROMPTS, params, use_tqdm=False)
+    for want, have in zip(expected, got):
+        assert list(have.outputs[0].token_ids) == list(want.outputs[0].token_ids), (draft, mode)
+        for a, b in zip(want.outputs[0].logprobs, have.outputs[0].logprobs):
+            for token in a:
+                assert b[token].logprob == pytest.approx(a[token].logprob, abs=1e-4)
+    counters = spec.llm_engine.core.spec_decode
+    assert counters.num_draft_tokens > 0
+    rate = counters.num_accepted_tokens / counters.num_draft_tokens
+    if draft == "self":
+        assert rate > 0.9
+    else:
+        assert rate < 0.9
+    planner = spec.llm_engine.core.scheduler.proposer
+    planner.forget_finished([])
+    assert planner.kv.num_free_blocks == planner.kv.num_blocks  # every shadow released
+
+
+def test_draft_model_with_another_vocabulary_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    folder = make_tiny_model_dir(
+        tmp_path, "llama", name="other-vocab", **kernel_friendly_overrides("llama")
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_tokens(["<|extra|>"])
+    tokenizer.save_pretrained(folder)
+    config = {"model": str(folder), "num_speculative_tokens": 2}
+    with pytest.raises(ValueError, match="must share the target's vocabulary"):
+        LLM(str(tiny_llama), speculative_config=config)

@@ -153,7 +153,7 @@ class EngineCore:
             )
         scheduler_cls = Scheduler if self.pooler is None else PoolingScheduler
         self.scheduler = scheduler_cls(self.scheduler_config, self.kv_manager)
-        self.spec_decode = attach_speculation(spec_config, self.scheduler, self.max_model_len)
+        self.spec_decode = attach_speculation(spec_config, self)
         """Speculative decoding's acceptance counters, or None when it is off."""
         self.structured: StructuredOutputManager | None = None
         """Grammar state of constrained requests; made on the first one (xgrammar's tokenizer

@@ -27,6 +27,8 @@ class SpeculativeConfig:
     prompt_lookup_min: int = 1
     model: str | None = None
     """The draft model (a folder, Hub id or .gguf file) when ``method`` is draft_model."""
+    quantization: str | None = None
+    """The draft model's ``--quantization`` (gguf keeps a GGUF file's blocks quantized)."""
 
     @classmethod
     def from_value(cls, value: Any) -> SpeculativeConfig | None:
@@ -69,8 +71,9 @@ def parse_speculative_config(value: Any) -> dict[str, Any] | None:
             f"[1, {MAX_SPECULATIVE_TOKENS}], got {k!r}"
         )
     if method == "ngram":
-        if config.get("model") is not None:
-            raise ValueError("speculative_config.model is only for method 'draft_model'")
+        for name in ("model", "quantization"):
+            if config.get(name) is not None:
+                raise ValueError(f"speculative_config.{name} is only for method 'draft_model'")
         low = config.setdefault("prompt_lookup_min", 1)
         high = config.setdefault("prompt_lookup_max", max(4, low if isinstance(low, int) else 0))
         for name, n in (("prompt_lookup_min", low), ("prompt_lookup_max", high)):
@@ -87,4 +90,9 @@ def parse_speculative_config(value: Any) -> dict[str, Any] | None:
         for name in ("prompt_lookup_min", "prompt_lookup_max"):
             if name in config:
                 raise ValueError(f"speculative_config.{name} is only for method 'ngram'")
+        if config.get("quantization") not in (None, "gguf", "none", "int8"):
+            raise ValueError(
+                "speculative_config.quantization must be one of gguf, none, int8, got "
+                f"{config['quantization']!r}"
+            )
     return config

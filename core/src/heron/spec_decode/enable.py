@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from heron.sched.scheduler import Scheduler
 from heron.spec_decode.config import SpeculativeConfig
+from heron.spec_decode.draft_model import build_draft_model_planner
 from heron.spec_decode.metrics import SpecDecodeCounters
 from heron.spec_decode.proposer import DraftPlanner
 
@@ -38,19 +38,19 @@ def check_speculation(args: Any, *, pooling: bool) -> SpeculativeConfig | None:
         raise SpeculativeConfigError(
             "speculative_config is for text generation; the pooling runner generates nothing"
         )
-    if config.method != "ngram":
-        raise SpeculativeConfigError(
-            f"speculative_config.method {config.method!r} (a draft model) is not supported yet; "
-            'use {"method": "ngram", ...} (prompt lookup)'
-        )
     return config
 
 
-def attach_speculation(
-    config: SpeculativeConfig | None, scheduler: Scheduler, max_model_len: int
-) -> SpecDecodeCounters | None:
-    """Give ``scheduler`` its draft planner; the counters, or None when speculation is off."""
+def attach_speculation(config: SpeculativeConfig | None, core: Any) -> SpecDecodeCounters | None:
+    """Give the engine core's scheduler its draft planner (loading the draft model, if any);
+    the counters, or None when speculation is off."""
     if config is None:
         return None
-    scheduler.proposer = DraftPlanner(config, max_model_len)
+    if config.method == "ngram":
+        core.scheduler.proposer = DraftPlanner(config, core.max_model_len)
+    else:
+        try:
+            core.scheduler.proposer = build_draft_model_planner(config, core)
+        except ValueError as exc:
+            raise SpeculativeConfigError(str(exc)) from exc
     return SpecDecodeCounters(num_speculative_tokens=config.num_speculative_tokens)

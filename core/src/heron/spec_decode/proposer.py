@@ -15,14 +15,10 @@ from heron.spec_decode.ngram import NgramProposer
 
 
 class DraftPlanner:
-    """Drafts for decoding requests under the scheduler's limits (prompt lookup)."""
+    """Drafts for decoding requests under the scheduler's limits; proposes by prompt lookup
+    (a subclass overrides ``propose`` for a draft model)."""
 
     def __init__(self, config: SpeculativeConfig, max_model_len: int) -> None:
-        if config.method != "ngram":
-            raise ValueError(
-                f"speculative_config.method {config.method!r}: this planner proposes by prompt "
-                "lookup ('ngram') only"
-            )
         self.config = config
         self.max_model_len = max_model_len
         self.ngram = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
@@ -44,11 +40,7 @@ class DraftPlanner:
         ``max_model_len`` leave; and the KV of the last token plus k drafts must fit in the blocks
         the request holds plus the free ones.
         """
-        limit = min(self.config.num_speculative_tokens, budget - 1)
-        limit = min(limit, self.max_model_len - request.num_tokens - 1)
-        max_tokens = request.sampling_params.max_tokens
-        if max_tokens is not None:
-            limit = min(limit, max_tokens - request.num_output_tokens - 1)
+        limit = min(self.length_limit(request), budget - 1)
         room = (len(request.block_ids) + kv.num_free_blocks) * kv.block_size
         return max(0, min(limit, room - request.num_computed_tokens - 1))
 
@@ -57,4 +49,16 @@ class DraftPlanner:
         limit = self.limit(request, budget, kv)
         if limit <= 0:
             return []
+        return self.propose(request, limit)
+
+    def propose(self, request: Request, limit: int) -> list[int]:
+        """Up to ``limit`` tokens to follow the request's tokens."""
         return self.ngram.propose(request.all_token_ids, limit)
+
+    def length_limit(self, request: Request) -> int:
+        """Drafts that ``max_tokens`` and ``max_model_len`` allow, before budget and blocks."""
+        limit = min(self.config.num_speculative_tokens, self.max_model_len - request.num_tokens - 1)
+        max_tokens = request.sampling_params.max_tokens
+        if max_tokens is not None:
+            limit = min(limit, max_tokens - request.num_output_tokens - 1)
+        return limit
