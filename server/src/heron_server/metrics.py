@@ -247,6 +247,18 @@ class ServerMetrics:
     def finished(self, reason: str, count: int = 1) -> None:
         self._success.labels(self.model_name, reason).inc(count)
 
+    def embedding_finished(self, prompt_tokens: int | None, seconds: float) -> None:
+        """One embedding input answered (``prompt_tokens``), or aborted (``None``): its prompt
+        tokens, its count under ``finished_reason`` stop or abort, and its end-to-end latency.
+        An embedding generates nothing, so it has no TTFT, TPOT or generation tokens."""
+        if prompt_tokens is None:
+            self.finished("abort")
+            return
+        self.prompt_tokens.inc(prompt_tokens)
+        self.request_prompt_tokens.observe(prompt_tokens)
+        self.finished("stop")
+        self.e2e.observe(seconds)
+
     def render(self) -> bytes:
         """Prometheus text format; calls ``engine.stats()``, so run it off the event loop."""
         return generate_latest(self.registry)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
+from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
@@ -59,13 +61,29 @@ class EmbeddingHandler:
         try:
             outputs = await asyncio.gather(
                 *(
-                    state.engine.embed(p, params, f"{request_id}-{i}")
+                    self._recorded(state.engine.embed(p, params, f"{request_id}-{i}"))
                     for i, p in enumerate(processed)
                 )
             )
         except Exception as exc:
             raise _api_error(exc) from None
         return JSONResponse(self._response(outputs, body))
+
+    async def _recorded(
+        self, embedding: Awaitable[EmbeddingRequestOutput]
+    ) -> EmbeddingRequestOutput:
+        """One input's embedding, counted in the server's metrics (/metrics) as it finishes:
+        prompt tokens, a finished request, the latency from submission to its vector."""
+        started = time.monotonic()
+        try:
+            output = await embedding
+        except BaseException:
+            self.state.metrics.embedding_finished(None, 0.0)
+            raise
+        done = output.outputs is not None
+        tokens = len(output.prompt_token_ids) if done else None
+        self.state.metrics.embedding_finished(tokens, time.monotonic() - started)
+        return output
 
     def _prepare(
         self, inputs: list[str | list[int]], params: PoolingParams
