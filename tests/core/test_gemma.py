@@ -122,6 +122,18 @@ def test_gemma_greedy_ids_equal_hf_in_every_mode(gemma_model, backend: str) -> N
             assert llm.llm_engine.stats().num_preemptions > 0, "the small KV cache never preempted"
 
 
+def test_gemma_through_the_fallback_equals_hf(gemma_model, backend: str) -> None:
+    """--model-impl transformers: transformers' Gemma modules with Heron's attention, which
+    takes their per-layer windows and (Gemma 2) soft-cap."""
+    arch, folder, _prompt_ids, expected = gemma_model
+    for mode, kwargs in ENGINE_MODES.items():
+        llm = LLM(str(folder), dtype="float32", block_size=16, model_impl="transformers", **kwargs)
+        assert type(llm.llm_engine.core.runner.model).__name__ == "TransformersForCausalLM"
+        outputs = llm.generate(EQUALITY_PROMPTS, greedy(), use_tqdm=False)
+        got = [list(o.outputs[0].token_ids) for o in outputs]
+        assert got == expected, f"{arch} fallback: mode {mode} on {backend}"
+
+
 def test_gemma_logprobs_close_to_hf(gemma_model) -> None:
     """Logprobs of the generated and prompt tokens equal transformers' (Gemma 2: after the final
     logit soft-cap, which greedy ids cannot show)."""

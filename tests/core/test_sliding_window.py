@@ -129,3 +129,35 @@ def test_windowed_mistral_equals_hf_in_every_mode(windowed_mistral, backend: str
         got = [list(o.outputs[0].token_ids) for o in outputs]
         assert got == expected, f"mode {mode} on {backend}, window {window}"
         assert core.kv_manager.num_free_blocks == core.kv_manager.num_blocks
+
+
+def test_windowed_mistral_through_the_fallback_equals_hf(windowed_mistral, backend: str) -> None:
+    """--model-impl transformers: transformers' modules pass the window to Heron's attention."""
+    folder, _prompt_ids, expected, window = windowed_mistral
+    if window != 21:
+        pytest.skip("the fallback is checked with one window")
+    greedy = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
+    for mode, kwargs in ENGINE_MODES.items():
+        llm = LLM(str(folder), dtype="float32", block_size=16, model_impl="transformers", **kwargs)
+        assert type(llm.llm_engine.core.runner.model).__name__ == "TransformersForCausalLM"
+        outputs = llm.generate(EQUALITY_PROMPTS, greedy, use_tqdm=False)
+        got = [list(o.outputs[0].token_ids) for o in outputs]
+        assert got == expected, f"fallback, mode {mode} on {backend}"
+
+
+def test_a_backend_without_windows_is_refused_naming_it(tmp_path) -> None:
+    """A backend that does not declare sliding windows gets a clear error, not full attention."""
+    from model_utils import make_context, tiny_config
+
+    from heron.models.decoder import UnsupportedAttentionError
+    from heron.models.llama import MistralForCausalLM
+    from heron_interfaces.reference import ReferenceAttention
+
+    class NoWindows(ReferenceAttention):
+        name = "nowindows"
+        supports_sliding_window = False
+
+    config = tiny_config("mistral", sliding_window=16)
+    with pytest.raises(UnsupportedAttentionError, match=r"'nowindows'.*sliding-window"):
+        MistralForCausalLM(config, make_context(attention_cls=NoWindows))
+    MistralForCausalLM(tiny_config("mistral"), make_context(attention_cls=NoWindows))

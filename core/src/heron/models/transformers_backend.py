@@ -33,6 +33,7 @@ from heron.layers.linear import prepare_linear_weights
 from heron.models.context import ModelContext
 from heron.models.decoder import UnsupportedAttentionError, _dtype_name
 from heron.models.registry import UnsupportedModelError
+from heron.models.sliding_window import SLIDING, layer_windows
 from heron.models.transformers_tp import (
     apply_tp_plan,
     heads_are_sharded,
@@ -82,17 +83,14 @@ def heron_attention_forward(
             f"{type(module).__name__} was called without Heron's step state: attention "
             f"implementation {ATTENTION_NAME!r} only runs inside Heron's engine"
         )
-    if kwargs.get("sliding_window") is not None:
+    if kwargs.get("s_aux") is not None:
         raise UnsupportedModelError(
-            f"{type(module).__name__} uses sliding-window attention, which the Transformers "
-            "fallback does not implement yet"
+            f"{type(module).__name__} uses attention sinks, which the Transformers fallback "
+            "does not implement"
         )
-    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-        raise UnsupportedModelError(
-            f"{type(module).__name__} uses attention soft-capping or sinks, which the "
-            "Transformers fallback does not implement"
-        )
-    return step.owner.attend(module, query, key, value, scaling, step), None
+    window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
+    out = step.owner.attend(module, query, key, value, scaling, step, window, softcap)
+    return out, None
 
 
 def register_heron_attention() -> None:
@@ -167,6 +165,8 @@ class TransformersForCausalLM(nn.Module):
         self.hidden_size = hidden
         self.vocab_size = int(hf_config.vocab_size)
         self.config = hf_config
+        self._windows = layer_windows(hf_config)
+        """Each layer's sliding window (None: full), as the KV cache manager reads them."""
         self.hf_model = self._build(hf_config, ctx)
         self.base = self.hf_model.base_model
         self.num_sharded = 0
@@ -212,18 +212,20 @@ class TransformersForCausalLM(nn.Module):
             raise UnsupportedModelError(
                 f"transformers has no causal-LM class for model type {hf_config.model_type!r}"
             )
-        window = getattr(hf_config, "sliding_window", None)
         layer_types = getattr(hf_config, "layer_types", None) or ()
-        if (window is not None and getattr(hf_config, "use_sliding_window", True) is not False) or (
-            any(t != "full_attention" for t in layer_types)
-        ):
+        other = sorted({t for t in layer_types if t not in ("full_attention", SLIDING)})
+        if other:
             raise UnsupportedModelError(
-                f"{hf_config.model_type} uses sliding-window (or other non-full) attention "
-                "layers, which the Transformers fallback does not implement yet"
+                f"{hf_config.model_type} has {', '.join(other)} layers; the Transformers "
+                "fallback runs full and sliding-window attention layers only"
             )
 
     def _check_kernels(self, ctx: ModelContext) -> None:
-        spec = self._spec(None)
+        """Refuse up front what the backend cannot run: any of the config's windows, or its
+        attention logit soft-cap (the layers themselves are built on their first call)."""
+        windows = [w for w in self._windows if w is not None]
+        cap = getattr(self.config, "attn_logit_softcapping", None)
+        spec = self._spec(None, windows[0] if windows else None, float(cap) if cap else None)
         reasons = ctx.attention_cls.check_support(spec)
         if reasons:
             raise UnsupportedAttentionError(
@@ -231,7 +233,9 @@ class TransformersForCausalLM(nn.Module):
                 + "; ".join(reasons)
             )
 
-    def _spec(self, scaling: float | None) -> AttentionLayerSpec:
+    def _spec(
+        self, scaling: float | None, window: int | None, softcap: float | None
+    ) -> AttentionLayerSpec:
         return AttentionLayerSpec(
             num_heads=self.num_heads,
             num_kv_heads=self.num_kv_heads,
@@ -239,6 +243,8 @@ class TransformersForCausalLM(nn.Module):
             scale=self.head_size**-0.5 if scaling is None else float(scaling),
             block_size=self.ctx.block_size,
             dtype=_dtype_name(self.ctx.dtype),
+            sliding_window=window,
+            logits_soft_cap=softcap,
         )
 
     @staticmethod
@@ -298,8 +304,15 @@ class TransformersForCausalLM(nn.Module):
         value: torch.Tensor,
         scaling: float | None,
         step: _Step,
+        window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
-        """Heron's KV write and paged attention for one layer (``module.layer_idx``)."""
+        """Heron's KV write and paged attention for one layer (``module.layer_idx``).
+
+        ``window`` / ``softcap`` are what transformers passes the attention function; the window
+        must be the one :func:`layer_windows` reads from the config, which the KV cache manager
+        frees blocks by.
+        """
         layer_idx = getattr(module, "layer_idx", None)
         if not isinstance(layer_idx, int):
             raise UnsupportedModelError(
@@ -313,7 +326,14 @@ class TransformersForCausalLM(nn.Module):
             )
         attn = self._layers.get(layer_idx)
         if attn is None:
-            attn = self._layers[layer_idx] = self.ctx.attention_cls(self._spec(scaling))
+            expected = self._windows[layer_idx] if layer_idx < len(self._windows) else None
+            if window != expected:
+                raise UnsupportedModelError(
+                    f"layer {layer_idx}: transformers attends with sliding window {window}, the "
+                    f"config gives {expected}"
+                )
+            spec = self._spec(scaling, window, float(softcap) if softcap else None)
+            attn = self._layers[layer_idx] = self.ctx.attention_cls(spec)
         q = query[0].transpose(0, 1).contiguous()
         k = key[0].transpose(0, 1).contiguous()
         v = value[0].transpose(0, 1).contiguous()
