@@ -116,10 +116,22 @@ def windowed_mistral(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     return folder, prompt_ids, expected, window
 
 
+# Freed blocks make ENGINE_MODES' 8-block cache (where the unwindowed tiny models preempt) roomy
+# enough for a windowed model ("roomy"); one block less with 16-token steps preempts again.
+WINDOW_MODES = {
+    **ENGINE_MODES,
+    "preemption": {
+        "num_gpu_blocks_override": 7,
+        "max_model_len": 112,
+        "max_num_batched_tokens": 16,
+    },
+}
+
+
 def test_windowed_mistral_equals_hf_in_every_mode(windowed_mistral, backend: str) -> None:
     folder, prompt_ids, expected, window = windowed_mistral
     greedy = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
-    for mode, kwargs in ENGINE_MODES.items():
+    for mode, kwargs in {**WINDOW_MODES, "roomy": ENGINE_MODES["preemption"]}.items():
         llm = LLM(str(folder), dtype="float32", block_size=16, **kwargs)
         core = llm.llm_engine.core
         assert type(core.runner.model).__name__ == "MistralForCausalLM"
@@ -129,6 +141,11 @@ def test_windowed_mistral_equals_hf_in_every_mode(windowed_mistral, backend: str
         got = [list(o.outputs[0].token_ids) for o in outputs]
         assert got == expected, f"mode {mode} on {backend}, window {window}"
         assert core.kv_manager.num_free_blocks == core.kv_manager.num_blocks
+        preemptions = llm.llm_engine.stats().num_preemptions
+        if mode == "preemption":
+            assert preemptions > 0, "the small KV cache never preempted"
+        if mode == "roomy":  # out-of-window blocks went back to the pool as requests advanced
+            assert preemptions == 0, "the window freed no blocks"
 
 
 def test_windowed_mistral_through_the_fallback_equals_hf(windowed_mistral, backend: str) -> None:
@@ -137,7 +154,7 @@ def test_windowed_mistral_through_the_fallback_equals_hf(windowed_mistral, backe
     if window != 21:
         pytest.skip("the fallback is checked with one window")
     greedy = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
-    for mode, kwargs in ENGINE_MODES.items():
+    for mode, kwargs in WINDOW_MODES.items():
         llm = LLM(str(folder), dtype="float32", block_size=16, model_impl="transformers", **kwargs)
         assert type(llm.llm_engine.core.runner.model).__name__ == "TransformersForCausalLM"
         outputs = llm.generate(EQUALITY_PROMPTS, greedy, use_tqdm=False)
