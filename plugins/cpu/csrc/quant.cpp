@@ -330,6 +330,10 @@ bool avx2_supported() {
 }
 
 void linear(const QuantArgs& a, Path path) {
+  if (path == Path::kVnni512 || path == Path::kAvxVnni) {
+    if (linear_i8(a, path)) return;
+    path = Path::kAuto;  // this CPU lacks it: the fp32 loops
+  }
   if (a.m == 0 || a.n == 0) return;
   const int64_t nb = a.k / kBlock;
   // x in fp32 (and, for Q4, its per-block sums): computed once, read by every weight row.

@@ -28,8 +28,10 @@ enum class Format : int {
 // Activation dtypes (x, bias and out share one).
 enum class DType : int { kFloat32 = 0, kBFloat16 = 1 };
 
-// Which loop runs; a path this CPU lacks falls back to the next simpler one.
-enum class Path : int { kAuto = 0, kAvx512 = 1, kAvx2 = 2, kPortable = 3 };
+// Which loop runs; a path this CPU lacks falls back to the next simpler one. kAuto..kPortable
+// widen the weights to fp32 (quant.cpp); kVnni512 and kAvxVnni quantize x to int8 per block and
+// take integer dot products (quant_i8.cpp), within llama.cpp's error for Q8 activations.
+enum class Path : int { kAuto = 0, kAvx512 = 1, kAvx2 = 2, kPortable = 3, kVnni512 = 4, kAvxVnni = 5 };
 
 struct QuantArgs {
   void* out;              // [m, n] contiguous, dtype
@@ -50,9 +52,14 @@ int64_t block_bytes(Format format);
 
 bool avx512_supported();
 bool avx2_supported();
+bool vnni512_supported();  // AVX-512 with VNNI (vpdpbusd on 512 bits)
+bool avxvnni_supported();  // AVX-VNNI (the VEX vpdpbusd on 256 bits)
 
 // out = x @ W^T (+ bias): fp32 accumulation, one rounding to dtype at the end.
 void linear(const QuantArgs& args, Path path);
+
+// The int8-activation loop of `path` (kVnni512 or kAvxVnni); false where this CPU lacks it.
+bool linear_i8(const QuantArgs& args, Path path);
 
 // The weight, dequantized to dtype, into out [n, k] contiguous (the prefill path: then a GEMM).
 // Only qs/d/mins/n/k/format/dtype/num_threads of args are read.

@@ -10,8 +10,11 @@ in the file, or int8 with per-channel scales) once at load into the layout the k
 - ``d``: float32 block scales ``[n, k / 32]``; ``mins``: float32 block minimums (Q4 only; Q4_0's
   ``d (q - 8)`` becomes ``d q + (-8 d)``, exactly, so both 4-bit formats share one loop).
 
-:func:`linear` runs the compiled loop (AVX-512, AVX2 or portable; ``HERON_CPU_ISA`` forces one,
-as for every heron-cpu kernel) for up to :data:`MAX_GEMV_ROWS` rows of ``x``. Past that the product is
+:func:`linear` runs a compiled loop for up to :data:`MAX_GEMV_ROWS` rows of ``x``: by default
+AVX-512 VNNI where the CPU has it (``x`` quantized to int8 per 32-block once per call, as
+llama.cpp's Q8 activations, then integer dot products: ``csrc/quant_i8.cpp``), else the fp32 loop
+of the ISA in use (AVX-512, AVX2 or portable; ``HERON_CPU_ISA`` forces one, as for every heron-cpu
+kernel). ``HERON_CPU_QUANT_PATH`` forces any loop by name (:func:`auto_path`). Past that the product is
 compute-bound and the packed bf16/oneDNN GEMM wins, so the weight is dequantized into a scratch
 matrix in one compiled pass and multiplied by torch's linear (prefill chunks). Both go through
 :func:`~heron_cpu.launch.launch`, so decode steps are recorded in step graphs like the bf16 path.
@@ -20,6 +23,7 @@ matrix in one compiled pass and multiplied by torch's linear (prefill chunks). B
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -30,9 +34,12 @@ from heron_cpu.launch import launch, launch_torch
 from heron_interfaces.quantization import BLOCK, GGUF_BLOCK_BYTES, QuantizedWeight
 
 __all__ = [
+    "INT8_PATHS",
     "MAX_GEMV_ROWS",
     "PATHS",
+    "PATH_ENV",
     "PackedQuant",
+    "auto_path",
     "available_paths",
     "describe",
     "linear",
@@ -42,8 +49,24 @@ __all__ = [
 MAX_GEMV_ROWS = 16
 """Most rows of ``x`` that run the quantized loop; more rows dequantize and use a GEMM."""
 
-PATHS: dict[str, int] = {"auto": 0, "avx512": 1, "avx2": 2, "portable": 3}
-"""Loop selectors of ``linear(path=...)``, for tests and benchmarks."""
+PATHS: dict[str, int] = {
+    "auto": 0,
+    "avx512": 1,
+    "avx2": 2,
+    "portable": 3,
+    "vnni512": 4,
+    "avxvnni": 5,
+}
+"""Loop selectors of ``linear(path=...)``, for tests and benchmarks: ``avx512``, ``avx2`` and
+``portable`` widen the weights to fp32 and match dequantize-then-matmul up to the fp32 sums;
+``vnni512`` and ``avxvnni`` quantize ``x`` to int8 per 32-block first (llama.cpp's Q8
+activations) and take integer dot products (:data:`INT8_PATHS`)."""
+
+INT8_PATHS = ("vnni512", "avxvnni")
+"""The loops whose results carry the error of int8 activations."""
+
+PATH_ENV = "HERON_CPU_QUANT_PATH"
+"""Environment variable forcing the loop of ``path="auto"`` (a :data:`PATHS` name)."""
 
 _Q8, _Q4 = 0, 1
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -93,14 +116,49 @@ def available_paths() -> list[str]:
     return [name for name, ok in _paths().items() if ok]
 
 
+def auto_path(dtype: torch.dtype = torch.bfloat16) -> str:
+    """The loop ``path="auto"`` runs for activations of ``dtype``: :data:`PATH_ENV` if set, else
+    the fastest this CPU has that keeps the dtype's accuracy.
+
+    For bfloat16 with ``HERON_CPU_ISA`` at its default (or ``avx512``) that is ``vnni512`` where
+    the CPU has AVX-512 VNNI: int8 per 32-block rounds each activation by at most 1/254 of its
+    block's largest, the order of bfloat16's own rounding (1/256 of the value), and the integer
+    dot products beat widening to fp32 (benchmarks/RESULTS.md). float32 activations keep the fp32
+    loop, exact up to the order of the sums. ``HERON_CPU_ISA=avx2`` or ``portable`` forces the
+    fp32 loop of that ISA, as for every kernel.
+    """
+    forced = os.environ.get(PATH_ENV, "").strip().lower()
+    if forced and forced != "auto":
+        if forced not in PATHS:
+            raise ValueError(f"{PATH_ENV} must be one of {sorted(PATHS)}, got {forced!r}")
+        if not _paths()[forced]:
+            raise ValueError(f"{PATH_ENV}={forced}: this CPU lacks that loop")
+        return forced
+    isa = _kernels.isa()  # HERON_CPU_ISA (or heron_cpu._kernels.set_isa)
+    if isa == "avx512":
+        return "vnni512" if dtype == torch.bfloat16 and _paths()["vnni512"] else "avx512"
+    return "avx2" if isa == "avx2" else "portable"
+
+
+_LOOP_NAMES = {
+    "avx512": "AVX-512 (weights widened to fp32)",
+    "avx2": "AVX2 (weights widened to fp32)",
+    "portable": "portable",
+    "vnni512": "AVX-512 VNNI (int8 activations)",
+    "avxvnni": "AVX-VNNI (int8 activations)",
+}
+
+
 def describe() -> str:
     """Which loop runs quantized products here, for the start-up log."""
-    code = _path_code("auto")
-    loop = {0: "AVX-512", 2: "AVX2"}.get(code, "portable")
-    if code == 0 and not _paths()["avx512"]:
-        loop = "AVX2" if _paths()["avx2"] else "portable"
+    bf16, f32 = auto_path(torch.bfloat16), auto_path(torch.float32)
+    loops = (
+        _LOOP_NAMES[bf16]
+        if bf16 == f32
+        else f"{_LOOP_NAMES[bf16]} for bfloat16 activations, {_LOOP_NAMES[f32]} for float32"
+    )
     return (
-        f"heron-cpu's {loop} quantized loop up to {MAX_GEMV_ROWS} rows, "
+        f"heron-cpu's quantized loops ({loops}) up to {MAX_GEMV_ROWS} rows, "
         "the weight dequantized for a GEMM past that"
     )
 
@@ -130,11 +188,8 @@ def pack(weight: QuantizedWeight) -> PackedQuant | None:
     return PackedQuant(weight.format, n, k, qs.reshape(n, nb * 16).contiguous(), d, mins)
 
 
-def _path_code(path: str) -> int:
-    if path != "auto":
-        return PATHS[path]
-    # HERON_CPU_ISA (or heron_cpu._kernels.set_isa) picks the variant of every kernel.
-    return {"avx512": 0, "avx2": 2}.get(_kernels.isa(), 3)
+def _path_code(path: str, dtype: torch.dtype) -> int:
+    return PATHS[auto_path(dtype) if path == "auto" else path]
 
 
 def linear(
@@ -175,6 +230,6 @@ def linear(
         out.data_ptr(), x.data_ptr(), weight.qs.data_ptr(), weight.d.data_ptr(),
         0 if weight.mins is None else weight.mins.data_ptr(),
         0 if bias is None else bias.data_ptr(), m, weight.n, weight.k, max(x.stride(0), weight.k),
-        weight.kind, code, torch.get_num_threads(), _path_code(path),
+        weight.kind, code, torch.get_num_threads(), _path_code(path, x.dtype),
     )  # fmt: skip
     return out
