@@ -42,7 +42,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("block_size"), py::arg("scale"), py::arg("max_query_len"),
         py::arg("max_partitions"), py::arg("tmp_out"), py::arg("max_logits"),
         py::arg("exp_sums"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
-        py::arg("causal") = 1);
+        py::arg("causal") = 1, py::arg("window") = 0, py::arg("softcap") = 0.f);
   m.def("rms_norm", &heron::rms_norm, release, py::arg("out"), py::arg("out_stride"),
         py::arg("x"), py::arg("x_stride"), py::arg("weight"), py::arg("num_tokens"),
         py::arg("hidden_size"), py::arg("eps"), py::arg("dtype"), py::arg("device"),

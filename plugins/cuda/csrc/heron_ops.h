@@ -44,7 +44,8 @@ void paged_attention(uintptr_t out, int64_t out_stride, uintptr_t query, int64_t
                      int num_seqs, int num_heads, int num_kv_heads, int head_size,
                      int block_size, float scale, int max_query_len, int max_partitions,
                      uintptr_t tmp_out, uintptr_t max_logits, uintptr_t exp_sums, int dtype,
-                     int device, uintptr_t stream, int causal = 1);
+                     int device, uintptr_t stream, int causal = 1, int window = 0,
+                     float softcap = 0.f);
 
 void rms_norm(uintptr_t out, int64_t out_stride, uintptr_t x, int64_t x_stride, uintptr_t weight,
               int64_t num_tokens, int hidden_size, float eps, int dtype, int device,

@@ -5,6 +5,9 @@
 // 0 .. context - q_len + i. Query head h reads KV head h / (num_heads / num_kv_heads).
 // Non-causal layers (encoders, heron_interfaces 1.7; causal == 0): every row sees all context
 // positions. Only the prefill kernel differs: a one-token query already sees its whole context.
+// Sliding window (heron_interfaces 1.9; window > 0): row i sees only positions > its own - window;
+// both kernels start at the window, so blocks wholly before it (core frees them) are never read.
+// Logit soft-capping (softcap > 0): scaled scores become softcap * tanh(score / softcap).
 //
 // Two kernels share the batch, each skipping the sequences that belong to the other:
 //  * decode (q_len == 1): one thread block per (head, sequence, partition). Contexts longer than
@@ -31,6 +34,10 @@ constexpr int kTileM = 16;  // query rows per block; group g owns rows g, g + 4,
 constexpr int kTileN = 32;  // key positions per tile; lane n of every group owns key n
 constexpr int kRowsPerGroup = kTileM / kPrefillGroups;
 
+__device__ __forceinline__ float soft_cap(float score, float softcap) {
+  return softcap > 0.f ? softcap * tanhf(score / softcap) : score;
+}
+
 // Address of (position t, kv_head, feature 0) in one half of the paged cache.
 template <typename T>
 __device__ __forceinline__ const T* cache_row(const T* cache, const int* block_table, int t,
@@ -48,7 +55,7 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(
     const int* __restrict__ query_start_loc, const int* __restrict__ seq_lens,
     const int* __restrict__ block_tables, int64_t block_table_stride, int num_heads,
     int num_kv_heads, int block_size, float scale, int max_partitions, float* __restrict__ tmp_out,
-    float* __restrict__ max_logits, float* __restrict__ exp_sums) {
+    float* __restrict__ max_logits, float* __restrict__ exp_sums, int window, float softcap) {
   constexpr int kPerLane = (HEAD + kHeronGroup - 1) / kHeronGroup;
   const int head = blockIdx.x;
   const int seq = blockIdx.y;
@@ -56,9 +63,22 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(
   const int q_row = query_start_loc[seq];
   if (query_start_loc[seq + 1] - q_row != 1) return;  // a prefill chunk: not ours
   const int context = seq_lens[seq];
-  const int t_begin = partition * kPartitionSize;
-  if (t_begin >= context) return;  // this sequence has fewer partitions than the longest
-  const int count = min(context, t_begin + kPartitionSize) - t_begin;
+  const int partition_begin = partition * kPartitionSize;
+  if (partition_begin >= context) return;  // this sequence has fewer partitions than the longest
+  // Under a window the query (at context - 1) sees positions from context - window on.
+  const int window_begin = window > 0 ? max(0, context - window) : 0;
+  const int partition_end = min(context, partition_begin + kPartitionSize);
+  if (partition_end <= window_begin) {  // wholly before the window: an empty partial state
+    if (threadIdx.x == 0) {
+      const int64_t state =
+          (static_cast<int64_t>(seq) * num_heads + head) * max_partitions + partition;
+      max_logits[state] = -INFINITY;
+      exp_sums[state] = 0.f;
+    }
+    return;
+  }
+  const int t_begin = max(partition_begin, window_begin);
+  const int count = partition_end - t_begin;
 
   const int group = threadIdx.x / kHeronGroup;
   const int lane = threadIdx.x % kHeronGroup;
@@ -85,7 +105,7 @@ __global__ void __launch_bounds__(kDecodeThreads) paged_decode_kernel(
       const int d = lane + j * kHeronGroup;
       if (d < HEAD) s += q_s[d] * to_float(k[d]);
     }
-    s = group_sum(s);
+    s = soft_cap(group_sum(s), softcap);
     if (lane == 0) logits[i] = s;
     local_max = fmaxf(local_max, s);
   }
@@ -159,12 +179,14 @@ __global__ void paged_decode_reduce_kernel(T* __restrict__ out, int64_t out_stri
   for (int p = 0; p < partitions; ++p) global_max = fmaxf(global_max, max_logits[state + p]);
   float denominator = 0.f;
   for (int p = 0; p < partitions; ++p) {
+    if (exp_sums[state + p] == 0.f) continue;  // before the sliding window: nothing written
     denominator += exp_sums[state + p] * expf(max_logits[state + p] - global_max);
   }
   const float inv_denominator = 1.f / denominator;
   for (int d = threadIdx.x; d < head_size; d += blockDim.x) {
     float o = 0.f;
     for (int p = 0; p < partitions; ++p) {
+      if (exp_sums[state + p] == 0.f) continue;
       const float weight = exp_sums[state + p] * expf(max_logits[state + p] - global_max);
       o += weight * tmp_out[(state + p) * head_size + d];
     }
@@ -178,7 +200,7 @@ __global__ void __launch_bounds__(kPrefillThreads) paged_prefill_kernel(
     const T* __restrict__ key_cache, const T* __restrict__ value_cache,
     const int* __restrict__ query_start_loc, const int* __restrict__ seq_lens,
     const int* __restrict__ block_tables, int64_t block_table_stride, int num_heads,
-    int num_kv_heads, int block_size, float scale, bool causal) {
+    int num_kv_heads, int block_size, float scale, bool causal, int window, float softcap) {
   constexpr int kPerLane = (HEAD + kHeronGroup - 1) / kHeronGroup;
   // HEAD % 4 == 0 makes the padded key row an odd number of 32-bit words, so the 32 lanes of a
   // group, each reading a different key row at the same feature, hit 32 different banks.
@@ -198,6 +220,8 @@ __global__ void __launch_bounds__(kPrefillThreads) paged_prefill_kernel(
   const int first_pos = context - q_len + m_begin;  // context position of this tile's row 0
   // One past the last position any row sees.
   const int kv_end = causal ? first_pos + rows : context;
+  // The first position any row sees (the window of row 0); earlier blocks may be freed.
+  const int kv_first = causal && window > 0 ? max(0, first_pos - window + 1) : 0;
 
   const int group = threadIdx.x / kHeronGroup;
   const int lane = threadIdx.x % kHeronGroup;
@@ -227,7 +251,7 @@ __global__ void __launch_bounds__(kPrefillThreads) paged_prefill_kernel(
     for (int j = 0; j < kPerLane; ++j) acc[r][j] = 0.f;
   }
 
-  for (int kv_begin = 0; kv_begin < kv_end; kv_begin += kTileN) {
+  for (int kv_begin = kv_first; kv_begin < kv_end; kv_begin += kTileN) {
     __syncthreads();  // the previous tile's k_s / v_s / p_s are no longer read
     for (int idx = threadIdx.x; idx < kTileN * HEAD; idx += blockDim.x) {
       const int n = idx / HEAD;
@@ -261,9 +285,10 @@ __global__ void __launch_bounds__(kPrefillThreads) paged_prefill_kernel(
 #pragma unroll
     for (int r = 0; r < kRowsPerGroup; ++r) {
       const int row = group + r * kPrefillGroups;
-      const bool visible =
-          row < rows && key_pos < kv_end && (!causal || key_pos <= first_pos + row);
-      const float score = visible ? s[r] * scale : -INFINITY;
+      const bool visible = row < rows && key_pos < kv_end &&
+                           (!causal || key_pos <= first_pos + row) &&
+                           (window <= 0 || key_pos > first_pos + row - window);
+      const float score = visible ? soft_cap(s[r] * scale, softcap) : -INFINITY;
       const float new_max = fmaxf(row_max[r], group_max(score));
       // A row that has seen no visible key yet keeps max -inf: guard exp(-inf - -inf).
       const float p = new_max == -INFINITY ? 0.f : expf(score - new_max);
@@ -327,6 +352,8 @@ struct AttentionArgs {
   uintptr_t max_logits;
   uintptr_t exp_sums;
   bool causal;
+  int window;
+  float softcap;
   cudaStream_t stream;
 };
 
@@ -347,7 +374,7 @@ void launch_attention(const AttentionArgs& a) {
       out, a.out_stride, query, a.query_stride, key_cache, value_cache, query_start_loc, seq_lens,
       block_tables, a.block_table_stride, a.num_heads, a.num_kv_heads, a.block_size, a.scale,
       a.max_partitions, as_ptr<float>(a.tmp_out), as_ptr<float>(a.max_logits),
-      as_ptr<float>(a.exp_sums));
+      as_ptr<float>(a.exp_sums), a.window, a.softcap);
   check_launch("paged_decode_kernel");
   if (a.max_partitions > 1) {
     const dim3 reduce_grid(a.num_heads, a.num_seqs);
@@ -362,7 +389,7 @@ void launch_attention(const AttentionArgs& a) {
     paged_prefill_kernel<T, HEAD><<<prefill_grid, kPrefillThreads, 0, a.stream>>>(
         out, a.out_stride, query, a.query_stride, key_cache, value_cache, query_start_loc,
         seq_lens, block_tables, a.block_table_stride, a.num_heads, a.num_kv_heads, a.block_size,
-        a.scale, a.causal);
+        a.scale, a.causal, a.window, a.softcap);
     check_launch("paged_prefill_kernel");
   }
 }
@@ -402,7 +429,7 @@ void paged_attention(uintptr_t out, int64_t out_stride, uintptr_t query, int64_t
                      int num_seqs, int num_heads, int num_kv_heads, int head_size,
                      int block_size, float scale, int max_query_len, int max_partitions,
                      uintptr_t tmp_out, uintptr_t max_logits, uintptr_t exp_sums, int dtype,
-                     int device, uintptr_t stream, int causal) {
+                     int device, uintptr_t stream, int causal, int window, float softcap) {
   if (num_seqs == 0) return;
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
     throw std::invalid_argument("paged_attention: num_heads must be a multiple of num_kv_heads");
@@ -410,13 +437,16 @@ void paged_attention(uintptr_t out, int64_t out_stride, uintptr_t query, int64_t
   if (max_partitions < 1) {
     throw std::invalid_argument("paged_attention: max_partitions must be at least 1");
   }
+  if (window < 0 || softcap < 0.f) {
+    throw std::invalid_argument("paged_attention: window and softcap must be >= 0 (0: off)");
+  }
   DeviceGuard guard(device);
   const AttentionArgs args{out,          out_stride,         query,          query_stride,
                            key_cache,    value_cache,        query_start_loc, seq_lens,
                            block_tables, block_table_stride, num_seqs,       num_heads,
                            num_kv_heads, block_size,         scale,          max_query_len,
                            max_partitions, tmp_out,          max_logits,     exp_sums,
-                           causal != 0,    as_stream(stream)};
+                           causal != 0,    window,           softcap,        as_stream(stream)};
   HERON_DISPATCH_HALF(dtype, "paged_attention", dispatch_head_size<scalar_t>(head_size, args));
 }
 

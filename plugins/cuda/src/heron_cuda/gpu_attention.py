@@ -33,6 +33,8 @@ class GpuAttentionBackend(AttentionBackend):
     # largest bound serves every later step.
     supports_step_graphs = True
     supports_non_causal = True  # the prefill kernel's causal flag (heron_interfaces 1.7)
+    supports_sliding_window = True  # both kernels start at the window (heron_interfaces 1.9)
+    supports_logits_soft_cap = True
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         super().__init__(spec)
@@ -99,5 +101,7 @@ class GpuAttentionBackend(AttentionBackend):
             metadata.max_query_len,
             metadata.max_seq_len,
             self.spec.causal,
+            self.spec.sliding_window,
+            self.spec.logits_soft_cap,
         )
         return out

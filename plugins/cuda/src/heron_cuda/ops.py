@@ -184,9 +184,13 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
     causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> None:
     """Causal paged attention of a mixed prefill/decode batch, written into ``out``; with
-    ``causal=False`` (encoder layers) every query sees its sequence's whole context.
+    ``causal=False`` (encoder layers) every query sees its sequence's whole context. With
+    ``sliding_window`` the query at position ``p`` sees positions ``> p - window`` only (blocks
+    wholly before it are never read); ``logits_soft_cap`` caps scaled scores with ``tanh``.
 
     Conventions are those of :mod:`heron_interfaces.attention`; ``kv_cache`` is laid out as
     ``[2, num_blocks, num_kv_heads, block_size, head_size]`` and already holds every context
@@ -242,6 +246,10 @@ def paged_attention(
         raise ValueError(f"block_tables has {block_tables.shape[0]} rows for {num_seqs} sequences")
     if block_tables.shape[1] > 1 and block_tables.stride(1) != 1:
         raise ValueError(f"block_tables rows must be contiguous (strides {block_tables.stride()})")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1 or None, got {sliding_window}")
+    if logits_soft_cap is not None and not logits_soft_cap > 0:
+        raise ValueError(f"logits_soft_cap must be > 0 or None, got {logits_soft_cap}")
     if max_query_len < 0 or max_seq_len < 0:
         raise ValueError("max_query_len and max_seq_len must be non-negative")
     if max_seq_len > block_tables.shape[1] * block_size:
@@ -291,6 +299,8 @@ def paged_attention(
         dev,
         stream,
         int(causal),
+        sliding_window or 0,
+        float(logits_soft_cap or 0.0),
     )
 
 
