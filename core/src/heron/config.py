@@ -97,7 +97,10 @@ class EngineArgs(BaseModel):
         description="Speculative decoding as JSON, spelled as in vLLM: "
         '\'{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, '
         '"prompt_lookup_min": 1}\' proposes the tokens that followed the latest earlier '
-        "occurrence of the context's last 1-4 tokens, and the model verifies them in one step.",
+        "occurrence of the context's last 1-4 tokens; "
+        '\'{"model": DRAFT, "num_speculative_tokens": 4}\' has a draft model (same tokenizer) '
+        "propose them greedily. The model verifies them in one step and keeps its own "
+        "distribution.",
     )
     tensor_parallel_size: int = Field(
         1,
