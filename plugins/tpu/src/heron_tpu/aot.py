@@ -102,7 +102,14 @@ class Job:
 
 
 def attention_job(
-    tokens: int, seqs: int, m: ModelShape, dtype: Any, block_size: int, label: str = ""
+    tokens: int,
+    seqs: int,
+    m: ModelShape,
+    dtype: Any,
+    block_size: int,
+    label: str = "",
+    window: int | None = None,
+    soft_cap: float | None = None,
 ) -> Job:
     from heron_tpu.attention import attention_tiles
 
@@ -115,6 +122,8 @@ def attention_job(
             scale=m.head_size**-0.5,
             tile_tokens=tile_tokens,
             pages_per_step=pages,
+            sliding_window=window,
+            logits_soft_cap=soft_cap,
         )
         return fn, [
             _spec(t, (tokens, m.num_heads, m.head_size), dtype),
@@ -171,6 +180,8 @@ def engine_jobs(quick: bool = False) -> list[Job]:
     tokens = (TOKEN_BUCKETS[0], TOKEN_BUCKETS[-1]) if quick else TOKEN_BUCKETS
     seqs = (SEQ_BUCKETS[0], SEQ_BUCKETS[-1]) if quick else SEQ_BUCKETS
     jobs = [attention_job(t, s, m, bf16, 16) for t in tokens for s in seqs if s <= t]
+    # Sliding window and soft-capping (heron_interfaces 1.9, Gemma 2's local layers).
+    jobs.append(attention_job(64, 16, m, bf16, 16, "attention window=100 cap=50", 100, 50.0))
     jobs += [write_job(t, m, bf16, 16) for t in tokens]
     jobs += [norm_job(t, m.hidden, bf16, fused) for t in tokens for fused in (False, True)]
     # Every dtype, block size and head size the backend declares, at one bucket.

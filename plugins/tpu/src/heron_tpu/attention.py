@@ -48,6 +48,8 @@ def _write_and_attend(
     *,
     scale: float,
     interpret: Any,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     from heron_tpu.kernels.kv_write import write_kv
     from heron_tpu.kernels.ragged_paged_attention import ragged_paged_attention
@@ -65,6 +67,8 @@ def _write_and_attend(
         tile_tokens=tile_tokens,
         pages_per_step=pages,
         interpret=interpret,
+        sliding_window=sliding_window,
+        logits_soft_cap=logits_soft_cap,
     )
     return out, cache
 
@@ -81,6 +85,8 @@ class TpuAttentionBackend(AttentionBackend):
     """Writes the step's keys and values into the cache, then runs ragged paged attention."""
 
     name = "tpu-pallas"
+    supports_sliding_window = True  # pages before the window are never fetched (API 1.9)
+    supports_logits_soft_cap = True
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         super().__init__(spec)
@@ -145,7 +151,11 @@ class TpuAttentionBackend(AttentionBackend):
         from heron_tpu import runtime
 
         fn = runtime.jitted(
-            _write_and_attend, scale=float(self.spec.scale), interpret=runtime.kernel_interpret()
+            _write_and_attend,
+            scale=float(self.spec.scale),
+            interpret=runtime.kernel_interpret(),
+            sliding_window=self.spec.sliding_window,
+            logits_soft_cap=self.spec.logits_soft_cap,
         )
         num_seqs = torch.tensor([metadata.num_seqs], dtype=torch.int32)
         result, cache = fn(

@@ -25,6 +25,12 @@ Masking is exact with respect to unwritten memory: cache slots past a sequence's
 that no DMA filled) may hold NaN, so probabilities are selected with ``where`` (never multiplied by
 a mask) and value rows past the tile's last visible position are zeroed before the matmul.
 
+Sliding window (heron_interfaces 1.9, ``sliding_window``): a row at position ``p`` sees positions
+``> p - window`` only; each sequence's walk starts at the page holding the window start of the
+tile's first row of it, so pages wholly before it (which core frees) are never fetched, and value
+rows of unfetched pages are zeroed like those past the end. Logit soft-capping
+(``logits_soft_cap``): scaled scores become ``cap * tanh(score / cap)`` before the mask.
+
 The code is pure JAX (no torch): the same source is interpreted on a CPU host by
 ``pltpu.InterpretParams`` and compiled by the TPU compiler in :mod:`heron_tpu.aot`.
 """
@@ -84,6 +90,8 @@ def _kernel(
     block_size: int,
     pages_per_step: int,
     max_blocks: int,
+    window: int,
+    soft_cap: float,
 ) -> None:
     tile = pl.program_id(0)
     kv_head = pl.program_id(1)
@@ -97,8 +105,11 @@ def _kernel(
     vrow = jax.lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
     tile_end = (tile + 1) * tile_tokens
 
-    def page_copies(seq: jax.Array, step: jax.Array, num_pages: jax.Array) -> list:
-        """The K and V DMAs of the pages of ``step`` that exist; each guarded by ``page < n``."""
+    def page_copies(
+        seq: jax.Array, step: jax.Array, num_pages: jax.Array, first_page: jax.Array
+    ) -> list:
+        """The K and V DMAs of the pages of ``step`` that exist and may be read; each guarded by
+        ``first_page <= page < num_pages``."""
         out = []
         for p in range(pages_per_step):
             page = step * pages_per_step + p
@@ -109,7 +120,7 @@ def _kernel(
             v_copy = pltpu.make_async_copy(
                 kv_hbm_ref.at[1, kv_head, block], v_buf.at[p], sems.at[1, p]
             )
-            out.append((page < num_pages, k_copy, v_copy))
+            out.append(((page < num_pages) & (page >= first_page), k_copy, v_copy))
         return out
 
     def per_sequence(seq: jax.Array, state: tuple) -> tuple:
@@ -123,10 +134,17 @@ def _kernel(
         num_steps = (num_pages + pages_per_step - 1) // pages_per_step
         mine = (token >= q_start) & (token < q_end)
         q_pos = first_pos + token - q_start
+        if window:
+            # The tile's first row of this sequence sees the earliest position.
+            tile_first = first_pos + jnp.maximum(q_start, tile * tile_tokens) - q_start
+            first_page = jnp.maximum(tile_first - window + 1, 0) // block_size
+        else:
+            first_page = jnp.int32(0)
+        first_step = first_page // pages_per_step
 
         def per_step(step: jax.Array, state: tuple) -> tuple:
             m_prev, l_prev, acc_prev = state
-            copies = page_copies(seq, step, num_pages)
+            copies = page_copies(seq, step, num_pages, first_page)
             for exists, k_copy, v_copy in copies:
 
                 @pl.when(exists)
@@ -145,22 +163,27 @@ def _kernel(
             v = v_buf[...].reshape(chunk, head_size).astype(jnp.float32)
             k_pos = step * chunk + col
             visible = mine & (k_pos <= q_pos)
+            if window:
+                visible = visible & (k_pos > q_pos - window)
             scores = jax.lax.dot_general(
                 q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
             )
+            if soft_cap:
+                scores = jnp.tanh(scores / soft_cap) * soft_cap
             scores = jnp.where(visible, scores, NEG_INF)
             m_new = jnp.maximum(m_prev, scores.max(axis=1, keepdims=True))
             probs = jnp.where(visible, jnp.exp(scores - m_new), 0.0)
             alpha = jnp.exp(m_prev - m_new)
             # Rows of V past the last position this tile may see were never written (or never
             # fetched): zero them, since 0 * NaN is NaN inside the matmul.
-            v = jnp.where(step * chunk + vrow <= last_pos, v, 0.0)
+            v_pos = step * chunk + vrow
+            v = jnp.where((v_pos <= last_pos) & (v_pos >= first_page * block_size), v, 0.0)
             acc = alpha * acc_prev + jax.lax.dot_general(
                 probs, v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32
             )
             return m_new, alpha * l_prev + probs.sum(axis=1, keepdims=True), acc
 
-        return jax.lax.fori_loop(0, num_steps, per_step, state)
+        return jax.lax.fori_loop(first_step, num_steps, per_step, state)
 
     init = (
         jnp.full((rows, 1), NEG_INF, jnp.float32),
@@ -186,6 +209,8 @@ def ragged_paged_attention(
     tile_tokens: int = 16,
     pages_per_step: int = 1,
     interpret: Any = None,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> jax.Array:
     """Causal attention of ``query`` ``[T, H, D]`` over the paged ``kv_cache``; returns ``[T, H, D]``.
 
@@ -193,7 +218,8 @@ def ragged_paged_attention(
     (int32) may be padded past ``num_seqs`` (``[1]`` int32): padded entries of
     ``query_start_loc`` must equal the total token count. Rows of padding tokens come out as zeros.
     All shapes, and nothing else, decide what is compiled. ``T`` need not be a multiple of
-    ``tile_tokens``: the wrapper pads.
+    ``tile_tokens``: the wrapper pads. ``sliding_window`` / ``logits_soft_cap``: see the module
+    docstring (``None``: off; each value compiles its own kernel).
     """
     num_tokens, num_heads, head_size = query.shape
     _, num_kv_heads, _, block_size, _ = kv_cache.shape
@@ -216,6 +242,8 @@ def ragged_paged_attention(
         block_size=block_size,
         pages_per_step=pages_per_step,
         max_blocks=max_blocks,
+        window=int(sliding_window or 0),
+        soft_cap=float(logits_soft_cap or 0.0),
     )
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=5,
