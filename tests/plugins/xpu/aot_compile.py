@@ -57,6 +57,24 @@ def configurations() -> Iterator[tuple[str, str, dict[str, Any]]]:
                 CAUSAL=causal,
             ),
         )
+    # API 1.9: sliding window and logit soft-capping (Gemma 2's local layers).
+    yield (
+        "paged_attention_kernel",
+        "bfloat16",
+        dict(
+            QUERIES_PER_KV=3,
+            HEAD_SIZE=80,
+            HEAD_PAD=128,
+            KV_BLOCK_SIZE=16,
+            BLOCK_Q=5,
+            BLOCK_M=16,
+            TILE_N=64,
+            EMULATE_BF16=False,
+            CAUSAL=True,
+            WINDOW=100,
+            SOFT_CAP=50.0,
+        ),
+    )
     yield (
         "write_kv_kernel",
         "bfloat16",

@@ -31,4 +31,4 @@ def test_every_kernel_compiles_to_a_gpu_binary() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
-    assert len(lines) == 10 and all(line.endswith("ptx -> cubin") for line in lines), out.stdout
+    assert len(lines) == 11 and all(line.endswith("ptx -> cubin") for line in lines), out.stdout

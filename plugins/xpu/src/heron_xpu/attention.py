@@ -29,6 +29,8 @@ class XpuAttentionBackend(AttentionBackend):
 
     name = "xpu-triton"
     supports_non_causal = True  # API 1.7: the kernel's CAUSAL=False branch (encoder layers)
+    supports_sliding_window = True  # API 1.9: the kernel's WINDOW (blocks before it never read)
+    supports_logits_soft_cap = True  # API 1.9: the kernel's SOFT_CAP
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         super().__init__(spec)
@@ -92,5 +94,7 @@ class XpuAttentionBackend(AttentionBackend):
             self.spec.scale,
             metadata.max_query_len,
             self.spec.causal,
+            self.spec.sliding_window,
+            self.spec.logits_soft_cap,
         )
         return out

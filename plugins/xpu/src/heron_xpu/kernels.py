@@ -159,9 +159,14 @@ def paged_attention_kernel(
     TILE_N: tl.constexpr,
     EMULATE_BF16: tl.constexpr,
     CAUSAL: tl.constexpr = True,
+    WINDOW: tl.constexpr = 0,
+    SOFT_CAP: tl.constexpr = 0.0,
 ):
     """Causal attention of one tile of query tokens of one sequence, for one KV head; with
     ``CAUSAL`` false (API 1.7's non-causal layers, encoders) every query sees its whole context.
+    API 1.9: ``WINDOW`` > 0 limits the query at position ``p`` to positions ``> p - WINDOW`` (the
+    key loop starts at the tile's first window start, so blocks before it, which core frees, are
+    never read); ``SOFT_CAP`` > 0 caps scaled scores with ``SOFT_CAP * tanh(score / SOFT_CAP)``.
 
     Grid: ``(num_seqs, query tiles of the longest query, num_kv_heads)``. A tile holds ``BLOCK_Q``
     consecutive query tokens times the ``QUERIES_PER_KV`` query heads that share the KV head
@@ -210,7 +215,10 @@ def paged_attention_kernel(
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, HEAD_PAD], 0.0, dtype=tl.float32)
     table = block_tables_ptr + seq.to(tl.int64) * stride_tables_seq
-    for start in range(0, kv_end, TILE_N):
+    kv_start = 0
+    if WINDOW > 0:  # the first position any row of the tile sees
+        kv_start = tl.maximum(context_len + tile_first - WINDOW + 1, 0)
+    for start in range(kv_start, kv_end, TILE_N):
         pos = start + tl.arange(0, TILE_N)
         pos_ok = pos < kv_end
         block = tl.load(table + pos // KV_BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
@@ -223,13 +231,17 @@ def paged_attention_kernel(
         k = tl.load(key_cache_ptr + kv_offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
         v = tl.load(value_cache_ptr + kv_offsets[:, None] + dims[None, :], mask=kv_mask, other=0.0)
         scores = tl.dot(q, tl.trans(dot_operand(k, EMULATE_BF16)), input_precision="ieee") * scale
+        if SOFT_CAP > 0.0:  # tanh from exp: 1 - 2 / (e^2x + 1) saturates cleanly at +-1
+            scores = SOFT_CAP * (1.0 - 2.0 / (tl.exp(2.0 * (scores / SOFT_CAP)) + 1.0))
         if CAUSAL:
             visible = (pos[None, :] <= query_pos[:, None]) & pos_ok[None, :]
+            if WINDOW > 0:
+                visible = visible & (pos[None, :] > query_pos[:, None] - WINDOW)
         else:
             visible = pos_ok[None, :] & row_ok[:, None]
         scores = tl.where(visible, scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
-        # Every row sees position 0 in the first tile, so m_new is finite from then on.
+        # A row that has seen no position yet (before its window) keeps m = -inf: use 0 then.
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(scores - m_new[:, None])
         alpha = tl.exp(m_i - m_new)

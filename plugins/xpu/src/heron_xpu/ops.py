@@ -239,15 +239,23 @@ def paged_attention(
     scale: float,
     max_query_len: int,
     causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> None:
     """Causal paged attention of a flattened batch of prefill chunks and decodes, into ``out``;
-    with ``causal`` false every query sees its sequence's whole context (encoder layers).
+    with ``causal`` false every query sees its sequence's whole context (encoder layers). With
+    ``sliding_window`` the query at position ``p`` sees positions ``> p - window`` only;
+    ``logits_soft_cap`` caps scaled scores with ``tanh`` (each value compiles its own kernel).
 
     Layouts are the attention contract's (``heron_interfaces.attention``); the cache is
     ``[2, num_blocks, block_size, num_kv_heads, head_size]``. ``max_query_len`` only sizes the
     grid, so it may be any bound on the longest query of the batch.
     """
     _check_attention(out, query, kv_cache, query_start_loc, seq_lens, block_tables)
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1 or None, got {sliding_window}")
+    if logits_soft_cap is not None and not logits_soft_cap > 0:
+        raise ValueError(f"logits_soft_cap must be > 0 or None, got {logits_soft_cap}")
     num_seqs = seq_lens.shape[0]
     if num_seqs == 0 or query.shape[0] == 0:
         return
@@ -282,6 +290,8 @@ def paged_attention(
         TILE_N=KV_TILE,
         EMULATE_BF16=INTERPRETED,
         CAUSAL=causal,
+        WINDOW=int(sliding_window or 0),
+        SOFT_CAP=float(logits_soft_cap or 0.0),
     )
 
 
@@ -296,6 +306,8 @@ def _paged_attention_fake(
     scale: float,
     max_query_len: int,
     causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> None:
     _check_attention(out, query, kv_cache, query_start_loc, seq_lens, block_tables)
 
