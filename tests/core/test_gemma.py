@@ -165,8 +165,27 @@ def test_gemma_tensor_parallel_two_equals_hf(gemma_model) -> None:
         llm.shutdown()
 
 
-def test_norm_weights_load_as_one_plus_weight() -> None:
-    """Gemma's norms scale by ``1 + weight``: the loaded parameter holds exactly that."""
+def test_norms_round_like_transformers() -> None:
+    """(1 + weight) in float32 and one rounding: bfloat16 outputs equal transformers' bit for bit
+    (the platform's Llama-style norm rounds before its weight multiply)."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    from heron.models.gemma import GemmaRMSNorm
+
+    torch.manual_seed(0)
+    hf = Gemma3RMSNorm(64, eps=1e-6).to(torch.bfloat16)
+    with torch.no_grad():
+        hf.weight.normal_(0.0, 0.5)
+    ours = GemmaRMSNorm(64, 1e-6, dtype=torch.bfloat16)
+    ours.weight.data.copy_(hf.weight.data)
+    x, r = torch.randn(5, 64).to(torch.bfloat16), torch.randn(5, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(ours(x), hf(x))
+        out, residual = ours(x, r)
+        assert torch.equal(residual, r + x) and torch.equal(out, hf(r + x))
+
+
+def test_checkpoint_norm_weights_load_unchanged() -> None:
     from model_utils import make_context
 
     from heron.models.gemma import Gemma3ForCausalLM
@@ -174,11 +193,7 @@ def test_norm_weights_load_as_one_plus_weight() -> None:
     hf = gemma_hf_model(gemma_config("gemma3"))
     model = Gemma3ForCausalLM(hf.config, make_context(block_size=16))
     model.load_weights(hf.state_dict().items())
-    layer = model.model.layers[0]
-    hf_layer = hf.model.layers[0]
+    layer, hf_layer = model.model.layers[0], hf.model.layers[0]
     for name in ("input_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"):
-        got = getattr(layer, name).weight
-        torch.testing.assert_close(got, getattr(hf_layer, name).weight + 1, rtol=0, atol=0)
-    torch.testing.assert_close(
-        layer.self_attn.q_norm.weight, hf_layer.self_attn.q_norm.weight + 1, rtol=0, atol=0
-    )
+        assert torch.equal(getattr(layer, name).weight, getattr(hf_layer, name).weight)
+    assert torch.equal(layer.self_attn.q_norm.weight, hf_layer.self_attn.q_norm.weight)

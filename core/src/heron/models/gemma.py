@@ -3,8 +3,9 @@
 What differs from the Llama-style decoder, all read from the config:
 
 * four RMSNorms per layer (before and after attention, before and after the MLP), each scaling by
-  ``1 + weight``: the checkpoint's norm weights get 1 added as they stream in, so the platform's
-  ordinary RMSNorm kernel computes Gemma's norm;
+  ``1 + weight`` in float32 and rounding to the model dtype once (:class:`GemmaRMSNorm`: Llama's
+  norm, which the platform's kernel computes, rounds before its weight multiply, so bfloat16
+  results would drift from transformers');
 * embeddings scaled by ``sqrt(hidden_size)`` (rounded to the model dtype, as transformers does);
 * a GELU (tanh approximation) gated MLP;
 * scores scaled by ``query_pre_attn_scalar ** -0.5``;
@@ -22,7 +23,6 @@ Tensor parallelism comes from the shared layers: heads split in the attention, M
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -31,7 +31,6 @@ from torch import nn
 
 from heron.layers import (
     FusedLinear,
-    RMSNorm,
     RotaryEmbedding,
     RowParallelLinear,
     VocabParallelEmbedding,
@@ -44,10 +43,29 @@ from heron.models.registry import UnsupportedModelError
 from heron.models.sliding_window import SLIDING, layer_windows
 from heron_interfaces import AttentionMetadata
 
-NORM_SUFFIXES = ("layernorm.weight", "norm.weight")
-"""Checkpoint names of Gemma's ``(1 + weight)`` norms (every RMSNorm of the model)."""
-
 GELU_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_tanh", "gelu")
+
+
+class GemmaRMSNorm(nn.Module):
+    """``x / rms(x) * (1 + weight)`` in float32, rounded to ``x``'s dtype once, as transformers'
+    Gemma norms do; with ``residual``, ``x + residual`` (in the model dtype) is normed and
+    returned as the next residual, like :class:`heron.layers.RMSNorm`'s fused form."""
+
+    def __init__(self, hidden_size: int, eps: float, *, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(hidden_size, dtype=dtype), requires_grad=False)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is not None:
+            x = x + residual
+            residual = x
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        out = (normed * (1.0 + self.weight.float())).to(x.dtype)
+        return out if residual is None else (out, residual)
 
 
 class GemmaMLP(nn.Module):
@@ -94,11 +112,14 @@ class GemmaDecoderLayer(nn.Module):
         self.cache_index = layer_index - ctx.pp.layer_range(opts.num_layers)[0]
         """Index of this layer's KV cache among its pipeline stage's."""
 
-        def norm() -> RMSNorm:
-            return RMSNorm(opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops)
+        def norm(size: int = opts.hidden_size) -> GemmaRMSNorm:
+            return GemmaRMSNorm(size, opts.rms_norm_eps, dtype=ctx.dtype)
 
         self.input_layernorm = norm()
         self.self_attn = Attention(opts, ctx, rotary_emb, layer_index)
+        if opts.qk_norm:  # Gemma 3's per-head q/k norms scale by 1 + weight too
+            self.self_attn.q_norm = norm(opts.head_size)  # type: ignore[assignment]
+            self.self_attn.k_norm = norm(opts.head_size)  # type: ignore[assignment]
         self.post_attention_layernorm = norm()
         self.pre_feedforward_layernorm = norm()
         self.mlp = GemmaMLP(opts, ctx)
@@ -162,9 +183,9 @@ class GemmaModel(nn.Module):
             else MissingLayer()
             for i in range(opts.num_layers)
         )
-        self.norm: RMSNorm | None = None
+        self.norm: GemmaRMSNorm | None = None
         if ctx.pp.is_last:
-            self.norm = RMSNorm(opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype, ops=ctx.ops)
+            self.norm = GemmaRMSNorm(opts.hidden_size, opts.rms_norm_eps, dtype=ctx.dtype)
 
     def forward(
         self,
@@ -262,22 +283,8 @@ class Gemma2ForCausalLM(DecoderForCausalLM):
         cap = self.final_logit_softcap
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        super().load_weights(_gemma_norms(weights))
-
 
 class Gemma3ForCausalLM(Gemma2ForCausalLM):
     """Gemma 3 text checkpoints (``Gemma3ForCausalLM``): adds q/k norms and local rope."""
 
     qk_norm = True
-
-
-def _gemma_norms(
-    weights: Iterable[tuple[str, torch.Tensor]],
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every norm weight as ``1 + weight`` (computed in float32), everything else unchanged."""
-    for name, tensor in weights:
-        if name.endswith(NORM_SUFFIXES):
-            yield name, tensor.float() + 1.0
-        else:
-            yield name, tensor
