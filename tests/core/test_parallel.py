@@ -105,6 +105,29 @@ def test_scheduling_modes(llama, mode: str, backend: str, layout: str) -> None:
         llm.shutdown()
 
 
+def test_pipeline_keeps_a_batch_per_stage_in_flight(llama) -> None:
+    """With two stages the engine submits a second batch before the first one's results are in
+    (so both stages work at once), and the results still equal Hugging Face's."""
+    folder, _prompt_ids, expected = llama
+    llm = LLM(str(folder), dtype="float32", block_size=16, pipeline_parallel_size=2)
+    core = llm.llm_engine.core
+    depths: list[int] = []
+    submit = core.executor.submit
+
+    def counting_submit(out):
+        submit(out)
+        depths.append(len(core._batches_in_flight) + 1)
+
+    core.executor.submit = counting_submit
+    try:
+        assert core.scheduler.config.max_batches_in_flight == 2
+        assert greedy_ids(llm) == expected
+        assert max(depths) == 2
+        assert not core._batches_in_flight and not core.scheduler.in_flight
+    finally:
+        llm.shutdown()
+
+
 def test_kv_heads_replicated_on_four_ranks(llama, monkeypatch: pytest.MonkeyPatch) -> None:
     """Four ranks over two KV heads: each rank keeps the KV head its two query heads read."""
     monkeypatch.setenv("HERON_BACKEND", "reference")

@@ -49,21 +49,29 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
     return folder, hf_greedy(hf, prompt_ids, NEW_TOKENS)
 
 
-def ray_llm(folder: Path) -> LLM:
+def ray_llm(folder: Path, tp: int = 2, pp: int = 1) -> LLM:
     return LLM(
         str(folder),
         dtype="float32",
         block_size=16,
-        tensor_parallel_size=2,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
         distributed_executor_backend="ray",
     )
 
 
-def test_two_ranks_on_two_nodes_equal_hf(cluster, tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("layout", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
+def test_two_ranks_on_two_nodes_equal_hf(
+    cluster, tiny, monkeypatch: pytest.MonkeyPatch, layout: tuple[int, int]
+) -> None:
+    """Tensor parallel 2 across the nodes, and pipeline parallel 2 with a batch per stage in
+    flight (steps run in order on each actor while the next one is sent)."""
     monkeypatch.setenv("HERON_RAY_PLACEMENT_STRATEGY", "STRICT_SPREAD")
     folder, expected = tiny
-    llm = ray_llm(folder)
+    llm = ray_llm(folder, *layout)
     try:
+        if layout[1] == 2:
+            assert llm.llm_engine.core.scheduler.config.max_batches_in_flight == 2
         executor = llm.llm_engine.core.executor
         here = ray.get_runtime_context().get_node_id()[:8]
         assert executor._nodes and executor._nodes[0] != here  # rank 1 runs on the other node

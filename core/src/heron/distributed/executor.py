@@ -37,6 +37,8 @@ class UniprocExecutor:
     """The driver's rank is the only one."""
 
     world_size = 1
+    pipelines_steps = False
+    """Whether ``submit``/``collect`` keep several steps in flight (pipeline parallelism)."""
 
     def __init__(self, driver: Worker) -> None:
         self.driver = driver
@@ -53,6 +55,13 @@ class UniprocExecutor:
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         return self.driver.runner.execute(out)
 
+    def submit(self, out: SchedulerOutput) -> None:
+        """Start a step without waiting for its results; ``collect`` returns them, in order."""
+        raise NotImplementedError(f"{type(self).__name__} runs one step at a time")
+
+    def collect(self) -> RunnerOutput:
+        raise NotImplementedError(f"{type(self).__name__} runs one step at a time")
+
     def release(self, request_ids: list[str]) -> None:
         self.driver.runner.release(request_ids)
 
@@ -65,6 +74,8 @@ class UniprocExecutor:
 
 class MultiprocExecutor(UniprocExecutor):
     """Ranks 1..N-1 in worker processes on this machine; rank 0 (the driver) in this one."""
+
+    pipelines_steps = True
 
     def __init__(
         self,
@@ -131,6 +142,28 @@ class MultiprocExecutor(UniprocExecutor):
         replies = self._collect("step")
         if self.driver.is_output_rank:
             return result
+        return self._output_of(replies)
+
+    def submit(self, out: SchedulerOutput) -> None:
+        """Send the step to the workers and run the driver's stage (the first: it never samples
+        with several stages); its results are read later by ``collect``. Each rank runs its
+        steps in the order they were sent, so a block freed (an abort) while an older step is in
+        flight is written by that step before a newer one reuses it, on every rank."""
+        if self.driver.is_output_rank:
+            raise RuntimeError("submit needs several pipeline stages: the driver's rank samples")
+        self.check_health()
+        self._send(("step", self._encoder.encode(out)))
+        try:
+            self.driver.runner.execute(out)
+        except RuntimeError as exc:  # a collective failed: a peer is gone
+            self._collect("step", timeout=5.0)  # names the rank that died, when it can
+            raise WorkerFailedError(f"a parallel step failed: {exc}") from exc
+
+    def collect(self) -> RunnerOutput:
+        """The results of the oldest step submitted and not yet collected."""
+        return self._output_of(self._collect("step"))
+
+    def _output_of(self, replies: list[Any]) -> RunnerOutput:
         # With several pipeline stages the last stage sampled; its first rank sent the result.
         return replies[self.world_size - self.driver.spec.tp_size - 1]
 

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from typing import Any
 
 from heron.distributed.executor import MultiprocExecutor, WorkerFailedError
@@ -121,7 +122,9 @@ class RayExecutor(MultiprocExecutor):
         port = int(specs[0].init_method.rpartition(":")[2]) if specs[0].init_method else 0
         init_method = f"tcp://{address}:{port}"
         specs = [_with(spec, init_method=init_method, cores=None) for spec in specs]
-        actor_cls = ray.remote(num_cpus=cpus, max_concurrency=2)(RankActor)
+        # Steps run one at a time, in the order sent (several may be in flight with pipeline
+        # parallelism); the monitor's pings have a lane of their own, answered mid-step.
+        actor_cls = ray.remote(num_cpus=cpus, concurrency_groups={"monitor": 1})(RankActor)
         self._actors = [
             actor_cls.options(
                 name=None,
@@ -133,7 +136,10 @@ class RayExecutor(MultiprocExecutor):
             for spec, bundle in zip(specs[1:], others)
         ]
         self._nodes = [bundle_nodes[b][:8] for b in others]
-        self._pending = [actor.handle.remote("init", None) for actor in self._actors]
+        self._pending: deque[list[Any]] = deque(
+            [[actor.handle.remote("init", None) for actor in self._actors]]
+        )
+        """One list of replies per message sent and not yet collected, oldest first."""
         self._procs, self._conns = [], []
         logger.info(
             "Ray: ranks 1-%d placed on node(s) %s (rank 0 on %s), %g CPU(s) each",
@@ -153,12 +159,12 @@ class RayExecutor(MultiprocExecutor):
 
     def _send(self, message: tuple[str, Any]) -> None:
         kind, payload = message
-        self._pending = [actor.handle.remote(kind, payload) for actor in self._actors]
+        self._pending.append([actor.handle.remote(kind, payload) for actor in self._actors])
 
     def _collect(self, what: str, timeout: float | None = None) -> list[Any]:
         ray = self._ray
         results: list[Any] = []
-        pending, self._pending = self._pending, []
+        pending = self._pending.popleft() if self._pending else []
         limit = timeout if timeout is not None else dist_timeout().total_seconds()
         for rank, ref in enumerate(pending, start=1):
             try:
@@ -216,7 +222,7 @@ def _watch_actors(executor_ref: weakref.ref[RayExecutor]) -> None:
         ray = executor._ray
         for rank, actor in enumerate(executor._actors, start=1):
             try:
-                ray.get(actor.ping.remote(), timeout=10.0)
+                ray.get(actor.ping.options(concurrency_group="monitor").remote(), timeout=10.0)
             except ray.exceptions.RayError as exc:
                 if executor._closing:
                     return

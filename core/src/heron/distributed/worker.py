@@ -7,15 +7,17 @@ pipe: the set-up calls once, then one :class:`~heron.distributed.step_sync.StepM
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
+import queue
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.connection import Connection
+from typing import Any
 
 import torch
 
@@ -250,32 +252,64 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         level=os.environ.get("HERON_WORKER_LOG_LEVEL", "WARNING").upper(),
         format=f"%(asctime)s %(levelname)s (rank {spec.rank}) %(name)s: %(message)s",
     )
+    replies = _ReplySender(conn)
     try:
         worker = Worker(spec)
-        conn.send(("ok", None))
+        replies.send(("ok", None))
         while True:
             kind, payload = pickle.loads(conn.recv_bytes())
             if kind == "stop":
                 worker.close()
-                conn.send(("ok", None))
+                replies.send(("ok", None))
+                replies.flush()
                 return
             if kind == "step":
                 with torch.inference_mode():
                     result = worker.execute_message(payload)
-                if worker.is_output_rank:
-                    conn.send(("ok", result))
-                else:
-                    conn.send_bytes(_ACK)
+                replies.send(("ok", result) if worker.is_output_rank else _ACK)
                 continue
             method, args = payload
-            conn.send(("ok", getattr(worker, method)(*args)))
+            replies.send(("ok", getattr(worker, method)(*args)))
     except (EOFError, OSError, KeyboardInterrupt):
         os._exit(0)  # the driver is gone: nothing to report to
     except BaseException as exc:
         detail = "".join(traceback.format_exception(exc))
-        with contextlib.suppress(OSError):
-            conn.send(("error", f"rank {spec.rank}: {type(exc).__name__}: {exc}\n{detail}"))
+        replies.send(("error", f"rank {spec.rank}: {type(exc).__name__}: {exc}\n{detail}"))
+        replies.flush(timeout=5.0)
         os._exit(1)
+
+
+class _ReplySender:
+    """Sends a worker's replies from a thread of their own, in order.
+
+    With several pipeline steps in flight the driver may be sending the next step's message
+    while this rank still replies to an older one; were both large enough to fill the pipe, each
+    side would block in its send waiting for the other to read. A reply sent from this thread
+    never blocks the rank's loop, which keeps reading messages.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="heron-replies", daemon=True)
+        self._thread.start()
+
+    def send(self, reply: tuple[str, Any] | bytes) -> None:
+        if not isinstance(reply, bytes):
+            reply = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        self._queue.put(reply)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued reply is sent (before the process exits)."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (payload := self._queue.get()) is not None:
+            try:
+                self._conn.send_bytes(payload)
+            except OSError:
+                os._exit(0)  # the driver is gone: nothing to report to
 
 
 _ACK = pickle.dumps(("ok", None))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ from heron.plugins import PluginHost, load_plugins, select_platform
 from heron.pooling.config import pooling_engine_changes, pooling_kv_plan, resolve_runner
 from heron.pooling.scheduler import PoolingScheduler
 from heron.request import Request, RequestStatus
-from heron.sched.output import RequestUpdate, SchedulerOutput
+from heron.sched.output import RequestUpdate, RunnerOutput, SchedulerOutput
 from heron.sched.scheduler import Scheduler, SchedulerConfig
 from heron.spec_decode.enable import attach_speculation, check_speculation
 from heron.structured_outputs.manager import StructuredOutputManager
@@ -129,6 +130,9 @@ class EngineCore:
             else self.runner.enable_step_graphs(self.max_model_len)
         )
 
+        self._pipeline_depth = self._batches_to_keep_in_flight()
+        self._batches_in_flight: deque[SchedulerOutput] = deque()
+        """Submitted steps whose results are not in yet, oldest first (pipeline parallelism)."""
         self.scheduler_config = SchedulerConfig(
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=budget,
@@ -137,6 +141,7 @@ class EngineCore:
             enable_prefix_caching=args.enable_prefix_caching,
             enable_chunked_prefill=args.enable_chunked_prefill,
             split_prompt_bursts=args.split_prompt_bursts is not False,
+            max_batches_in_flight=self._pipeline_depth,
         )
         kv_window = uniform_window(hf_config)
         self.kv_manager = KVCacheManager(
@@ -324,6 +329,14 @@ class EngineCore:
         )
         return executor
 
+    def _batches_to_keep_in_flight(self) -> int:
+        """One batch per pipeline stage where the executor can keep several in flight."""
+        stages = self.args.pipeline_parallel_size
+        if stages == 1 or self.pooler is not None or not self.executor.pipelines_steps:
+            return 1
+        logger.info("Pipeline parallel: up to %d batches in flight, one per stage", stages)
+        return stages
+
     def _check_layout(self, model_cls: type[torch.nn.Module], tp: int, pp: int) -> None:
         """Refuse a layout the model cannot be split into, naming the sizes that do not fit."""
         check_layout = getattr(model_cls, "check_layout", None)
@@ -387,17 +400,48 @@ class EngineCore:
 
     def step(self) -> list[RequestUpdate]:
         failed = self._admit_compiled_grammars()
+        if self._pipeline_depth > 1:
+            return failed + self._step_pipelined()
         out = self.scheduler.schedule()
         if out.is_empty:
             if not failed and self.structured is not None:
                 self.structured.wait(0.02)  # only grammars compiling: do not spin
             return failed
+        self._before_execute(out)
+        return failed + self._apply(out, self.executor.execute(out))
+
+    def _step_pipelined(self) -> list[RequestUpdate]:
+        """One step with several batches in flight (pipeline parallelism).
+
+        A step schedules and submits a new batch while there is room for one, and takes in the
+        results of the oldest batch once every stage has one (or nothing more can be scheduled
+        until results come back). So while the last stage computes batch k, the first computes
+        batch k+1, instead of each stage idling while the others work.
+        """
+        if len(self._batches_in_flight) < self._pipeline_depth:
+            out = self.scheduler.schedule()
+            if not out.is_empty:
+                self._before_execute(out)
+                self.executor.submit(out)
+                self._batches_in_flight.append(out)
+                if len(self._batches_in_flight) < self._pipeline_depth:
+                    return []
+        if not self._batches_in_flight:
+            if self.structured is not None:
+                self.structured.wait(0.02)  # only grammars compiling: do not spin
+            return []
+        out = self._batches_in_flight.popleft()
+        return self._apply(out, self.executor.collect())
+
+    def _before_execute(self, out: SchedulerOutput) -> None:
         self.num_prompt_tokens += _prompt_tokens(out)
         if self.structured is not None:
             out.grammar = self.structured.bitmask(
                 [s.request.request_id for s in out.scheduled if s.samples]
             )
-        runner_out = self.executor.execute(out)
+
+    def _apply(self, out: SchedulerOutput, runner_out: RunnerOutput) -> list[RequestUpdate]:
+        """The step's results into the scheduler and the grammars; finished requests released."""
         updates = self.scheduler.update_from_output(out, runner_out)
         if self.spec_decode is not None:
             self.spec_decode.observe(out, runner_out)
@@ -411,7 +455,7 @@ class EngineCore:
             self.executor.release(finished)
             if self.structured is not None:
                 self.structured.release(finished)
-        return failed + updates
+        return updates
 
     def _admit_compiled_grammars(self) -> list[RequestUpdate]:
         """Queue the requests whose grammar is ready; finish those whose compile failed (an
@@ -435,7 +479,13 @@ class EngineCore:
         return updates
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._awaiting_grammar) or self.scheduler.has_unfinished_requests()
+        """Also true while batches are in flight: their results must be taken in (in order)
+        even when every request in them was aborted meanwhile."""
+        return (
+            bool(self._awaiting_grammar)
+            or bool(self._batches_in_flight)
+            or self.scheduler.has_unfinished_requests()
+        )
 
     def unfinished_requests(self) -> list[Request]:
         """Every request not finished yet: scheduled, waiting, or waiting for its grammar."""

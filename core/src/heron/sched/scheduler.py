@@ -38,9 +38,20 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     split_prompt_bursts: bool = True
     """Prefill a burst of prompts in shorter steps, so first tokens come sooner: ``_step_budget``."""
+    max_batches_in_flight: int = 1
+    """Steps that may be scheduled before the oldest one's results are in: the number of pipeline
+    stages, so that every stage has a batch to work on. With more than one, a request in flight is
+    not scheduled again (its next token is not known yet) and each step takes its share of the
+    requests (``_step_seq_cap``), so that the batches in flight are of about equal size."""
 
     def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size"):
+        for name in (
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_model_len",
+            "block_size",
+            "max_batches_in_flight",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
@@ -135,6 +146,9 @@ class Scheduler:
         """request_id -> prompt positions already reported (a recompute would repeat them)."""
         self.proposer: DraftPlanner | None = None
         """Speculative decoding: plans each decoding request's draft tokens (set by the engine)."""
+        self.in_flight: set[str] = set()
+        """Requests in a step whose results are not in yet (only with several batches in flight):
+        they are neither scheduled nor preempted until ``update_from_output`` has their step."""
 
     # -- admission -------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -189,12 +203,20 @@ class Scheduler:
         prefills: list[ScheduledRequest] = []
         preempted: list[str] = []
         chunking = cfg.enable_chunked_prefill
-        decodes_behind = sum(r.num_tokens - r.num_computed_tokens == 1 for r in self.running)
+        in_flight = self.in_flight
+        decodes_behind = sum(
+            r.num_tokens - r.num_computed_tokens == 1 and r.request_id not in in_flight
+            for r in self.running
+        )
         kept = self._waiting_reserve(step_budget, shortened)
+        seq_cap = self._step_seq_cap()
 
         index = 0
-        while index < len(self.running) and budget > 0:
+        while index < len(self.running) and budget > 0 and len(decodes) + len(prefills) < seq_cap:
             request = self.running[index]
+            if request.request_id in in_flight:
+                index += 1
+                continue
             num_left = request.num_tokens - request.num_computed_tokens
             if num_left == 1:
                 decodes_behind -= 1
@@ -206,13 +228,17 @@ class Scheduler:
             if num_new <= 0:
                 index += 1
                 continue
+            waits_for_results = False
             while self.kv.allocate_slots(request, num_new) is None:
-                victim = self.running.pop()
+                victim = self._pick_victim(request)
+                if victim is None:  # only requests in flight could give way: wait for them
+                    waits_for_results = True
+                    break
                 self._preempt(victim)
                 preempted.append(victim.request_id)
                 if victim is request:
                     break
-            if request.status is not RequestStatus.RUNNING:
+            if waits_for_results or request.status is not RequestStatus.RUNNING:
                 break  # it preempted itself: everything older is already scheduled
             (decodes if num_new == 1 else prefills).append(
                 ScheduledRequest(request=request, num_new_tokens=num_new, draft_token_ids=drafts)
@@ -221,9 +247,13 @@ class Scheduler:
             index += 1
 
         if not preempted:
-            budget = self._schedule_waiting(budget, decodes, prefills, whole_prompts=shortened)
+            budget = self._schedule_waiting(
+                budget, decodes, prefills, whole_prompts=shortened, seq_cap=seq_cap
+            )
 
         scheduled = decodes + prefills
+        if cfg.max_batches_in_flight > 1:
+            in_flight.update(s.request.request_id for s in scheduled)
         return SchedulerOutput(
             scheduled=scheduled,
             preempted_ids=preempted,
@@ -237,6 +267,7 @@ class Scheduler:
         prefills: list[ScheduledRequest],
         *,
         whole_prompts: bool = False,
+        seq_cap: int | None = None,
     ) -> int:
         """Admit waiting requests while budget, sequence slots and blocks last; the budget left.
 
@@ -245,7 +276,13 @@ class Scheduler:
         delay the prompts before it and still not give it a first token.
         """
         cfg = self.config
-        while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
+        cap = cfg.max_num_seqs if seq_cap is None else seq_cap
+        while (
+            self.waiting
+            and budget > 0
+            and len(self.running) < cfg.max_num_seqs
+            and len(decodes) + len(prefills) < cap
+        ):
             request = self.waiting.peek()
             computed_blocks, num_cached = self.kv.get_computed_blocks(request)
             num_new = request.num_tokens - num_cached
@@ -323,6 +360,29 @@ class Scheduler:
         prefill = max(budget // 8, -(-sum(prefill_left) // 4))
         return min(budget, decoding + prefill)
 
+    def _step_seq_cap(self) -> int:
+        """The most requests one step may take: all of them, or with several batches in flight
+        an equal share of the unfinished ones (at least one), so that the pipeline's stages get
+        batches of about equal size instead of one full batch and empty ones."""
+        depth = self.config.max_batches_in_flight
+        if depth == 1:
+            return self.config.max_num_seqs
+        unfinished = len(self.running) + len(self.waiting)
+        return max(1, -(-min(unfinished, self.config.max_num_seqs) // depth))
+
+    def _pick_victim(self, request: Request) -> Request | None:
+        """The newest running request not in flight (possibly ``request`` itself), taken out of
+        ``running``; None when every newer request is in flight and ``request`` is older than
+        them: it then waits for their results rather than give up its own blocks first."""
+        for index in range(len(self.running) - 1, -1, -1):
+            candidate = self.running[index]
+            if candidate.request_id in self.in_flight:
+                continue
+            if candidate is request and self.in_flight:
+                return None
+            return self.running.pop(index)
+        return None
+
     def _preempt(self, request: Request) -> None:
         """Free the request's KV and queue it first in line, to be recomputed from scratch."""
         self.kv.free(request)
@@ -346,6 +406,7 @@ class Scheduler:
         any_finished = False
         for item in scheduler_output.scheduled:
             request = item.request
+            self.in_flight.discard(request.request_id)
             if request.is_finished:
                 continue
             samples = item.samples  # depends on num_computed_tokens: read it before advancing
