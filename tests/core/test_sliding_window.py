@@ -178,3 +178,27 @@ def test_a_backend_without_windows_is_refused_naming_it(tmp_path) -> None:
     with pytest.raises(UnsupportedAttentionError, match=r"'nowindows'.*sliding-window"):
         MistralForCausalLM(config, make_context(attention_cls=NoWindows))
     MistralForCausalLM(tiny_config("mistral"), make_context(attention_cls=NoWindows))
+
+
+def test_windowed_mistral_with_speculative_decoding_equals_hf(windowed_mistral) -> None:
+    """n-gram drafts verified under a window: rejected drafts roll back only blocks past the
+    accepted tokens, never the window's (freed by the count before the step)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, _prompt_ids, _expected, window = windowed_mistral
+    if window != 21:
+        pytest.skip("speculation is checked with one window")
+    prompts = [p * 3 for p in EQUALITY_PROMPTS]  # repeated text: n-gram drafts get accepted
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    expected = hf_greedy(hf, prompt_ids, 40)
+    ngram = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
+    llm = LLM(str(folder), dtype="float32", block_size=16, speculative_config=ngram)
+    greedy = SamplingParams(temperature=0.0, max_tokens=40, min_tokens=40)
+    outputs = llm.generate(prompts, greedy, use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in outputs] == expected
+    counters = llm.llm_engine.stats().spec_decode
+    assert counters is not None and 0 < counters.num_accepted_tokens < counters.num_draft_tokens
+    kv = llm.llm_engine.core.kv_manager
+    assert kv.num_free_blocks == kv.num_blocks
