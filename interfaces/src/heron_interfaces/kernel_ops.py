@@ -18,7 +18,7 @@ Since API 1.5 a recorder may instead capture every device operation of the pass 
 hipGraph): it says so with ``StepGraph.records_torch_ops``.
 
 Quantized weights (API 1.8): :meth:`KernelOps.prepare_quantized_linear` (see
-:mod:`heron_interfaces.quantization`).
+:mod:`heron_interfaces.quantization`; API 1.10 adds the ``q4_k`` format).
 
 Importing this module imports torch, so ``heron_interfaces`` itself only names it lazily.
 """

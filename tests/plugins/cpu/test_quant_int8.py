@@ -25,11 +25,12 @@ from heron_interfaces.testing.quantized_suite import random_quantized_weight  # 
 INT8_PATHS = [p for p in quant.INT8_PATHS if p in quant.available_paths()]
 pytestmark = pytest.mark.skipif(not INT8_PATHS, reason="this CPU has no VNNI")
 
-FORMATS = ["q8_0", "q4_0", "q4_1", "int8"]
+FORMATS = ["q8_0", "q4_0", "q4_1", "q4_k", "int8"]
 # (rows of x, K, N): K/32 = 1, 3, 5, 7, 11 (odd: a half pair at the end) and 2, 18, 48.
 SHAPES = [(1, 32, 1), (1, 64, 5), (1, 96, 45), (2, 224, 7), (3, 352, 130), (4, 96, 130),
           (5, 160, 45), (1, 576, 77), (8, 224, 33), (13, 96, 7), (16, 32, 45), (2, 1536, 9),
           (6, 576, 131), (16, 160, 64)]  # fmt: skip
+Q4K_SHAPES = [(1, 256, 1), (1, 256, 45), (2, 512, 7), (3, 768, 130), (5, 256, 45), (16, 1536, 33)]
 MAX_DOT_PRODUCT_ERROR = 0.02  # llama.cpp tests/test-quantize-fns.cpp
 
 
@@ -65,7 +66,7 @@ def _emulate(x: torch.Tensor, packed: quant.PackedQuant, bias: torch.Tensor | No
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_int8_loops_equal_their_emulation(path: str, fmt: str) -> None:
-    for i, (rows, k, n) in enumerate(SHAPES):
+    for i, (rows, k, n) in enumerate(Q4K_SHAPES if fmt == "q4_k" else SHAPES):
         packed = quant.pack(random_quantized_weight(fmt, n, k, seed=i))
         gen = torch.Generator().manual_seed(100 + i)
         x = torch.randn(rows, k, generator=gen)
@@ -82,7 +83,7 @@ def test_int8_loops_equal_their_emulation(path: str, fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_within_llama_cpp_dot_product_error(path: str, fmt: str) -> None:
-    for i, (rows, k, n) in enumerate(SHAPES):
+    for i, (rows, k, n) in enumerate(Q4K_SHAPES if fmt == "q4_k" else SHAPES):
         weight = random_quantized_weight(fmt, n, k, seed=i)
         packed = quant.pack(weight)
         offset = torch.arange(rows).unsqueeze(1) * 0.37 + i
@@ -93,11 +94,11 @@ def test_within_llama_cpp_dot_product_error(path: str, fmt: str) -> None:
         assert error < MAX_DOT_PRODUCT_ERROR, (fmt, rows, k, n, error)
 
 
-@pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0", "q4_k"])
 def test_bfloat16_activations_round_once(path: str, fmt: str) -> None:
-    packed = quant.pack(random_quantized_weight(fmt, 130, 576, seed=3))
+    packed = quant.pack(random_quantized_weight(fmt, 130, 768, seed=3))
     gen = torch.Generator().manual_seed(5)
-    x = torch.randn(3, 576, generator=gen).bfloat16()
+    x = torch.randn(3, 768, generator=gen).bfloat16()
     bias = torch.randn(130, generator=gen).bfloat16()
     out = quant.linear(x, packed, bias, path=path)
     assert out.dtype == torch.bfloat16 and out.shape == (3, 130)

@@ -18,10 +18,18 @@ quant = pytest.importorskip("heron_cpu.quant", reason="heron-cpu is not installe
 from heron_interfaces.quantization import QuantizedWeight  # noqa: E402
 from heron_interfaces.testing.quantized_suite import random_quantized_weight  # noqa: E402
 
-FORMATS = ["q8_0", "q4_0", "q4_1", "int8"]
+FORMATS = ["q8_0", "q4_0", "q4_1", "q4_k", "int8"]
 # (rows of x, K, N): K = 32 x odd; N = 1, 7, 45, 130 cross every tile boundary.
 SHAPES = [(1, 32, 1), (1, 96, 45), (2, 224, 7), (3, 352, 130), (4, 96, 130), (5, 160, 45),
           (8, 224, 33), (13, 96, 7), (16, 32, 45), (17, 160, 130), (33, 96, 45), (64, 224, 130)]  # fmt: skip
+# Q4_K: K in whole 256-weight super-blocks (1, 2, 3 and 6 of them).
+Q4K_SHAPES = [(1, 256, 1), (1, 256, 45), (2, 512, 7), (3, 768, 130), (5, 256, 45), (16, 1536, 33),
+              (17, 512, 130), (33, 256, 45)]  # fmt: skip
+COLS = {"q4_k": 256}  # the single-shape tests' K (else 96 / 224)
+
+
+def _shapes(fmt: str) -> list[tuple[int, int, int]]:
+    return Q4K_SHAPES if fmt == "q4_k" else SHAPES
 
 
 @pytest.fixture(params=["auto", *(p for p in quant.available_paths() if p not in quant.INT8_PATHS)])
@@ -36,7 +44,7 @@ def _reference(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | No
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_loops_match_dequantized_matmul(path: str, fmt: str, dtype: torch.dtype) -> None:
-    for i, (rows, k, n) in enumerate(SHAPES):
+    for i, (rows, k, n) in enumerate(_shapes(fmt)):
         weight = random_quantized_weight(fmt, n, k, seed=i)
         packed = quant.pack(weight)
         gen = torch.Generator().manual_seed(i)
@@ -60,19 +68,20 @@ def test_loops_match_dequantized_matmul(path: str, fmt: str, dtype: torch.dtype)
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_strided_rows_and_batched_shape(path: str, fmt: str) -> None:
-    weight = random_quantized_weight(fmt, 45, 96, seed=3)
+    k = COLS.get(fmt, 96)
+    weight = random_quantized_weight(fmt, 45, k, seed=3)
     packed = quant.pack(weight)
-    wide = torch.randn(3, 2, 128, generator=torch.Generator().manual_seed(0))
-    x = wide[..., 16:112]  # rows at stride 128, a 3-D batch
+    wide = torch.randn(3, 2, k + 32, generator=torch.Generator().manual_seed(0))
+    x = wide[..., 16 : k + 16]  # rows at stride k + 32, a 3-D batch
     out = quant.linear(x, packed, path=path)
-    expected = _reference(x.reshape(-1, 96), weight, None).view(3, 2, 45)
+    expected = _reference(x.reshape(-1, k), weight, None).view(3, 2, 45)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_compiled_dequantize_is_exact(fmt: str) -> None:
     """The prefill path's decoder rounds exactly as the reference (and core's loader) does."""
-    weight = random_quantized_weight(fmt, 37, 224, seed=5)
+    weight = random_quantized_weight(fmt, 37, COLS.get(fmt, 224), seed=5)
     packed = quant.pack(weight)
     assert torch.equal(packed.dequantize(torch.float32), weight.dequantize())
     assert torch.equal(packed.dequantize(torch.bfloat16), weight.dequantize(torch.bfloat16))

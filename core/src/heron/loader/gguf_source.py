@@ -108,10 +108,12 @@ def iter_gguf_weights(
 
     ``lazy``: :class:`~heron.loader.lazy.LazyTensor` s that dequantize only the rows a rank keeps
     (whole quantization blocks run along rows), and nothing for a tensor that is skipped.
-    ``keep_quantized`` (``--quantization gguf``): 2-D Q8_0/Q4_0/Q4_1 tensors come as
-    :class:`~heron.loader.quantized.QuantizedTensor` s whose blocks a linear layer keeps.
+    ``keep_quantized`` (``--quantization gguf``): 2-D Q8_0/Q4_0/Q4_1/Q4_K tensors come as
+    :class:`~heron.loader.quantized.QuantizedTensor` s whose blocks a linear layer keeps; other
+    quantized 2-D types (Q6_K, ...) are dequantized, and one log line says which.
     """
     metadata, tensors = read_gguf(path)
+    dequantized: dict[str, int] = {}  # quantized types kept_quantized could not keep
     permuted = metadata.get("general.architecture") == "llama"
     num_heads = hf_config.num_attention_heads
     num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
@@ -130,8 +132,18 @@ def iter_gguf_weights(
         if keep_quantized and tensor.tensor_type in GGUF_FORMATS and len(tensor.data.shape) == 2:
             yield name, _quantized_gguf_tensor(name, tensor.data, tensor.tensor_type, heads)
             continue
+        if keep_quantized and tensor.tensor_type not in _FLOAT_DTYPES:
+            dequantized[tensor.tensor_type.name] = dequantized.get(tensor.tensor_type.name, 0) + 1
         weight = dequantize(tensor.data, tensor.tensor_type)
         yield name, weight if heads is None else unpermute_rotary(weight, heads)
+    if dequantized:
+        logger.info(
+            "Quantized weights: %s dequantized at load (no quantized kernels for %s; "
+            "--quantization gguf keeps %s)",
+            ", ".join(f"{n} {t} tensors" for t, n in sorted(dequantized.items())),
+            "this type" if len(dequantized) == 1 else "these types",
+            "/".join(t.name for t in GGUF_FORMATS),
+        )
 
 
 def _quantized_gguf_tensor(

@@ -1,10 +1,11 @@
 """``--quantization``: which checkpoint weights reach the model still quantized.
 
-- ``gguf`` (the default for a GGUF file on one rank): Q8_0, Q4_0 and Q4_1 tensors come as
+- ``gguf`` (the default for a GGUF file on one rank): Q8_0, Q4_0, Q4_1 and Q4_K tensors come as
   :class:`QuantizedTensor` s holding the file's blocks. A linear layer keeps them and hands them
   to its kernels' ``prepare_quantized_linear`` (heron_interfaces 1.8); a backend without such
   kernels, and every other consumer (embedding lookups, norms), reads the tensor, which
-  dequantizes it exactly as ``none`` does.
+  dequantizes it exactly as ``none`` does. Other quantized types (Q6_K, Q5_K, ...) are
+  dequantized at load, with a log line naming them.
 - ``int8``: a Hugging Face checkpoint's 2-D float weights come as QuantizedTensors that a linear
   layer quantizes to int8 with one scale per output row (``w ~= scale[row] * q``, ``q`` in
   -127..127, ``scale = max|w_row| / 127``); the rest of the model reads them unchanged.
@@ -35,6 +36,7 @@ GGUF_FORMATS = {
     GGMLQuantizationType.Q8_0: "q8_0",
     GGMLQuantizationType.Q4_0: "q4_0",
     GGMLQuantizationType.Q4_1: "q4_1",
+    GGMLQuantizationType.Q4_K: "q4_k",
 }
 """GGUF tensor types a linear layer may keep quantized, by their format name."""
 

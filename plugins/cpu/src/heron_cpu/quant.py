@@ -2,8 +2,9 @@
 
 A single decode stream reads every weight once per token, so a 4-bit weight (0.75 bytes each in
 the layout below) streams 2.7x fewer bytes than bfloat16 for the same product. :func:`pack`
-repacks a :class:`~heron_interfaces.quantization.QuantizedWeight` (GGUF Q8_0/Q4_0/Q4_1 blocks as
-in the file, or int8 with per-channel scales) once at load into the layout the kernels read:
+repacks a :class:`~heron_interfaces.quantization.QuantizedWeight` (GGUF Q8_0/Q4_0/Q4_1/Q4_K
+blocks as in the file, or int8 with per-channel scales) once at load into the layout the kernels
+read (Q4_K's 32-weight sub-blocks become 4-bit blocks with exact fp32 scales and minimums):
 
 - ``qs``: each row's quantized values, contiguous (Q8: 32 int8 per block; Q4: 16 bytes of
   nibbles per block in llama.cpp's order);
@@ -31,7 +32,13 @@ import torch.nn.functional as F
 
 from heron_cpu import _kernels, _quant
 from heron_cpu.launch import launch, launch_torch
-from heron_interfaces.quantization import BLOCK, GGUF_BLOCK_BYTES, QuantizedWeight
+from heron_interfaces.quantization import (
+    BLOCK,
+    GGUF_BLOCK_BYTES,
+    QuantizedWeight,
+    q4_k_scales_mins,
+    q4_k_values,
+)
 
 __all__ = [
     "INT8_PATHS",
@@ -77,7 +84,7 @@ class PackedQuant:
     """A weight ``[n, k]`` in the kernels' layout (see the module docstring)."""
 
     format: str
-    """The source format (``q8_0``, ``q4_0``, ``q4_1``, ``int8``), for logs."""
+    """The source format (``q8_0``, ``q4_0``, ``q4_1``, ``q4_k``, ``int8``), for logs."""
     n: int
     k: int
     qs: torch.Tensor
@@ -177,6 +184,8 @@ def pack(weight: QuantizedWeight) -> PackedQuant | None:
         qs = weight.data.contiguous().view(torch.uint8)
         d = weight.scales.float().unsqueeze(1).expand(n, nb).contiguous()
         return PackedQuant("int8", n, k, qs, d, None)
+    if weight.format == "q4_k":
+        return _pack_q4_k(weight)
     raw = weight.data.reshape(n, nb, GGUF_BLOCK_BYTES[weight.format])
     d = _f16(raw[..., :2])
     if weight.format == "q8_0":
@@ -186,6 +195,23 @@ def pack(weight: QuantizedWeight) -> PackedQuant | None:
     else:
         qs, mins = raw[..., 4:], _f16(raw[..., 2:4])
     return PackedQuant(weight.format, n, k, qs.reshape(n, nb * 16).contiguous(), d, mins)
+
+
+def _pack_q4_k(weight: QuantizedWeight) -> PackedQuant | None:
+    """Q4_K as the 4-bit loop's blocks, exactly: each 32-weight sub-block's scale ``d sc`` and
+    minimum ``-(dmin m)`` are float32 products of an f16 and a 6-bit integer (exact), and its
+    values move to the loop's nibble order (value ``j`` low, ``j + 16`` high in byte ``j``)."""
+    n, k = weight.shape
+    if k % 256:
+        return None
+    raw = weight.data.reshape(n, k // 256, GGUF_BLOCK_BYTES["q4_k"])
+    scale, minimum = q4_k_scales_mins(raw)
+    values = q4_k_values(raw)  # [n, k / 256, 8, 32]
+    qs = values[..., :16] | (values[..., 16:] << 4)
+    d, mins = scale.reshape(n, k // BLOCK), minimum.reshape(n, k // BLOCK)
+    return PackedQuant(
+        "q4_k", n, k, qs.reshape(n, k // 2).contiguous(), d.contiguous(), mins.contiguous()
+    )
 
 
 def _path_code(path: str, dtype: torch.dtype) -> int:
