@@ -448,20 +448,24 @@ def test_prefix_hits_are_recorded_and_skip_computation() -> None:
 
 
 # -- a randomized run: always progress, never over budget, everything freed ------------------------
-def test_random_workload_always_makes_progress() -> None:
-    rng = random.Random(0)
-    sched = make_scheduler(num_blocks=24, max_num_batched_tokens=24, max_num_seqs=6)
-    expected: dict[str, int] = {}
+def add_random_requests(sched: Scheduler, rng: random.Random) -> dict[str, tuple[Request, int]]:
+    """40 requests of random prompt and output lengths: id -> (request, its max_tokens)."""
+    added: dict[str, tuple[Request, int]] = {}
     for i in range(40):
         prompt_len = rng.randint(1, 40)
         max_tokens = rng.randint(1, 90 - prompt_len)
         # A shared prefix for half the requests exercises the prefix cache under eviction.
         first = 10 if i % 2 else 1000 * i
-        sched.add_request(
-            make_request(f"r{i}", prompt_len, first, max_tokens=max_tokens, ignore_eos=True)
-        )
-        expected[f"r{i}"] = max_tokens
-    requests = {rid: sched.get_request(rid) for rid in expected}
+        request = make_request(f"r{i}", prompt_len, first, max_tokens=max_tokens, ignore_eos=True)
+        sched.add_request(request)
+        added[request.request_id] = (request, max_tokens)
+    return added
+
+
+def test_random_workload_always_makes_progress() -> None:
+    rng = random.Random(0)
+    sched = make_scheduler(num_blocks=24, max_num_batched_tokens=24, max_num_seqs=6)
+    requests = add_random_requests(sched, rng)
     steps = 0
     while sched.has_unfinished_requests():
         out, _ = step(sched, lambda r: rng.randint(3, 50))
@@ -470,7 +474,7 @@ def test_random_workload_always_makes_progress() -> None:
         assert len(out.scheduled) <= 6
         steps += 1
         assert steps < 5000
-    for rid, request in requests.items():
-        assert request is not None and request.num_output_tokens == expected[rid]
+    for request, max_tokens in requests.values():
+        assert request.num_output_tokens == max_tokens
     assert sched.kv.num_free_blocks == 24
     assert sched.stats().prefix_cache_hits > 0

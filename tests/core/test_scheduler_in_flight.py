@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
-from test_scheduler import make_request, new_tokens
+from test_scheduler import add_random_requests, make_request, new_tokens
 
 from heron.kv.kv_cache_manager import KVCacheManager
 from heron.request import RequestStatus
@@ -88,16 +88,7 @@ def test_an_abort_while_in_flight_drops_the_results_and_frees_the_request() -> N
 def test_random_workload_with_results_one_batch_late_finishes_everything() -> None:
     rng = random.Random(1)
     sched = pipelined(num_blocks=24, max_num_batched_tokens=24, max_num_seqs=6)
-    expected: dict[str, int] = {}
-    for i in range(40):
-        prompt_len = rng.randint(1, 40)
-        max_tokens = rng.randint(1, 90 - prompt_len)
-        first = 10 if i % 2 else 1000 * i
-        sched.add_request(
-            make_request(f"r{i}", prompt_len, first, max_tokens=max_tokens, ignore_eos=True)
-        )
-        expected[f"r{i}"] = max_tokens
-    requests = {rid: sched.get_request(rid) for rid in expected}
+    requests = add_random_requests(sched, rng)
     queue: deque[SchedulerOutput] = deque()
     steps = 0
     while sched.has_unfinished_requests() or queue:
@@ -119,6 +110,6 @@ def test_random_workload_with_results_one_batch_late_finishes_everything() -> No
         sched.update_from_output(done, results(done, rng.randint(3, 50)))
         steps += 1
         assert steps < 5000
-    for rid, max_tokens in expected.items():
-        assert requests[rid].num_output_tokens == max_tokens
+    for request, max_tokens in requests.values():
+        assert request.num_output_tokens == max_tokens
     assert sched.kv.num_free_blocks == 24 and not sched.in_flight
