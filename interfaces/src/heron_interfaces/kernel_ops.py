@@ -20,6 +20,9 @@ hipGraph): it says so with ``StepGraph.records_torch_ops``.
 Quantized weights (API 1.8): :meth:`KernelOps.prepare_quantized_linear` (see
 :mod:`heron_interfaces.quantization`; API 1.10 adds the ``q4_k`` format).
 
+Mixture of experts (API 1.11): :meth:`KernelOps.prepare_moe` / :meth:`KernelOps.fused_moe`, the
+experts of a MoE layer in the backend's kernels; :func:`moe_reference` is what they compute.
+
 Importing this module imports torch, so ``heron_interfaces`` itself only names it lazily.
 """
 
@@ -112,6 +115,30 @@ class KernelOps:
         :meth:`prepare_quantized_linear`)."""
         return F.linear(x, prepared, bias)
 
+    # -- mixture of experts ----------------------------------------------------------------------
+    def prepare_moe(self, w13: torch.Tensor, w2: torch.Tensor) -> Any | None:
+        """API 1.11: one MoE layer's experts, prepared once for :meth:`fused_moe`, or None.
+
+        ``w13`` ``[experts, 2 * intermediate, hidden]`` (each expert's gate rows, then its up
+        rows) and ``w2`` ``[experts, hidden, intermediate]``. None (the default) means this
+        backend has no fused experts: core then runs :func:`moe_reference` itself. A backend that
+        returns something must compute :func:`moe_reference` with it in :meth:`fused_moe`, up to
+        accumulation order (the conformance suite's ``moe_suite``).
+        """
+        return None
+
+    def fused_moe(
+        self, x: torch.Tensor, prepared: Any, topk_ids: torch.Tensor, topk_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """API 1.11: ``sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t])`` for each token.
+
+        ``x`` ``[tokens, hidden]``, ``topk_ids`` int64 and ``topk_weights`` (float32, or
+        ``x``'s dtype) ``[tokens, k]``; ``prepared`` from :meth:`prepare_moe`. This default
+        takes ``prepared`` as the ``(w13, w2)`` pair and runs :func:`moe_reference`.
+        """
+        w13, w2 = prepared
+        return moe_reference(x, w13, w2, topk_ids, topk_weights)
+
     # -- normalisation ---------------------------------------------------------------------------
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """Statistics in float32, cast back to ``x``'s dtype before the weight multiply (as HF)."""
@@ -152,4 +179,28 @@ class KernelOps:
         return torch.cat([rotated, rest], dim=-1)
 
 
-__all__ = ["KernelOps", "StepGraph"]
+def moe_reference(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The experts of every token, weighted and summed, in plain torch (as transformers' MoE).
+
+    Each expert's tokens are gathered, run through ``silu(x W_gate^T) * (x W_up^T)`` and
+    ``W_down`` in ``x``'s dtype, scaled by their routing weight (in the wider of the two dtypes)
+    and added into the output in expert order.
+    """
+    out = torch.zeros_like(x)
+    intermediate = w2.shape[-1]
+    for expert in torch.unique(topk_ids).tolist():
+        tokens, slots = torch.where(topk_ids == expert)
+        h = F.linear(x[tokens], w13[expert])
+        act = F.silu(h[:, :intermediate]) * h[:, intermediate:]
+        y = F.linear(act, w2[expert]) * topk_weights[tokens, slots, None]
+        out.index_add_(0, tokens, y.to(out.dtype))
+    return out
+
+
+__all__ = ["KernelOps", "StepGraph", "moe_reference"]

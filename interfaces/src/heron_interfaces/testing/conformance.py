@@ -38,6 +38,10 @@ from heron_interfaces.testing.memory_suite import (
     test_peak_follows_allocation_and_resets,
     test_snapshot_is_sane,
 )
+from heron_interfaces.testing.moe_suite import (
+    test_default_has_no_fused_experts,
+    test_fused_moe_matches_reference,
+)
 from heron_interfaces.testing.noncausal_suite import (
     test_non_causal_forward_matches_reference,
     test_non_causal_prompt_matches_dense,
@@ -74,12 +78,14 @@ __all__ = [
     "test_capabilities_are_consistent",
     "test_check_config_keeps_steps_within_buckets",
     "test_collective",
+    "test_default_has_no_fused_experts",
     "test_embedding_matches_reference",
     "test_forward_block_boundaries",
     "test_forward_fresh_prefill_matches_dense",
     "test_forward_long_context",
     "test_forward_matches_reference",
     "test_forward_strided_qkv",
+    "test_fused_moe_matches_reference",
     "test_kv_cache_layout",
     "test_linear_matches_reference",
     "test_non_causal_forward_matches_reference",
