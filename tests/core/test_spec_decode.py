@@ -315,3 +315,22 @@ def test_draft_model_with_another_vocabulary_is_refused(tiny_llama: Path, tmp_pa
     config = {"model": str(folder), "num_speculative_tokens": 2}
     with pytest.raises(ValueError, match="must share the target's vocabulary"):
         LLM(str(tiny_llama), speculative_config=config)
+
+
+def test_draft_model_step_graphs_propose_as_eager(tiny_llama: Path) -> None:
+    """In bfloat16 the draft's one-token steps are replayed from recorded launches (float32
+    matmuls are not recorded, so the tests above run eagerly): the same drafts, so the same
+    acceptance counts and tokens as an eager engine."""
+    config = {"model": str(tiny_llama), "num_speculative_tokens": 3}
+    params = _greedy(30)
+    runs = []
+    for eager in (True, False):
+        llm = LLM(str(tiny_llama), dtype="bfloat16", block_size=16, speculative_config=config,
+                  enforce_eager=eager)  # fmt: skip
+        tokens = [list(o.outputs[0].token_ids) for o in llm.generate(EQUALITY_PROMPTS, params)]
+        core = llm.llm_engine.core
+        runs.append((tokens, core.spec_decode.num_accepted_tokens, core.spec_decode.num_drafts))
+        graphs = core.scheduler.proposer.runner.step_graphs
+        if not eager:
+            assert graphs is not None and graphs.replays > 0
+    assert runs[0] == runs[1]

@@ -197,14 +197,22 @@ def build_draft_model_planner(config: SpeculativeConfig, core: Any) -> DraftMode
     seconds = worker.load_weights()
     num_blocks = core.kv_plan.num_blocks
     worker.runner.init_kv_cache(num_blocks)
+    # Its k - 1 one-token steps are decode steps: replayed from recorded launches where the
+    # backend can, as the target's are.
+    graphs = (
+        "off (--enforce-eager)"
+        if core.args.enforce_eager
+        else worker.runner.enable_step_graphs(core.max_model_len)
+    )
     logger.info(
         "Speculative decoding: draft model %s (%s) loaded in %.1f s, %d KV blocks, up to %d "
-        "draft tokens per step",
+        "draft tokens per step, step graphs %s",
         worker.source.name,
         type(worker.runner.model).__name__,
         seconds,
         num_blocks,
         config.num_speculative_tokens,
+        graphs,
     )
     return DraftModelPlanner(
         config,
