@@ -128,6 +128,34 @@ def test_pipeline_keeps_a_batch_per_stage_in_flight(llama) -> None:
         llm.shutdown()
 
 
+def test_tensor_parallel_decode_steps_replay_from_step_graphs(
+    llama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """heron-cpu's all-reduce and vocabulary-parallel lookup are recordable (API 1.12), so each
+    rank replays its decode steps from graphs (in bfloat16: heron-cpu's float32 matmuls are torch
+    ops, which no graph records), giving the ids of eager steps."""
+    monkeypatch.setenv("HERON_BACKEND", "cpu")
+    folder, _prompt_ids, _expected = llama
+
+    def tp2(**kwargs) -> LLM:
+        return LLM(str(folder), dtype="bfloat16", block_size=16, tensor_parallel_size=2, **kwargs)
+
+    llm = tp2()
+    try:
+        graphs = llm.llm_engine.core.runner.step_graphs
+        assert graphs is not None
+        replayed = greedy_ids(llm)
+        assert graphs.replays > 0 and graphs.recorded_sizes
+    finally:
+        llm.shutdown()
+    eager = tp2(enforce_eager=True)
+    try:
+        assert eager.llm_engine.core.runner.step_graphs is None
+        assert greedy_ids(eager) == replayed
+    finally:
+        eager.shutdown()
+
+
 def test_kv_heads_replicated_on_four_ranks(llama, monkeypatch: pytest.MonkeyPatch) -> None:
     """Four ranks over two KV heads: each rank keeps the KV head its two query heads read."""
     monkeypatch.setenv("HERON_BACKEND", "reference")

@@ -29,6 +29,14 @@ class CommContext:
 class Communicator:
     """Default collectives over ``torch.distributed``; usable as is by any torch device."""
 
+    records_in_step_graphs: bool = False
+    """API 1.12, optional (absent means False): True when :meth:`all_reduce` may run while the
+    platform's ``KernelOps.capture_graph`` records a forward pass, and is then part of the
+    recording: a replay runs the all-reduce again, in order with the kernels, on the recorded
+    input tensor's new contents, and writes the recorded output tensor. Core then records decode
+    steps under tensor parallelism too (each rank records the same steps, so the ranks' replays
+    meet at the same collectives)."""
+
     def __init__(self, ctx: CommContext) -> None:
         self.ctx = ctx
 

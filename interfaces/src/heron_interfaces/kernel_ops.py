@@ -23,6 +23,10 @@ Quantized weights (API 1.8): :meth:`KernelOps.prepare_quantized_linear` (see
 Mixture of experts (API 1.11): :meth:`KernelOps.prepare_moe` / :meth:`KernelOps.fused_moe`, the
 experts of a MoE layer in the backend's kernels; :func:`moe_reference` is what they compute.
 
+Tensor-parallel step graphs (API 1.12): :meth:`KernelOps.embedding_shard` (the vocabulary-parallel
+lookup as one call) and ``Communicator.records_in_step_graphs`` (an all-reduce a recording keeps)
+let a backend record decode steps of tensor-parallel ranks too.
+
 Importing this module imports torch, so ``heron_interfaces`` itself only names it lazily.
 """
 
@@ -87,6 +91,20 @@ class KernelOps:
     def embedding(self, token_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """Rows of ``table`` ``[vocab, hidden]`` for ``token_ids`` (API 1.4)."""
         return F.embedding(token_ids, table)
+
+    def embedding_shard(
+        self, token_ids: torch.Tensor, table: torch.Tensor, row_start: int
+    ) -> torch.Tensor:
+        """API 1.12: a tensor-parallel rank's part of a vocabulary-parallel lookup: ``table`` holds
+        rows ``[row_start, row_start + len(table))`` of the vocabulary; an id in that range gets
+        its row, any other id a row of zeros (the group's all-reduce then sums one row per id).
+        A backend whose step graphs record it lets tensor-parallel decode steps be recorded."""
+        import torch
+
+        local = token_ids - row_start
+        mine = (local >= 0) & (local < table.shape[0])
+        rows = self.embedding(torch.where(mine, local, 0), table)
+        return rows * mine.unsqueeze(-1).to(rows.dtype)
 
     # -- matmuls ---------------------------------------------------------------------------------
     def prepare_linear(self, weight: torch.Tensor) -> Any:

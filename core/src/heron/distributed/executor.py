@@ -52,6 +52,10 @@ class UniprocExecutor:
     def init_kv_cache(self, num_blocks: int) -> None:
         self.driver.init_kv_cache(num_blocks)
 
+    def enable_step_graphs(self, max_model_len: int) -> str:
+        """Step graphs on every rank (each records the same steps); says what the driver did."""
+        return self.driver.runner.enable_step_graphs(max_model_len)
+
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         return self.driver.runner.execute(out)
 
@@ -129,6 +133,9 @@ class MultiprocExecutor(UniprocExecutor):
 
     def init_kv_cache(self, num_blocks: int) -> None:
         self._call("init_kv_cache", num_blocks)
+
+    def enable_step_graphs(self, max_model_len: int) -> str:
+        return self._call("enable_step_graphs", max_model_len)[0]
 
     # -- steps -----------------------------------------------------------------------------------
     def execute(self, out: SchedulerOutput) -> RunnerOutput:

@@ -208,6 +208,9 @@ class Worker:
     def init_kv_cache(self, num_blocks: int) -> None:
         self.runner.init_kv_cache(num_blocks)
 
+    def enable_step_graphs(self, max_model_len: int) -> str:
+        return self.runner.enable_step_graphs(max_model_len)
+
     # -- steps -----------------------------------------------------------------------------------
     def execute_message(self, message: StepMessage) -> RunnerOutput:
         """A worker rank's step: rebuild the scheduler's output from the message, then run it."""

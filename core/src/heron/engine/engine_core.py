@@ -127,7 +127,7 @@ class EngineCore:
         step_graphs = (
             "off (--enforce-eager)"
             if args.enforce_eager
-            else self.runner.enable_step_graphs(self.max_model_len)
+            else self.executor.enable_step_graphs(self.max_model_len)
         )
 
         self._pipeline_depth = self._batches_to_keep_in_flight()

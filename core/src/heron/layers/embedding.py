@@ -38,10 +38,7 @@ class VocabParallelEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
             return self.ops.embedding(input_ids, self.weight)
-        local = input_ids - self.row_start
-        mine = (local >= 0) & (local < self.weight.shape[0])
-        rows = self.ops.embedding(torch.where(mine, local, 0), self.weight)
-        return self.tp.all_reduce(rows * mine.unsqueeze(-1).to(rows.dtype))
+        return self.tp.all_reduce(self.ops.embedding_shard(input_ids, self.weight, self.row_start))
 
     def load_tensor(self, kind: str, loaded: torch.Tensor, name: str) -> None:
         copy_padded_rows(self.weight, loaded, self.row_start, self.vocab_size, name)

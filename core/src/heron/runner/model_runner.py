@@ -206,8 +206,13 @@ class TorchModelRunner:
 
     def enable_step_graphs(self, max_model_len: int) -> str:
         """Replay decode steps from recorded kernel launches where the platform can; says which."""
-        if self.tp.size > 1 or self.pp.size > 1:
-            return "off (several ranks: collectives run between the kernels)"
+        if self.pp.size > 1:
+            return "off (pipeline stages: hidden states travel between the kernels)"
+        if self.tp.size > 1 and not getattr(self.tp.comm, "records_in_step_graphs", False):
+            return (
+                f"off ({type(self.tp.comm).__name__}'s all-reduce cannot be recorded between "
+                "the kernels)"
+            )
         reason = getattr(self.model, "step_graphs_off", None)
         if reason:  # the model runs torch code the recorders must not replay (the fallback)
             return f"off ({reason})"

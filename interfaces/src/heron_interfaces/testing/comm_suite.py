@@ -36,11 +36,14 @@ COLLECTIVES = (
     "broadcast",
     "send_recv",
     "barrier",
+    "all_reduce_in_step_graph",
 )
 TIMEOUT_S = 120.0
 
 
-def _checks(comm: Any, rank: int, device: Any, default_dtype: Any) -> dict[str, Callable[[], None]]:
+def _checks(
+    comm: Any, rank: int, device: Any, default_dtype: Any, kernel_ops: Any = None
+) -> dict[str, Callable[[], None]]:
     """The collective checks; every rank runs all of them in the same order."""
     import torch
 
@@ -94,6 +97,32 @@ def _checks(comm: Any, rank: int, device: Any, default_dtype: Any) -> dict[str, 
     def barrier() -> None:
         comm.barrier()
 
+    def all_reduce_in_step_graph() -> None:
+        """API 1.12: a communicator that declares ``records_in_step_graphs`` is replayed with the
+        platform's kernels: the recorded all-reduce sums the input's new contents into the
+        recorded output. Communicators that do not declare it are never recorded by core."""
+        if not getattr(comm, "records_in_step_graphs", False):
+            return
+        graph = kernel_ops.capture_graph(4)
+        assert graph is not None, (
+            "records_in_step_graphs is declared, but the platform's KernelOps record no graph"
+        )
+        table = torch.arange(40, dtype=default_dtype, device=device).view(10, 4)
+        ids = torch.tensor([1, 2, 3, 4], device=device)
+        with graph:
+            rows = kernel_ops.embedding(ids, table)
+            summed = comm.all_reduce(rows)
+        eq(summed.cpu(), table.cpu()[ids.cpu()] * world)
+        rounds = [  # each round: every rank's ids (they differ between ranks in the second)
+            [[9, 0, 5, 5]] * world,
+            [[r, r, 7, 8] for r in range(world)],
+        ]
+        for ids_per_rank in rounds:
+            ids.copy_(torch.tensor(ids_per_rank[rank], device=device))
+            graph.replay()
+            want = sum(table.cpu()[torch.tensor(each)] for each in ids_per_rank)
+            eq(summed.cpu(), want)
+
     return {name: fn for name, fn in locals().items() if name in COLLECTIVES}
 
 
@@ -136,7 +165,8 @@ def _worker(rank: int, ref: str, init_file: str, results: Any) -> None:
         )
         comm = platform.communicator(CommContext(world_size=WORLD_SIZE, rank=rank, device=device))
         default_dtype = getattr(torch, platform.capabilities().default_dtype)
-        for name, check in _checks(comm, rank, device, default_dtype).items():
+        kernel_ops = resolve_ref(platform.kernel_ops())()
+        for name, check in _checks(comm, rank, device, default_dtype, kernel_ops).items():
             try:
                 check()
                 verdicts[name] = None

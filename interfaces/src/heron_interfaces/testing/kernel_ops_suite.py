@@ -181,6 +181,40 @@ def test_embedding_matches_reference(
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
+def test_embedding_shard_matches_reference(
+    kernel_ops: KernelOps,
+    reference_ops: KernelOps,
+    capabilities: Capabilities,
+    backend_device,
+    dtype_name: str,
+) -> None:
+    """API 1.12: ids inside the shard's rows get them, every other id zeros; a backend that
+    records graphs replays it on new ids (tensor-parallel decode steps are recorded with it)."""
+    import torch
+
+    dtype = _dtype(capabilities, dtype_name)
+    gen = torch.Generator().manual_seed(6)
+    shard = torch.randn(100, 64, generator=gen).to(dtype)  # vocabulary rows 100..199
+    ids = torch.tensor([0, 99, 100, 150, 199, 200, 299, 150])
+    out = kernel_ops.embedding_shard(ids.to(backend_device), shard.to(backend_device), 100).cpu()
+    want = reference_ops.embedding_shard(ids, shard, 100)
+    assert torch.equal(out, want), "embedding_shard"
+    assert torch.equal(want[2:5], shard[[0, 50, 99]]) and not want[[0, 1, 5, 6]].any()
+    graph = kernel_ops.capture_graph(len(ids))
+    if graph is None:
+        return
+    dev_ids, dev_shard = ids.to(backend_device), shard.to(backend_device)
+    with graph:
+        recorded = kernel_ops.embedding_shard(dev_ids, dev_shard, 100)
+    new_ids = torch.tensor([120, 5, 300, 100, 101, 199, 0, 180])
+    dev_ids.copy_(new_ids.to(backend_device))
+    graph.replay()
+    assert torch.equal(recorded.cpu(), reference_ops.embedding_shard(new_ids, shard, 100)), (
+        "embedding_shard replayed from a step graph on new ids"
+    )
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
 def test_step_graph_replays_recorded_ops(
     kernel_ops: KernelOps,
     reference_ops: KernelOps,

@@ -11,6 +11,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
+from heron_cpu.launch import launch_torch
 from heron_cpu.shm_allreduce import ShmAllReduce
 from heron_interfaces import CommContext, Communicator
 
@@ -59,8 +60,15 @@ class CpuCommunicator(Communicator):
         shm.unlink()
         return shm
 
+    records_in_step_graphs = True
+    """The all-reduce is a recordable call (heron_cpu.launch.launch_torch): tensor-parallel
+    ranks replay their decode steps from graphs too, the all-reduce run again at its place."""
+
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         _on_cpu("x", x)
+        return launch_torch(self._all_reduce, x)
+
+    def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self._shm is not None:
             return self._shm.all_reduce(x)
         return super().all_reduce(x)

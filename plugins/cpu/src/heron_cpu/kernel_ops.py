@@ -132,6 +132,13 @@ class CpuKernelOps(KernelOps):
         )  # fmt: skip
         return out
 
+    def embedding_shard(
+        self, token_ids: torch.Tensor, table: torch.Tensor, row_start: int
+    ) -> torch.Tensor:
+        # Masking ids is torch work: the whole lookup is one recorded call, so tensor-parallel
+        # decode steps can be replayed from a graph.
+        return launch_torch(super().embedding_shard, token_ids, table, row_start)
+
     # -- matmuls ---------------------------------------------------------------------------------
     def prepare_linear(self, weight: torch.Tensor) -> Any:
         if weight.dtype != torch.bfloat16 or not weight.is_cpu:

@@ -47,8 +47,14 @@ def launch_torch(op: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
     calls = getattr(_local, "calls", None)
     if calls is None:
         return op(*args)
-    with _disable_current_modes():
-        out = op(*args)
+    # The op is one recorded call: launches it makes itself are not recorded on their own (their
+    # temporaries are the op's, freed when it returns; its replay makes them again).
+    _local.calls = None
+    try:
+        with _disable_current_modes():
+            out = op(*args)
+    finally:
+        _local.calls = calls
     calls.append((_ReplayInto(op, args, out), ()))
     return out
 
