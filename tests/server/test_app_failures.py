@@ -19,8 +19,8 @@ from model_utils import build_tokenizer
 from heron.engine.async_llm import EngineDeadError
 from heron.engine.input_processor import ProcessedPrompt
 from heron.engine.output_processor import RequestOutputKind
+from heron.engine.stats_logger import EngineStats
 from heron.outputs import CompletionOutput, RequestOutput
-from heron.sched.scheduler import SchedulerStats
 from heron_server.app import build_app
 
 
@@ -48,8 +48,8 @@ class FakeEngine:
     def render_chat(self, messages: list[dict[str, Any]], **_kwargs: Any) -> ProcessedPrompt:
         return self.process_prompt(" ".join(m["content"] for m in messages))
 
-    def stats(self) -> SchedulerStats:
-        return SchedulerStats(
+    def stats(self) -> EngineStats:
+        return EngineStats(
             num_running=0,
             num_waiting=0,
             kv_cache_usage=0.0,
