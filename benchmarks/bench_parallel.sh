@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Pipeline parallel 2 on this machine (one core per stage) against one process with two threads,
-# W64's shape on the tensor-parallel bench model, runs interleaved (the machine's speed drifts).
-# With BEFORE=<commit>, also runs pipeline parallel 2 from that commit (checked out in a git
-# worktree beside this checkout), e.g. the commit before batches were kept in flight.
+# Parallel layouts on this machine against one process with two threads: W64's shape on the
+# tensor-parallel bench model, runs interleaved round by round (the machine's speed drifts).
+# Each ARGS is one set of extra `heron bench throughput` arguments (default: -pp 2). With
+# BEFORE=<commit>, each set also runs from that commit (checked out in a git worktree beside this
+# checkout), e.g. the commit before a change.
 #   python benchmarks/make_tp_bench_model.py tp-bench-model
-#   bash benchmarks/bench_pipeline.sh tp-bench-model [ROUNDS]
+#   bash benchmarks/bench_parallel.sh tp-bench-model [ROUNDS [ARGS...]]
+#   bash benchmarks/bench_parallel.sh tp-bench-model 2 "--tensor-parallel-size 2" "--enforce-eager"
 set -euo pipefail
-model=${1:?usage: bench_pipeline.sh MODEL_DIR [ROUNDS]}
+model=${1:?usage: bench_parallel.sh MODEL_DIR [ROUNDS [ARGS...]]}
 rounds=${2:-2}
+shift $(($# < 2 ? $# : 2))
+layouts=("$@")
+[[ ${#layouts[@]} -gt 0 ]] || layouts=("--pipeline-parallel-size 2")
 common=(--model "$model" --input-len 150 --output-len 128 --num-prompts 64 --dtype bfloat16
         --max-model-len 1024 --no-enable-prefix-caching --num-iters 3)
 before_src=""
@@ -20,13 +25,17 @@ fi
 run() {  # label, then extra arguments
     local label=$1; shift
     local tps
-    tps=$(heron bench throughput "${common[@]}" "$@" 2>/dev/null | grep "Output token throughput" | head -1)
-    echo "$label: $tps"
+    tps=$(heron bench throughput "${common[@]}" "$@" 2>/dev/null | grep "Output token throughput")
+    echo "$label: ${tps##* }"
 }
 for ((i = 1; i <= rounds; i++)); do
     run "one process (2 threads)"
-    run "pipeline parallel 2, a batch per stage in flight" --pipeline-parallel-size 2
-    if [[ -n "$before_src" ]]; then
-        PYTHONPATH="$before_src" run "pipeline parallel 2 at $BEFORE" --pipeline-parallel-size 2
-    fi
+    for args in "${layouts[@]}"; do
+        # shellcheck disable=SC2086  # each set is split into its arguments on purpose
+        run "$args" $args
+        if [[ -n "$before_src" ]]; then
+            # shellcheck disable=SC2086
+            PYTHONPATH="$before_src" run "$args at $BEFORE" $args
+        fi
+    done
 done
