@@ -10,7 +10,8 @@ all-reduce, like a row-parallel layer.
 The expert computation itself (gather the tokens of each expert, two GEMMs, weighted sum) runs
 in the platform's kernels when they offer it: a :class:`~heron_interfaces.kernel_ops.KernelOps`
 with ``prepare_moe(w13, w2)`` and ``fused_moe(x, prepared, topk_ids, topk_weights)`` (heron-cpu
-has them). Otherwise :func:`fused_moe_reference`, plain torch, runs it. The weights are kept as
+has them). Otherwise :func:`~heron_interfaces.kernel_ops.moe_reference` (the contract's
+definition, in plain torch) runs it. The weights are kept as
 buffers, not parameters: the generic checkpoint loader never sees them, and
 :meth:`FusedMoE.check_loaded` reports missing experts instead.
 """
@@ -18,11 +19,10 @@ buffers, not parameters: the generic checkpoint loader never sees them, and
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from heron.distributed.tensor_parallel import SINGLE, TensorParallel
-from heron_interfaces.kernel_ops import KernelOps
+from heron_interfaces.kernel_ops import KernelOps, moe_reference
 
 EXPERT_PARTS = ("gate", "up", "down")
 
@@ -38,31 +38,6 @@ def route_top_k(
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights, ids
-
-
-def fused_moe_reference(
-    x: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-) -> torch.Tensor:
-    """The experts of every token, weighted and summed: the plain-torch reference.
-
-    ``x`` ``[T, hidden]``, ``topk_ids``/``topk_weights`` ``[T, k]``. Each expert's tokens are
-    gathered, run through ``silu(x W_gate^T) * (x W_up^T)`` and ``W_down``, scaled by their
-    routing weight (in the wider of its dtype and the weights') and added into the output in
-    expert order.
-    """
-    out = torch.zeros_like(x)
-    intermediate = w2.shape[-1]
-    for expert in torch.unique(topk_ids).tolist():
-        tokens, slots = torch.where(topk_ids == expert)
-        h = F.linear(x[tokens], w13[expert])
-        act = F.silu(h[:, :intermediate]) * h[:, intermediate:]
-        y = F.linear(act, w2[expert]) * topk_weights[tokens, slots, None]
-        out.index_add_(0, tokens, y.to(out.dtype))
-    return out
 
 
 class FusedMoE(nn.Module):
@@ -169,7 +144,7 @@ class FusedMoE(nn.Module):
             weights = weights.to(x.dtype)
         prepared = self.__dict__.get("_prepared")
         if prepared is None:
-            out = fused_moe_reference(x, self.w13, self.w2, ids, weights)
+            out = moe_reference(x, self.w13, self.w2, ids, weights)
         else:
             out = self.ops.fused_moe(x, prepared, ids, weights)
         return out if self.tp.size == 1 else self.tp.all_reduce(out)
