@@ -156,6 +156,30 @@ def test_tensor_parallel_decode_steps_replay_from_step_graphs(
         eager.shutdown()
 
 
+def test_speculative_decoding_under_tensor_parallelism(llama) -> None:
+    """The step message carries each request's drafts, so every rank verifies the same 1 + k
+    positions: greedy ids equal Hugging Face's with drafts both accepted and rolled back."""
+    from test_spec_decode import NGRAM, OraclePlanner
+
+    folder, prompt_ids, expected = llama
+    llm = LLM(
+        str(folder),
+        dtype="float32",
+        block_size=16,
+        tensor_parallel_size=2,
+        speculative_config=NGRAM,
+    )
+    try:
+        core = llm.llm_engine.core
+        reference = {tuple(p): ids + [0] * 8 for p, ids in zip(prompt_ids, expected)}
+        core.scheduler.proposer = OraclePlanner(reference, core.max_model_len)
+        assert greedy_ids(llm) == expected
+        counters = core.spec_decode
+        assert 0 < counters.num_accepted_tokens < counters.num_draft_tokens
+    finally:
+        llm.shutdown()
+
+
 def test_kv_heads_replicated_on_four_ranks(llama, monkeypatch: pytest.MonkeyPatch) -> None:
     """Four ranks over two KV heads: each rank keeps the KV head its two query heads read."""
     monkeypatch.setenv("HERON_BACKEND", "reference")

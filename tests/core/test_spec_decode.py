@@ -166,8 +166,6 @@ def test_config_errors_name_the_field(value, message: str) -> None:
 def test_engine_refuses_unsupported_combinations(tiny_llama: Path) -> None:
     with pytest.raises(ValueError, match="pipeline_parallel_size > 1"):
         LLM(str(tiny_llama), speculative_config=NGRAM, pipeline_parallel_size=2)
-    with pytest.raises(ValueError, match="tensor_parallel_size > 1"):
-        LLM(str(tiny_llama), speculative_config=NGRAM, tensor_parallel_size=2)
 
 
 def _request(tokens: list[int]) -> Request:

@@ -36,6 +36,8 @@ class ScheduledUpdate:
     num_new_tokens: int
     block_ids: list[int]
     new_output_token_ids: list[int]
+    draft_token_ids: list[int] = field(default_factory=list)
+    """Speculative drafts this step verifies (the last of ``num_new_tokens``)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -87,6 +89,7 @@ class StepEncoder:
                     num_new_tokens=item.num_new_tokens,
                     block_ids=list(request.block_ids),
                     new_output_token_ids=outputs[sent:],
+                    draft_token_ids=item.draft_token_ids,
                 )
             )
             self._outputs_sent[rid] = len(outputs)
@@ -117,7 +120,11 @@ class StepDecoder:
             request.num_computed_tokens = update.num_computed_tokens
             request.block_ids = update.block_ids
             out.scheduled.append(
-                ScheduledRequest(request=request, num_new_tokens=update.num_new_tokens)
+                ScheduledRequest(
+                    request=request,
+                    num_new_tokens=update.num_new_tokens,
+                    draft_token_ids=update.draft_token_ids,
+                )
             )
             out.num_scheduled_tokens += update.num_new_tokens
         return out

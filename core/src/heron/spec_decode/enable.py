@@ -29,11 +29,6 @@ def check_speculation(args: Any, *, pooling: bool) -> SpeculativeConfig | None:
             "speculative_config cannot be combined with pipeline_parallel_size > 1 (several "
             "batches in flight): a request's drafts depend on the tokens of its previous step"
         )
-    if args.tensor_parallel_size > 1:
-        raise SpeculativeConfigError(
-            "speculative_config is not supported with tensor_parallel_size > 1 yet: the other "
-            "ranks' step messages do not carry draft tokens; use tensor_parallel_size 1"
-        )
     if pooling:
         raise SpeculativeConfigError(
             "speculative_config is for text generation; the pooling runner generates nothing"
