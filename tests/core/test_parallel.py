@@ -156,17 +156,22 @@ def test_tensor_parallel_decode_steps_replay_from_step_graphs(
         eager.shutdown()
 
 
-def test_speculative_decoding_under_tensor_parallelism(llama) -> None:
+@pytest.mark.parametrize("layout", [*LAYOUTS, "2x2"])
+def test_speculative_decoding_over_ranks(llama, layout: str) -> None:
     """The step message carries each request's drafts, so every rank verifies the same 1 + k
-    positions: greedy ids equal Hugging Face's with drafts both accepted and rolled back."""
+    positions (with pipeline stages too: a request in flight is not scheduled, so its drafts are
+    made once its last token is known): greedy ids equal Hugging Face's with drafts both accepted
+    and rolled back."""
     from test_spec_decode import NGRAM, OraclePlanner
 
     folder, prompt_ids, expected = llama
+    tp, pp = LAYOUTS.get(layout, (2, 2))
     llm = LLM(
         str(folder),
         dtype="float32",
         block_size=16,
-        tensor_parallel_size=2,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
         speculative_config=NGRAM,
     )
     try:

@@ -163,9 +163,15 @@ def test_config_errors_name_the_field(value, message: str) -> None:
         parse_speculative_config(value)
 
 
-def test_engine_refuses_unsupported_combinations(tiny_llama: Path) -> None:
-    with pytest.raises(ValueError, match="pipeline_parallel_size > 1"):
-        LLM(str(tiny_llama), speculative_config=NGRAM, pipeline_parallel_size=2)
+def test_speculation_is_refused_for_the_pooling_runner() -> None:
+    from types import SimpleNamespace
+
+    from heron.spec_decode.enable import SpeculativeConfigError, check_speculation
+
+    args = SimpleNamespace(speculative_config=NGRAM)
+    assert check_speculation(args, pooling=False) is not None
+    with pytest.raises(SpeculativeConfigError, match="pooling runner generates nothing"):
+        check_speculation(args, pooling=True)
 
 
 def _request(tokens: list[int]) -> Request:

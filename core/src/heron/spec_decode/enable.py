@@ -24,11 +24,6 @@ def check_speculation(args: Any, *, pooling: bool) -> SpeculativeConfig | None:
     config = SpeculativeConfig.from_value(args.speculative_config)
     if config is None:
         return None
-    if args.pipeline_parallel_size > 1:
-        raise SpeculativeConfigError(
-            "speculative_config cannot be combined with pipeline_parallel_size > 1 (several "
-            "batches in flight): a request's drafts depend on the tokens of its previous step"
-        )
     if pooling:
         raise SpeculativeConfigError(
             "speculative_config is for text generation; the pooling runner generates nothing"
