@@ -4,9 +4,9 @@ Why interleaved: this shared 2-core machine's speed moves by 15-30 % from hour t
 more when other sessions run, so each pair runs llama.cpp and Heron back to back on the same file
 and the medians of the pairs are compared. Heron: ``heron bench latency`` (128-token random
 prompt, 128 new tokens, decode tok/s from its request metrics); llama.cpp: ``llama-bench -p 0 -n
-128`` (tg128, its mean over ``-r`` repetitions). Run under the heavy lock:
+128`` (tg128, its mean over ``-r`` repetitions). Run it while nothing else loads the machine:
 
-    flock /tmp/heron-heavy.lock python benchmarks/bench_quant_llamacpp.py \\
+    python benchmarks/bench_quant_llamacpp.py \\
         --llama-bench PATH/llama-bench --pairs 3 q4_1=BUNDLED q8_0=Q8_0.gguf
 
 ``BUNDLED`` names the bundled SmolLM2 Q4_1 file; ``benchmarks/make_q8_0_gguf.py`` writes the Q8_0

@@ -65,20 +65,26 @@ def greedy_ids(llm: LLM, prompts: list[str] | None = None) -> list[list[int]]:
 LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2)}
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_every_architecture_equals_hf(tiny_model, backend: str, layout: str) -> None:
-    folder, _prompt_ids, expected = tiny_model
-    tp, pp = LAYOUTS[layout]
-    llm = LLM(
+def layout_llm(folder, layout: str, **kwargs) -> LLM:
+    """The tiny model in float32 on the ranks of ``layout`` (``"2x2"``: tensor x pipeline 2)."""
+    tp, pp = LAYOUTS.get(layout, (2, 2))
+    return LLM(
         str(folder),
         dtype="float32",
         block_size=16,
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
+        **kwargs,
     )
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_architecture_equals_hf(tiny_model, backend: str, layout: str) -> None:
+    folder, _prompt_ids, expected = tiny_model
+    llm = layout_llm(folder, layout)
     try:
         assert llm.llm_engine.core.executor.world_size == 2
-        assert llm.llm_engine.core.runner.model.num_layers == 2 // pp
+        assert llm.llm_engine.core.runner.model.num_layers == 2 // LAYOUTS[layout][1]
         assert greedy_ids(llm) == expected
     finally:
         llm.shutdown()
@@ -88,15 +94,7 @@ def test_every_architecture_equals_hf(tiny_model, backend: str, layout: str) -> 
 @pytest.mark.parametrize("mode", [m for m in ENGINE_MODES if m != "default"])
 def test_scheduling_modes(llama, mode: str, backend: str, layout: str) -> None:
     folder, _prompt_ids, expected = llama
-    tp, pp = LAYOUTS.get(layout, (2, 2))
-    llm = LLM(
-        str(folder),
-        dtype="float32",
-        block_size=16,
-        tensor_parallel_size=tp,
-        pipeline_parallel_size=pp,
-        **ENGINE_MODES[mode],
-    )
+    llm = layout_llm(folder, layout, **ENGINE_MODES[mode])
     try:
         assert greedy_ids(llm) == expected, mode
         if mode == "preemption":
@@ -165,15 +163,7 @@ def test_speculative_decoding_over_ranks(llama, layout: str) -> None:
     from test_spec_decode import NGRAM, OraclePlanner
 
     folder, prompt_ids, expected = llama
-    tp, pp = LAYOUTS.get(layout, (2, 2))
-    llm = LLM(
-        str(folder),
-        dtype="float32",
-        block_size=16,
-        tensor_parallel_size=tp,
-        pipeline_parallel_size=pp,
-        speculative_config=NGRAM,
-    )
+    llm = layout_llm(folder, layout, speculative_config=NGRAM)
     try:
         core = llm.llm_engine.core
         reference = {tuple(p): ids + [0] * 8 for p, ids in zip(prompt_ids, expected)}
