@@ -162,12 +162,17 @@ def test_sigterm_ends_every_stream_with_abort_and_done_then_exits_0(
     answers: list = []
     body = {"prompt": "Whole", "max_tokens": CONTEXT - 64, "ignore_eos": True}
     readers.append(threading.Thread(target=_post_and_keep, args=(server, body, answers)))
-    for reader in readers:
+    # The first two streams take both seats (--max-num-seqs 2) before the other two requests are
+    # sent, so those two wait. Sent all at once, the non-streaming request could take a seat and
+    # the wait below would last until a running request had finished by length.
+    for reader in readers[:2]:
         reader.start()
     deadline = time.monotonic() + 60
-    while sum(s.started.is_set() for s in streams) < 2 and time.monotonic() < deadline:
+    while not all(s.started.is_set() for s in streams[:2]) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sum(s.started.is_set() for s in streams) >= 2, "the running streams never started"
+    assert all(s.started.is_set() for s in streams[:2]), "the running streams never started"
+    for reader in readers[2:]:
+        reader.start()
     time.sleep(1.0)  # the stats logger (0.5 s interval) reports the busy engine
     server.proc.terminate()
     stopped = time.monotonic()
