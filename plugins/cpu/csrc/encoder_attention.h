@@ -1,0 +1,44 @@
+// Bidirectional (non-causal) attention of whole prompts, read in place from a fused q/k/v
+// projection: the attention of encoder models (BERT and its kin) in a pooling step.
+//
+// A pooled prompt is attended once, whole, and never again, so nothing goes through the paged KV
+// cache: the kernel reads q, k and v rows straight out of the projection's output (strided, no
+// copies by the caller), with no padding between prompts of different lengths. Like kernels.h,
+// nothing here depends on libtorch: raw pointers, element strides, caller-allocated output.
+#pragma once
+
+#include <cstdint>
+
+namespace heron_cpu {
+namespace encoder {
+
+struct EncoderAttentionArgs {
+  const void* qkv;        // [tokens, row], row stride qkv_stride; q of head h at h * head_size,
+                          // k at k_offset + h * head_size, v at v_offset + h * head_size
+  void* out;              // [tokens, num_heads * head_size], row stride out_stride
+  const int32_t* starts;  // [num_seqs + 1]: sequence s is tokens [starts[s], starts[s + 1])
+  int64_t num_seqs;
+  int64_t num_heads;
+  int64_t head_size;
+  int64_t qkv_stride;  // all strides and offsets in elements
+  int64_t k_offset;
+  int64_t v_offset;
+  int64_t out_stride;
+  float scale;
+  bool bf16;  // false: float32 elements; true: bfloat16 bit patterns (uint16)
+  int num_threads;
+};
+
+// kAuto takes the AVX-512 loops where the CPU has them and head_size % 16 == 0; kPortable is the
+// plain C++ loop (any CPU, any head size). Tests run each.
+enum class Path : int { kAuto = 0, kAvx512 = 1, kPortable = 2 };
+
+// Whether this CPU (and its OS) runs the AVX-512 loops.
+bool avx512_supported();
+
+// out[t, h*D:(h+1)*D] = softmax(q_t k_S^T * scale) v_S over the tokens S of t's own sequence.
+// Returns the path that ran (kAvx512 or kPortable); std::bad_alloc when scratch memory is short.
+Path encoder_attention(const EncoderAttentionArgs& args, Path path);
+
+}  // namespace encoder
+}  // namespace heron_cpu
