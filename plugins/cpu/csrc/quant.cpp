@@ -330,6 +330,10 @@ bool avx2_supported() {
 }
 
 void linear(const QuantArgs& a, Path path) {
+  if (path == Path::kAmx) {
+    if (linear_amx(a)) return;
+    path = Path::kAuto;  // no AMX here, or float32 activations: the loops below
+  }
   if (path == Path::kVnni512 || path == Path::kAvxVnni) {
     if (linear_i8(a, path)) return;
     path = Path::kAuto;  // this CPU lacks it: the fp32 loops

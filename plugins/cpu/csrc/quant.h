@@ -30,8 +30,12 @@ enum class DType : int { kFloat32 = 0, kBFloat16 = 1 };
 
 // Which loop runs; a path this CPU lacks falls back to the next simpler one. kAuto..kPortable
 // widen the weights to fp32 (quant.cpp); kVnni512 and kAvxVnni quantize x to int8 per block and
-// take integer dot products (quant_i8.cpp), within llama.cpp's error for Q8 activations.
-enum class Path : int { kAuto = 0, kAvx512 = 1, kAvx2 = 2, kPortable = 3, kVnni512 = 4, kAvxVnni = 5 };
+// take integer dot products (quant_i8.cpp), within llama.cpp's error for Q8 activations. kAmx
+// (bf16 activations only, else kAuto) decodes a strip of weight rows to bf16 in cache and runs
+// AMX-BF16 tiles against every x row (quant_amx.cpp): the many-row loop.
+enum class Path : int {
+  kAuto = 0, kAvx512 = 1, kAvx2 = 2, kPortable = 3, kVnni512 = 4, kAvxVnni = 5, kAmx = 6
+};
 
 struct QuantArgs {
   void* out;              // [m, n] contiguous, dtype
@@ -54,12 +58,16 @@ bool avx512_supported();
 bool avx2_supported();
 bool vnni512_supported();  // AVX-512 with VNNI (vpdpbusd on 512 bits)
 bool avxvnni_supported();  // AVX-VNNI (the VEX vpdpbusd on 256 bits)
+bool amx_supported();      // AMX-BF16 tiles with AVX512-BF16, and the OS's permission for them
 
 // out = x @ W^T (+ bias): fp32 accumulation, one rounding to dtype at the end.
 void linear(const QuantArgs& args, Path path);
 
 // The int8-activation loop of `path` (kVnni512 or kAvxVnni); false where this CPU lacks it.
 bool linear_i8(const QuantArgs& args, Path path);
+
+// The AMX-BF16 loop (quant_amx.cpp); false where this CPU lacks it or x is not bfloat16.
+bool linear_amx(const QuantArgs& args);
 
 // The weight, dequantized to dtype, into out [n, k] contiguous (the prefill path: then a GEMM).
 // Only qs/d/mins/n/k/format/dtype/num_threads of args are read.

@@ -45,7 +45,7 @@ void quant_linear(uintptr_t out, uintptr_t x, uintptr_t qs, uintptr_t d, uintptr
                   int dtype, int num_threads, int path) {
   const auto args = make_args("quant_linear", out, x, qs, d, mins, bias, m, n, k, x_stride, format,
                               dtype, num_threads);
-  if (path < 0 || path > 5) throw py::value_error("quant_linear: unknown path");
+  if (path < 0 || path > 6) throw py::value_error("quant_linear: unknown path");
   py::gil_scoped_release release;
   hq::linear(args, static_cast<hq::Path>(path));
 }
@@ -65,6 +65,7 @@ py::dict quant_paths() {
   paths["portable"] = true;
   paths["vnni512"] = hq::vnni512_supported();
   paths["avxvnni"] = hq::avxvnni_supported();
+  paths["amx"] = hq::amx_supported();
   return paths;
 }
 
@@ -77,7 +78,7 @@ PYBIND11_MODULE(_quant, m) {
         py::arg("x_stride"), py::arg("format"), py::arg("dtype"), py::arg("num_threads"),
         py::arg("path"),
         "out[m, n] = x[m, k] @ W^T (+ bias) for W in repacked blocks; format 0 Q8, 1 Q4; dtype 0 "
-        "float32, 1 bfloat16; path 0 auto, 1 AVX-512, 2 AVX2, 3 portable (fp32), 4 AVX-512 VNNI, 5 AVX-VNNI (int8 x).");
+        "float32, 1 bfloat16; path 0 auto, 1 AVX-512, 2 AVX2, 3 portable (fp32), 4 AVX-512 VNNI, 5 AVX-VNNI (int8 x), 6 AMX-BF16 (bf16 x, many rows).");
   m.def("quant_dequantize", &quant_dequantize, py::arg("out"), py::arg("qs"), py::arg("d"),
         py::arg("mins"), py::arg("n"), py::arg("k"), py::arg("format"), py::arg("dtype"),
         py::arg("num_threads"), "out[n, k] = W dequantized to dtype.");

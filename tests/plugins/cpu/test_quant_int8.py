@@ -2,7 +2,7 @@
 
 These loops quantize ``x`` to int8 per 32-block (``dx = max|x| / 127``, ``qx = round(x / dx)``,
 half to even) and take integer dot products with the weight's blocks. Two checks per loop, over
-many shapes (K with odd and even block counts, N across every tile, 1..16 rows):
+many shapes (K with odd and even block counts, N across every tile, 1..300 rows):
 
 - exactness: the result equals a float64 emulation of exactly that arithmetic (the same int8
   activations, the weight's integer values, the scales and, for Q4, the fp32 block sums of x) up
@@ -29,8 +29,9 @@ FORMATS = ["q8_0", "q4_0", "q4_1", "q4_k", "int8"]
 # (rows of x, K, N): K/32 = 1, 3, 5, 7, 11 (odd: a half pair at the end) and 2, 18, 48.
 SHAPES = [(1, 32, 1), (1, 64, 5), (1, 96, 45), (2, 224, 7), (3, 352, 130), (4, 96, 130),
           (5, 160, 45), (1, 576, 77), (8, 224, 33), (13, 96, 7), (16, 32, 45), (2, 1536, 9),
-          (6, 576, 131), (16, 160, 64)]  # fmt: skip
-Q4K_SHAPES = [(1, 256, 1), (1, 256, 45), (2, 512, 7), (3, 768, 130), (5, 256, 45), (16, 1536, 33)]
+          (6, 576, 131), (16, 160, 64), (33, 96, 45), (300, 160, 7)]  # fmt: skip
+Q4K_SHAPES = [(1, 256, 1), (1, 256, 45), (2, 512, 7), (3, 768, 130), (5, 256, 45), (16, 1536, 33),
+              (64, 256, 9)]  # fmt: skip
 MAX_DOT_PRODUCT_ERROR = 0.02  # llama.cpp tests/test-quantize-fns.cpp
 
 

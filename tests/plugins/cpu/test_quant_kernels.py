@@ -1,11 +1,12 @@
 """heron-cpu's quantized linear loops against dequantize-then-matmul, on every path this CPU runs.
 
 ``heron_cpu.quant`` keeps GGUF Q8_0/Q4_0/Q4_1 and int8 weights in blocks; each loop (AVX-512,
-AVX2, portable, and auto, which past ``MAX_GEMV_ROWS`` rows dequantizes and runs a GEMM) must
+AVX2, portable, ``dequant``, and auto, which picks a loop by rows) must
 give ``x @ W^T + b`` for ``W = QuantizedWeight.dequantize()`` (the reference decode of
-heron_interfaces) up to the order of the fp32 sums, over rows 1..64, K odd multiples of the
-block and N not a multiple of any tile. The int8-activation loops (VNNI, the default for bfloat16
-activations where the CPU has it) are tested in test_quant_int8.py.
+heron_interfaces) up to the order of the fp32 sums, over rows 1..300, K odd multiples of the
+block and N not a multiple of any tile. The int8-activation loops (VNNI, the default for a few
+rows of bfloat16 activations where the CPU has it) are tested in test_quant_int8.py, the
+many-row AMX loop in test_quant_amx.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from heron_interfaces.testing.quantized_suite import random_quantized_weight  # 
 FORMATS = ["q8_0", "q4_0", "q4_1", "q4_k", "int8"]
 # (rows of x, K, N): K = 32 x odd; N = 1, 7, 45, 130 cross every tile boundary.
 SHAPES = [(1, 32, 1), (1, 96, 45), (2, 224, 7), (3, 352, 130), (4, 96, 130), (5, 160, 45),
-          (8, 224, 33), (13, 96, 7), (16, 32, 45), (17, 160, 130), (33, 96, 45), (64, 224, 130)]  # fmt: skip
+          (8, 224, 33), (13, 96, 7), (16, 32, 45), (17, 160, 130), (33, 96, 45), (64, 224, 130),
+          (300, 160, 7)]  # fmt: skip
 # Q4_K: K in whole 256-weight super-blocks (1, 2, 3 and 6 of them).
 Q4K_SHAPES = [(1, 256, 1), (1, 256, 45), (2, 512, 7), (3, 768, 130), (5, 256, 45), (16, 1536, 33),
               (17, 512, 130), (33, 256, 45)]  # fmt: skip
@@ -32,7 +34,12 @@ def _shapes(fmt: str) -> list[tuple[int, int, int]]:
     return Q4K_SHAPES if fmt == "q4_k" else SHAPES
 
 
-@pytest.fixture(params=["auto", *(p for p in quant.available_paths() if p not in quant.INT8_PATHS)])
+FP32_PATHS = [
+    p for p in quant.available_paths() if p not in quant.INT8_PATHS + quant.BF16_WEIGHT_PATHS
+]
+
+
+@pytest.fixture(params=["auto", "dequant", *FP32_PATHS])
 def path(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -50,15 +57,15 @@ def test_loops_match_dequantized_matmul(path: str, fmt: str, dtype: torch.dtype)
         gen = torch.Generator().manual_seed(i)
         x = torch.randn(rows, k, generator=gen).to(dtype)
         bias = torch.randn(n, generator=gen).to(dtype) if i % 2 else None
-        gemv = path != "auto" or rows <= quant.MAX_GEMV_ROWS
-        if gemv and path == "auto" and quant.auto_path(dtype) in quant.INT8_PATHS:
-            continue  # int8 activations: test_quant_int8.py
+        runs = quant.select_path(dtype, rows) if path == "auto" else path
+        if runs in quant.INT8_PATHS or runs == "amx":
+            continue  # int8 activations: test_quant_int8.py; AMX: test_quant_amx.py
         out = quant.linear(x, packed, bias, path=path)
         expected = _reference(x, weight, bias)
         assert out.dtype == dtype and out.shape == (rows, n)
         if dtype == torch.float32:
             torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5, msg=f"{rows, k, n}")
-        elif path == "auto" and rows > quant.MAX_GEMV_ROWS:
+        elif runs == "dequant":
             # The GEMM path multiplies the weight dequantized to bf16, as --quantization none.
             plain = F.linear(x, weight.dequantize(dtype), bias)
             torch.testing.assert_close(out, plain, rtol=8e-3, atol=1e-3)

@@ -11,14 +11,23 @@ read (Q4_K's 32-weight sub-blocks become 4-bit blocks with exact fp32 scales and
 - ``d``: float32 block scales ``[n, k / 32]``; ``mins``: float32 block minimums (Q4 only; Q4_0's
   ``d (q - 8)`` becomes ``d q + (-8 d)``, exactly, so both 4-bit formats share one loop).
 
-:func:`linear` runs a compiled loop for up to :data:`MAX_GEMV_ROWS` rows of ``x``: by default
-AVX-512 VNNI where the CPU has it (``x`` quantized to int8 per 32-block once per call, as
-llama.cpp's Q8 activations, then integer dot products: ``csrc/quant_i8.cpp``), else the fp32 loop
-of the ISA in use (AVX-512, AVX2 or portable; ``HERON_CPU_ISA`` forces one, as for every heron-cpu
-kernel). ``HERON_CPU_QUANT_PATH`` forces any loop by name (:func:`auto_path`). Past that the product is
-compute-bound and the packed bf16/oneDNN GEMM wins, so the weight is dequantized into a scratch
-matrix in one compiled pass and multiplied by torch's linear (prefill chunks). Both go through
-:func:`~heron_cpu.launch.launch`, so decode steps are recorded in step graphs like the bf16 path.
+:func:`linear` picks a compiled loop per call from the rows of ``x`` (:func:`select_path`):
+
+- up to :data:`AMX_MIN_ROWS` - 1 rows (a decode step): by default AVX-512 VNNI where the CPU has
+  it (``x`` quantized to int8 per 32-block once per call, as llama.cpp's Q8 activations, then
+  integer dot products: ``csrc/quant_i8.cpp``), else the fp32 loop of the ISA in use (AVX-512,
+  AVX2 or portable; ``HERON_CPU_ISA`` forces one, as for every heron-cpu kernel). These loops are
+  bound by the weight's bytes at one row but repeat every dot product per extra row;
+- from :data:`AMX_MIN_ROWS` rows with bfloat16 activations on a CPU with AMX-BF16 (speculative
+  verification, batched decode, prefill): ``amx`` (``csrc/quant_amx.cpp``), which decodes a strip
+  of 32 weight rows to bfloat16 in cache and multiplies it with tile instructions against every
+  row, so a call decodes each weight once whatever the rows and writes nothing but its output;
+- past :data:`MAX_GEMV_ROWS` rows without AMX: ``dequant``, the weight dequantized into a scratch
+  matrix in one compiled pass and multiplied by torch's linear.
+
+``HERON_CPU_QUANT_PATH`` forces one loop by name for every call (:data:`PATHS`). Every call goes
+through :func:`~heron_cpu.launch.launch`, so decode steps are recorded in step graphs like the
+bf16 path.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from heron_interfaces.quantization import (
 )
 
 __all__ = [
+    "AMX_MIN_ROWS",
+    "BF16_WEIGHT_PATHS",
     "INT8_PATHS",
     "MAX_GEMV_ROWS",
     "PATHS",
@@ -51,10 +62,16 @@ __all__ = [
     "describe",
     "linear",
     "pack",
+    "select_path",
 ]
 
 MAX_GEMV_ROWS = 16
-"""Most rows of ``x`` that run the quantized loop; more rows dequantize and use a GEMM."""
+"""Most rows of ``x`` that run the one-row loops where the CPU has no AMX; more rows dequantize
+the weight and use a GEMM."""
+
+AMX_MIN_ROWS = 6
+"""Fewest rows of bfloat16 ``x`` that take the AMX loop where the CPU has it (measured against
+the VNNI loop: benchmarks/RESULTS.md)."""
 
 PATHS: dict[str, int] = {
     "auto": 0,
@@ -63,14 +80,21 @@ PATHS: dict[str, int] = {
     "portable": 3,
     "vnni512": 4,
     "avxvnni": 5,
+    "amx": 6,
+    "dequant": -1,
 }
 """Loop selectors of ``linear(path=...)``, for tests and benchmarks: ``avx512``, ``avx2`` and
 ``portable`` widen the weights to fp32 and match dequantize-then-matmul up to the fp32 sums;
 ``vnni512`` and ``avxvnni`` quantize ``x`` to int8 per 32-block first (llama.cpp's Q8
-activations) and take integer dot products (:data:`INT8_PATHS`)."""
+activations) and take integer dot products (:data:`INT8_PATHS`); ``amx`` (bfloat16 ``x``; float32
+``x`` runs the fp32 loop) and ``dequant`` (any dtype) multiply the weight rounded to bfloat16, as
+``--quantization none`` does (:data:`BF16_WEIGHT_PATHS`)."""
 
 INT8_PATHS = ("vnni512", "avxvnni")
 """The loops whose results carry the error of int8 activations."""
+
+BF16_WEIGHT_PATHS = ("amx", "dequant")
+"""The loops that multiply the weight rounded to bfloat16 (for bfloat16 ``x``)."""
 
 PATH_ENV = "HERON_CPU_QUANT_PATH"
 """Environment variable forcing the loop of ``path="auto"`` (a :data:`PATHS` name)."""
@@ -115,7 +139,7 @@ class PackedQuant:
 
 @functools.cache
 def _paths() -> dict[str, bool]:
-    return dict(_quant.quant_paths())
+    return {**_quant.quant_paths(), "dequant": True}
 
 
 def available_paths() -> list[str]:
@@ -124,8 +148,9 @@ def available_paths() -> list[str]:
 
 
 def auto_path(dtype: torch.dtype = torch.bfloat16) -> str:
-    """The loop ``path="auto"`` runs for activations of ``dtype``: :data:`PATH_ENV` if set, else
-    the fastest this CPU has that keeps the dtype's accuracy.
+    """The loop ``path="auto"`` runs for a few rows (a decode step) of ``dtype`` activations:
+    :data:`PATH_ENV` if set, else the fastest this CPU has that keeps the dtype's accuracy.
+    :func:`select_path` says what runs for more rows.
 
     For bfloat16 with ``HERON_CPU_ISA`` at its default (or ``avx512``) that is ``vnni512`` where
     the CPU has AVX-512 VNNI: int8 per 32-block rounds each activation by at most 1/254 of its
@@ -153,20 +178,28 @@ _LOOP_NAMES = {
     "portable": "portable",
     "vnni512": "AVX-512 VNNI (int8 activations)",
     "avxvnni": "AVX-VNNI (int8 activations)",
+    "amx": "AMX-BF16 (weight strips decoded in cache)",
+    "dequant": "the weight dequantized for torch's GEMM",
 }
 
 
 def describe() -> str:
-    """Which loop runs quantized products here, for the start-up log."""
+    """Which loops run quantized products here, for the start-up log."""
     bf16, f32 = auto_path(torch.bfloat16), auto_path(torch.float32)
     loops = (
         _LOOP_NAMES[bf16]
         if bf16 == f32
         else f"{_LOOP_NAMES[bf16]} for bfloat16 activations, {_LOOP_NAMES[f32]} for float32"
     )
+    many = select_path(torch.bfloat16, MAX_GEMV_ROWS + 1)
+    if many == "amx":
+        return (
+            f"heron-cpu's quantized loops: below {AMX_MIN_ROWS} rows {loops}; from "
+            f"{AMX_MIN_ROWS} rows of bfloat16 activations {_LOOP_NAMES['amx']}"
+        )
     return (
-        f"heron-cpu's quantized loops ({loops}) up to {MAX_GEMV_ROWS} rows, "
-        "the weight dequantized for a GEMM past that"
+        f"heron-cpu's quantized loops: up to {MAX_GEMV_ROWS} rows {loops}; past that "
+        f"{_LOOP_NAMES[many]}"
     )
 
 
@@ -214,8 +247,25 @@ def _pack_q4_k(weight: QuantizedWeight) -> PackedQuant | None:
     )
 
 
-def _path_code(path: str, dtype: torch.dtype) -> int:
-    return PATHS[auto_path(dtype) if path == "auto" else path]
+def select_path(dtype: torch.dtype, rows: int) -> str:
+    """The loop ``path="auto"`` runs for ``rows`` rows of ``x`` in ``dtype``.
+
+    :data:`PATH_ENV` forces one for every call. Else: from :data:`AMX_MIN_ROWS` rows of bfloat16
+    ``x`` with the AVX-512 kernels in use and AMX-BF16 present, ``amx`` (each weight decoded once
+    per call whatever the rows); else past :data:`MAX_GEMV_ROWS` rows ``dequant`` (the one-row
+    loops repeat every dot product per row); else :func:`auto_path`.
+    """
+    one_row = auto_path(dtype)
+    if os.environ.get(PATH_ENV, "").strip().lower() not in ("", "auto"):
+        return one_row
+    if (
+        rows >= AMX_MIN_ROWS
+        and dtype == torch.bfloat16
+        and _paths()["amx"]
+        and _kernels.isa() == "avx512"
+    ):
+        return "amx"
+    return "dequant" if rows > MAX_GEMV_ROWS else one_row
 
 
 def linear(
@@ -248,7 +298,9 @@ def linear(
         if bias.shape != (weight.n,):
             raise ValueError(f"bias must have shape ({weight.n},), got {tuple(bias.shape)}")
         bias = bias.contiguous()
-    if m > MAX_GEMV_ROWS and path == "auto":
+    if path == "auto":
+        path = select_path(x.dtype, m)
+    if path == "dequant":
         return launch_torch(F.linear, x, weight.dequantize(x.dtype), bias)
     out = x.new_empty((m, weight.n))
     launch(
@@ -256,6 +308,6 @@ def linear(
         out.data_ptr(), x.data_ptr(), weight.qs.data_ptr(), weight.d.data_ptr(),
         0 if weight.mins is None else weight.mins.data_ptr(),
         0 if bias is None else bias.data_ptr(), m, weight.n, weight.k, max(x.stride(0), weight.k),
-        weight.kind, code, torch.get_num_threads(), _path_code(path, x.dtype),
+        weight.kind, code, torch.get_num_threads(), PATHS[path],
     )  # fmt: skip
     return out
