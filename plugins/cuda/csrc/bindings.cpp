@@ -8,6 +8,7 @@
 #include <pybind11/stl.h>
 
 #include "heron_ops.h"
+#include "moe_logic.h"
 
 namespace py = pybind11;
 
@@ -27,6 +28,9 @@ PYBIND11_MODULE(_C, m) {
   m.attr("DTYPE_FLOAT32") = static_cast<int>(heron::kFloat32);
   m.attr("DTYPE_FLOAT16") = static_cast<int>(heron::kFloat16);
   m.attr("DTYPE_BFLOAT16") = static_cast<int>(heron::kBFloat16);
+  m.attr("MOE_MAX_EXPERTS") = heron::moe::kMaxExperts;
+  m.attr("MOE_MAX_TOP_K") = heron::moe::kMaxTopK;
+  m.attr("MOE_BLOCK_M") = heron::moe::kBlockM;
 
   const auto release = py::call_guard<py::gil_scoped_release>();
   m.def("write_kv", &heron::write_kv, release, py::arg("key"), py::arg("key_stride"),
@@ -54,5 +58,20 @@ PYBIND11_MODULE(_C, m) {
         py::arg("head_size"), py::arg("dtype"), py::arg("device"), py::arg("stream"));
   m.def("silu_and_mul", &heron::silu_and_mul, release, py::arg("out"), py::arg("out_stride"),
         py::arg("x"), py::arg("x_stride"), py::arg("num_tokens"), py::arg("d"), py::arg("dtype"),
+        py::arg("device"), py::arg("stream"));
+  m.def("moe_workspace_size", &heron::moe_workspace_size, py::arg("num_slots"),
+        py::arg("num_experts"));
+  m.def("moe_align", &heron::moe_align, release, py::arg("topk_ids"), py::arg("num_slots"),
+        py::arg("num_experts"), py::arg("workspace"), py::arg("workspace_ints"),
+        py::arg("device"), py::arg("stream"));
+  m.def("fused_moe", &heron::fused_moe, release, py::arg("out"), py::arg("out_stride"),
+        py::arg("x"), py::arg("x_stride"), py::arg("w13"), py::arg("w2"), py::arg("topk_ids"),
+        py::arg("topk_weights"), py::arg("weights_float32"), py::arg("num_tokens"),
+        py::arg("top_k"), py::arg("hidden"), py::arg("intermediate"), py::arg("num_experts"),
+        py::arg("workspace"), py::arg("workspace_ints"), py::arg("act"), py::arg("expert_out"),
+        py::arg("dtype"), py::arg("device"), py::arg("stream"));
+  m.def("moe_topk_softmax", &heron::moe_topk_softmax, release, py::arg("weights"),
+        py::arg("ids"), py::arg("logits"), py::arg("logits_stride"), py::arg("num_tokens"),
+        py::arg("num_experts"), py::arg("top_k"), py::arg("renormalize"), py::arg("dtype"),
         py::arg("device"), py::arg("stream"));
 }

@@ -64,4 +64,34 @@ void rotary_embedding(uintptr_t positions, uintptr_t query, int64_t query_stride
 void silu_and_mul(uintptr_t out, int64_t out_stride, uintptr_t x, int64_t x_stride,
                   int64_t num_tokens, int d, int dtype, int device, uintptr_t stream);
 
+// Mixture of experts (moe_*.cu; the bookkeeping in moe_logic.h).
+//   topk_ids int64 [num_tokens, top_k] (entries outside [0, num_experts) contribute nothing);
+//   topk_weights [num_tokens, top_k], float32 (weights_float32 = 1) or the model dtype;
+//   w13 [num_experts, 2 * intermediate, hidden] (gate rows, then up rows), w2 [num_experts,
+//   hidden, intermediate], both contiguous; x / out [num_tokens, hidden] with a token stride.
+// moe_workspace_size(num_slots = num_tokens * top_k, num_experts) gives {int32 values of the
+// workspace, GEMM tiles of the grid}; fused_moe also needs act [num_slots, intermediate] and
+// expert_out [num_slots, hidden] in the model dtype. Everything is sized from the shapes alone,
+// never from the routing, so fused_moe never synchronises and can be captured in a graph.
+std::vector<int64_t> moe_workspace_size(int64_t num_slots, int num_experts);
+
+// Groups the entries of topk_ids by expert into the workspace (layout: moe_logic.h).
+void moe_align(uintptr_t topk_ids, int64_t num_slots, int num_experts, uintptr_t workspace,
+               int64_t workspace_ints, int device, uintptr_t stream);
+
+// out[t] = sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]), each expert a SwiGLU MLP;
+// rounded as heron_interfaces.kernel_ops.moe_reference rounds.
+void fused_moe(uintptr_t out, int64_t out_stride, uintptr_t x, int64_t x_stride, uintptr_t w13,
+               uintptr_t w2, uintptr_t topk_ids, uintptr_t topk_weights, int weights_float32,
+               int64_t num_tokens, int top_k, int hidden, int intermediate, int num_experts,
+               uintptr_t workspace, int64_t workspace_ints, uintptr_t act, uintptr_t expert_out,
+               int dtype, int device, uintptr_t stream);
+
+// Softmax routing: weights float32 [num_tokens, top_k] and ids int64 [num_tokens, top_k] of the
+// top_k experts of each row of logits [num_tokens, num_experts] (row stride logits_stride);
+// renormalize != 0 rescales each token's weights to sum to one.
+void moe_topk_softmax(uintptr_t weights, uintptr_t ids, uintptr_t logits, int64_t logits_stride,
+                      int64_t num_tokens, int num_experts, int top_k, int renormalize, int dtype,
+                      int device, uintptr_t stream);
+
 }  // namespace heron

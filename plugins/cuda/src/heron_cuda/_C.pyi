@@ -92,3 +92,54 @@ def silu_and_mul(
     device: int,
     stream: int,
 ) -> None: ...
+
+MOE_MAX_EXPERTS: int
+MOE_MAX_TOP_K: int
+MOE_BLOCK_M: int
+
+def moe_workspace_size(num_slots: int, num_experts: int) -> list[int]: ...
+def moe_align(
+    topk_ids: int,
+    num_slots: int,
+    num_experts: int,
+    workspace: int,
+    workspace_ints: int,
+    device: int,
+    stream: int,
+) -> None: ...
+def fused_moe(
+    out: int,
+    out_stride: int,
+    x: int,
+    x_stride: int,
+    w13: int,
+    w2: int,
+    topk_ids: int,
+    topk_weights: int,
+    weights_float32: int,
+    num_tokens: int,
+    top_k: int,
+    hidden: int,
+    intermediate: int,
+    num_experts: int,
+    workspace: int,
+    workspace_ints: int,
+    act: int,
+    expert_out: int,
+    dtype: int,
+    device: int,
+    stream: int,
+) -> None: ...
+def moe_topk_softmax(
+    weights: int,
+    ids: int,
+    logits: int,
+    logits_stride: int,
+    num_tokens: int,
+    num_experts: int,
+    top_k: int,
+    renormalize: int,
+    dtype: int,
+    device: int,
+    stream: int,
+) -> None: ...

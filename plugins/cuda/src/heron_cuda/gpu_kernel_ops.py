@@ -86,6 +86,33 @@ class GpuKernelOps(KernelOps):
             self._pool = torch.cuda.graph_pool_handle()
         return GpuStepGraph(self._pool)
 
+    # -- mixture of experts (heron_interfaces 1.11) ----------------------------------------------
+    def prepare_moe(self, w13: torch.Tensor, w2: torch.Tensor) -> Any | None:
+        """The experts for the fused kernels (:mod:`.moe_ops`) when they are on the GPU in a dtype
+        the kernels take; None otherwise, and core runs its plain-torch experts."""
+        from . import moe_ops
+
+        return moe_ops.prepare_experts(w13, w2)
+
+    def fused_moe(
+        self, x: torch.Tensor, prepared: Any, topk_ids: torch.Tensor, topk_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Route-grouped expert GEMMs in five launches with no host sync (graph-capturable);
+        host tensors go to the contract's reference. Invalid input raises ``ValueError``."""
+        from . import moe_ops
+
+        if not isinstance(prepared, moe_ops.GpuExperts):
+            return super().fused_moe(x, prepared, topk_ids, topk_weights)
+        if not x.is_cuda:
+            return super().fused_moe(x, (prepared.w13, prepared.w2), topk_ids, topk_weights)
+        if x.dim() == 2 and x.shape[1] > 1 and x.stride(1) != 1:
+            x = x.contiguous()
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        moe_ops.fused_moe(
+            out, x, prepared.w13, prepared.w2, topk_ids.contiguous(), topk_weights.contiguous()
+        )
+        return out
+
     # -- normalisation ---------------------------------------------------------------------------
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         if not (
