@@ -86,3 +86,59 @@ def test_cpu_encoder_skips_the_backend_and_equals_hf(
             want = hf(input_ids=torch.tensor([ids])).last_hidden_state[0].mean(0)
         torch.testing.assert_close(torch.tensor(out.outputs.embedding), want, atol=2e-5, rtol=1e-4)
         assert out.prompt_token_ids == ids
+
+
+def _cpu_bert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str) -> tuple[LLM, object]:
+    monkeypatch.setenv("HERON_BACKEND", "cpu")
+    folder, hf = _encoder_dir(tmp_path, "bert")
+    pooler = {"pooling_type": "MEAN", "normalize": False}
+    llm = LLM(str(folder), dtype=dtype, pooler_config=pooler, enforce_eager=True)
+    assert llm.llm_engine.core.platform.name == "cpu"
+    return llm, hf
+
+
+def _assert_equals_hf(llm: LLM, hf: object, inputs: list[list[int]], tol: float) -> None:
+    outs = llm.embed(inputs, use_tqdm=False)
+    for ids, out in zip(inputs, outs):
+        with torch.no_grad():
+            want = hf(input_ids=torch.tensor([ids])).last_hidden_state[0].mean(0)
+        got = torch.tensor(out.outputs.embedding)
+        torch.testing.assert_close(got, want.float(), atol=tol, rtol=tol)
+
+
+def test_cpu_encoder_runs_the_kernel_not_sdpa(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On heron-cpu a whole-prompt step goes through KernelOps.encoder_attention (the C++
+    kernel), never the SDPA groups or the backend, and equals Hugging Face."""
+    pytest.importorskip("heron_cpu.encoder_attention")
+    import heron.models.bert as bert
+
+    calls = []
+    llm, hf = _cpu_bert(tmp_path, monkeypatch, "float32")
+    ops = llm.llm_engine.core.runner.kernel_ops
+    original = type(ops).encoder_attention
+
+    def counted(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the encoder fell back to torch's SDPA")
+
+    monkeypatch.setattr(type(ops), "encoder_attention", counted)
+    monkeypatch.setattr(bert, "attend", refuse)
+    _assert_equals_hf(llm, hf, INPUTS + [list(range(40, 120))] * 3, 2e-5)
+    assert calls and all(calls)
+
+
+def test_cpu_encoder_falls_back_to_sdpa_when_the_kernel_declines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernel ops that return None (a backend without the kernel, API 1.13's default) leave the
+    step to torch's SDPA groups on heron-cpu, still equal to Hugging Face."""
+    heron_cpu = pytest.importorskip("heron_cpu.kernel_ops")
+    monkeypatch.setattr(heron_cpu.CpuKernelOps, "encoder_attention", lambda self, *a: None)
+    llm, hf = _cpu_bert(tmp_path, monkeypatch, "float32")
+    _assert_equals_hf(llm, hf, INPUTS, 2e-5)

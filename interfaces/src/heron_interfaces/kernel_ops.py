@@ -27,11 +27,16 @@ Tensor-parallel step graphs (API 1.12): :meth:`KernelOps.embedding_shard` (the v
 lookup as one call) and ``Communicator.records_in_step_graphs`` (an all-reduce a recording keeps)
 let a backend record decode steps of tensor-parallel ranks too.
 
+Encoder attention (API 1.13): :meth:`KernelOps.encoder_attention`, the bidirectional attention of
+a pooling step's whole prompts read straight from the fused q/k/v projection, with no KV cache;
+:func:`encoder_attention_reference` is what it computes.
+
 Importing this module imports torch, so ``heron_interfaces`` itself only names it lazily.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Protocol
 
 import torch
@@ -157,6 +162,27 @@ class KernelOps:
         w13, w2 = prepared
         return moe_reference(x, w13, w2, topk_ids, topk_weights)
 
+    # -- encoder attention (API 1.13) --------------------------------------------------------------
+    def encoder_attention(
+        self,
+        qkv: torch.Tensor,
+        query_start_loc: torch.Tensor,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+    ) -> torch.Tensor | None:
+        """API 1.13: every prompt attending to all of itself, or None where there is no kernel.
+
+        ``qkv`` ``[tokens, 3 * num_heads * head_size]`` is an encoder layer's fused projection
+        (q, then k, then v; heads inside each; rows may be strided); ``query_start_loc`` int32
+        ``[num_prompts + 1]`` on ``qkv``'s device covers every row, each prompt whole (a pooling
+        step: nothing is cached, so no KV cache is read or written). Returns ``[tokens, num_heads
+        * head_size]`` in ``qkv``'s dtype: :func:`encoder_attention_reference` up to accumulation
+        order and the rounding of probabilities. None (the default, or a shape or dtype the
+        backend has no kernel for) means core attends through its own path.
+        """
+        return None
+
     # -- normalisation ---------------------------------------------------------------------------
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """Statistics in float32, cast back to ``x``'s dtype before the weight multiply (as HF)."""
@@ -221,4 +247,21 @@ def moe_reference(
     return out
 
 
-__all__ = ["KernelOps", "StepGraph", "moe_reference"]
+def encoder_attention_reference(
+    qkv: torch.Tensor, query_start_loc: torch.Tensor, num_heads: int, head_size: int, scale: float
+) -> torch.Tensor:
+    """:meth:`KernelOps.encoder_attention` in plain torch: SDPA over each prompt, no mask."""
+    width = num_heads * head_size
+    out = qkv.new_zeros((qkv.shape[0], width))
+    bounds = query_start_loc.tolist()
+    for start, end in itertools.pairwise(bounds):
+        if end == start:
+            continue
+        heads = qkv[start:end, : 3 * width].reshape(end - start, 3, num_heads, head_size)
+        q, k, v = (heads[:, i].transpose(0, 1) for i in range(3))
+        attended = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        out[start:end] = attended.transpose(0, 1).reshape(end - start, width)
+    return out
+
+
+__all__ = ["KernelOps", "StepGraph", "encoder_attention_reference", "moe_reference"]

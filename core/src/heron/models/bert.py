@@ -4,7 +4,9 @@ They run only in the pooling runner. The layers mirror Hugging Face's module nam
 checkpoints load by name; q/k/v are fused into one matmul (``qkv_proj``, loaded part by part as
 the decoders' are), and attention goes through the platform's backend as a non-causal layer
 (``AttentionLayerSpec(causal=False)``, heron_interfaces 1.7): each prompt attends to all of
-itself, computed whole in one step. RoBERTa and XLM-R differ from BERT only in where position
+itself, computed whole in one step. A step of whole prompts skips the layer and its KV write where
+the backend has an encoder attention kernel (``KernelOps.encoder_attention``, 1.13) or runs
+torch's SDPA anyway (see :mod:`heron.pooling.encoder_attention`). RoBERTa and XLM-R differ from BERT only in where position
 ids start (after the padding index), so one class serves the three.
 """
 
@@ -22,7 +24,7 @@ from heron.layers.linear import prepare_linear_weights
 from heron.models.context import ModelContext
 from heron.models.decoder import UnsupportedAttentionError
 from heron.models.weights import load_checkpoint
-from heron.pooling.encoder_attention import PromptGroup, attend, plan_groups
+from heron.pooling.encoder_attention import EncoderStep, attend
 from heron_interfaces import AttentionLayerSpec, AttentionMetadata
 
 _ACTIVATIONS = {
@@ -34,9 +36,10 @@ _ACTIVATIONS = {
 _PREFIXES = ("bert.", "roberta.", "model.")
 """Prefixes of the encoder's tensors in checkpoints saved from a task model."""
 _SDPA_BACKENDS = frozenset({"cpu"})
-"""Backends whose non-causal mode is torch's SDPA over the step's rows: on them the encoder
-attends itself (:mod:`heron.pooling.encoder_attention`), skipping the KV write nothing reads.
-Every other backend (the reference oracle, CUDA/HIP kernels) gets the layer as usual."""
+"""Backends whose non-causal mode is torch's SDPA over the step's rows: where their kernel ops
+decline a step, the encoder runs that SDPA itself (:mod:`heron.pooling.encoder_attention`),
+skipping the KV write nothing reads. Every other backend (the reference oracle, CUDA/HIP
+kernels) gets the layer as usual when its kernel ops decline."""
 _IGNORED = ("pooler.", "cls.", "lm_head.", "classifier.", "embeddings.position_ids")
 """Heads and buffers the encoder does not use (sentence-transformers pools the hidden states)."""
 
@@ -109,21 +112,30 @@ class SelfAttention(nn.Module):
                 + "; ".join(reasons)
             )
         self.attn = ctx.attention_cls(spec)  # a plain attribute: backends hold no parameters
+        self.ops = ctx.ops
 
     def forward(
         self,
         hidden: torch.Tensor,
         kv_cache: torch.Tensor,
         metadata: AttentionMetadata,
-        groups: list[PromptGroup] | None = None,
+        step: EncoderStep | None = None,
     ) -> torch.Tensor:
-        """Through the backend, or through torch's SDPA over ``groups`` when the step has them."""
+        """For a ``step`` of whole prompts the backend's encoder kernel, else torch's SDPA where
+        the backend allows it; otherwise (and for other steps) the backend's attention layer."""
         n = hidden.shape[0]
         size = self.num_heads * self.head_size
         qkv = self.qkv_proj(hidden)
-        if groups is not None:
-            out = hidden.new_empty((n, size))
-            return attend(qkv, groups, self.num_heads, self.head_size, self.attn.spec.scale, out)
+        if step is not None:
+            scale = self.attn.spec.scale
+            out = self.ops.encoder_attention(
+                qkv, step.query_start_loc, self.num_heads, self.head_size, scale
+            )
+            if out is not None:
+                return out
+            if step.sdpa:
+                out = hidden.new_empty((n, size))
+                return attend(qkv, step.groups, self.num_heads, self.head_size, scale, out)
         q = qkv[:, :size].view(n, self.num_heads, self.head_size)
         k = qkv[:, size : 2 * size].view(n, self.num_heads, self.head_size)
         v = qkv[:, 2 * size :].view(n, self.num_heads, self.head_size)
@@ -165,9 +177,9 @@ class EncoderLayer(nn.Module):
         hidden: torch.Tensor,
         kv_cache: torch.Tensor,
         metadata: AttentionMetadata,
-        groups: list[PromptGroup] | None = None,
+        step: EncoderStep | None = None,
     ) -> torch.Tensor:
-        attended = self.attention.self(hidden, kv_cache, metadata, groups)
+        attended = self.attention.self(hidden, kv_cache, metadata, step)
         hidden = self.attention.output(attended, hidden)
         return self.output(self.act(self.intermediate.dense(hidden)), hidden)
 
@@ -196,7 +208,7 @@ class BertModel(nn.Module):
         self.head_size = hf_config.hidden_size // self.num_heads
         self.hidden_size = hf_config.hidden_size
         self.vocab_size = hf_config.vocab_size
-        self.direct_attention = ctx.attention_cls.name in _SDPA_BACKENDS
+        self.sdpa_attention = ctx.attention_cls.name in _SDPA_BACKENDS
         # RoBERTa numbers positions after the padding index (HF's create_position_ids_from_input_ids).
         offset = 0
         if getattr(hf_config, "model_type", "") in ("roberta", "xlm-roberta"):
@@ -216,26 +228,28 @@ class BertModel(nn.Module):
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
         hidden = self.embeddings(input_ids, positions)
-        groups = self._direct_groups(metadata, hidden.device)
+        step = self._encoder_step(metadata, hidden.shape[0])
         for layer, kv_cache in zip(self.encoder.layer, kv_caches):
-            hidden = layer(hidden, kv_cache, metadata, groups)
+            hidden = layer(hidden, kv_cache, metadata, step)
         return hidden
 
-    def _direct_groups(
-        self, metadata: AttentionMetadata, device: torch.device
-    ) -> list[PromptGroup] | None:
-        """The step's SDPA groups when the encoder attends itself: on an SDPA backend, and only
-        when every sequence is a whole prompt (no cached prefix whose keys live in the cache)."""
-        if not self.direct_attention:
-            return None
+    def _encoder_step(self, metadata: AttentionMetadata, num_tokens: int) -> EncoderStep | None:
+        """The step as whole prompts, attended without the KV cache, when it is one: every
+        sequence a whole prompt (no cached prefix whose keys live in the cache) and every row in
+        a prompt (no padding rows)."""
         qsl = metadata.query_start_loc_cpu
         lens = metadata.seq_lens_cpu
         starts = (qsl if qsl is not None else metadata.query_start_loc).tolist()
         seq_lens = (lens if lens is not None else metadata.seq_lens).tolist()
         starts = starts[: metadata.num_seqs + 1]
+        if starts[0] != 0 or starts[-1] != num_tokens:
+            return None
         if any(b - a != n for a, b, n in zip(starts[:-1], starts[1:], seq_lens)):
             return None
-        return plan_groups(starts, device)
+        query_start_loc = metadata.query_start_loc[: metadata.num_seqs + 1]
+        if query_start_loc.dtype != torch.int32:
+            query_start_loc = query_start_loc.to(torch.int32)
+        return EncoderStep(starts, query_start_loc, self.sdpa_attention)
 
     def prepare_for_inference(self) -> None:
         prepare_linear_weights(self)

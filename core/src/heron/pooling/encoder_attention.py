@@ -1,10 +1,15 @@
-"""Bidirectional attention of a pooling step's whole prompts straight through torch's SDPA.
+"""Bidirectional attention of a pooling step's whole prompts, without the KV cache.
 
 An encoder prompt is computed whole in one step and pooled at once, so nothing ever reads its
-keys and values again: writing them to the paged KV cache is pure cost. On a backend whose own
-non-causal mode is torch's SDPA over the step's rows anyway (heron-cpu), the encoder computes the
-same SDPA itself, from the fused q/k/v projection, without the KV write, and plans the padded
-batches once per step instead of once per layer.
+keys and values again: writing them to the paged KV cache is pure cost. Such a step is an
+:class:`EncoderStep`, and each encoder layer attends it in the first way that works:
+
+1. the backend's own kernel, ``KernelOps.encoder_attention`` (heron_interfaces 1.13; heron-cpu's
+   C++ kernel reads q/k/v in place from the fused projection, no padding);
+2. on a backend whose non-causal mode is torch's SDPA over the step's rows anyway (heron-cpu,
+   for a dtype its kernel declines), the same SDPA computed here from the fused projection,
+   planned into padded groups once per step instead of once per layer;
+3. otherwise the backend's non-causal attention layer, as for any model.
 
 The plan sorts the step's prompts by length and cuts them into groups whose padding stays small.
 A group of equally long prompts that sit next to each other in the flattened step (what
@@ -15,6 +20,7 @@ key-padding mask.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -40,6 +46,23 @@ class PromptGroup:
     rows: torch.Tensor | None = None
     valid: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+
+
+class EncoderStep:
+    """What a pooling step's encoder layers share: the prompts' bounds, and (made on first use,
+    only when the backend's kernel declines) the padded SDPA plan."""
+
+    def __init__(self, starts: list[int], query_start_loc: torch.Tensor, sdpa: bool) -> None:
+        self.starts = starts
+        self.query_start_loc = query_start_loc
+        """int32 ``[num_prompts + 1]`` on the step's device, as ``KernelOps.encoder_attention``
+        takes it."""
+        self.sdpa = sdpa
+        """Whether the encoder may attend through torch's SDPA itself (step 2 above)."""
+
+    @functools.cached_property
+    def groups(self) -> list[PromptGroup]:
+        return plan_groups(self.starts, self.query_start_loc.device)
 
 
 def plan_groups(query_start_loc: list[int], device: torch.device) -> list[PromptGroup]:

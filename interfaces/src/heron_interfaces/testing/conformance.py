@@ -23,6 +23,10 @@ from heron_interfaces.testing.comm_suite import (
     test_collective,
     test_single_process_communicator_is_identity,
 )
+from heron_interfaces.testing.encoder_attention_suite import (
+    test_default_has_no_encoder_attention,
+    test_encoder_attention_matches_reference,
+)
 from heron_interfaces.testing.kernel_ops_suite import (
     kernel_ops,
     reference_ops,
@@ -79,9 +83,11 @@ __all__ = [
     "test_capabilities_are_consistent",
     "test_check_config_keeps_steps_within_buckets",
     "test_collective",
+    "test_default_has_no_encoder_attention",
     "test_default_has_no_fused_experts",
     "test_embedding_matches_reference",
     "test_embedding_shard_matches_reference",
+    "test_encoder_attention_matches_reference",
     "test_forward_block_boundaries",
     "test_forward_fresh_prefill_matches_dense",
     "test_forward_long_context",

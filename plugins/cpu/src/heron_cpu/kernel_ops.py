@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from heron_cpu import gemm, gemv, moe, quant
+from heron_cpu import encoder_attention, gemm, gemv, moe, quant
 from heron_cpu._kernels import _C
 from heron_cpu.launch import LaunchGraph, launch, launch_torch
 from heron_cpu.memory import HugePageArena
@@ -208,6 +208,23 @@ class CpuKernelOps(KernelOps):
         """Tokens grouped by expert, two GEMMs per expert on the prepared weights, weighted sum."""
         return moe.fused_moe(
             x, prepared, topk_ids, topk_weights, linear=self.linear, silu_and_mul=self.silu_and_mul
+        )
+
+    # -- encoder attention (API 1.13) --------------------------------------------------------------
+    def encoder_attention(
+        self,
+        qkv: torch.Tensor,
+        query_start_loc: torch.Tensor,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+    ) -> torch.Tensor | None:
+        """The C++ kernel of :mod:`heron_cpu.encoder_attention` (any head size; float32 and
+        bfloat16), reading q/k/v in place from the projection; None for other dtypes."""
+        if qkv.dtype not in DTYPE_CODES or query_start_loc.dtype != torch.int32:
+            return None
+        return encoder_attention.encoder_attention(
+            qkv, query_start_loc, num_heads, head_size, scale
         )
 
     # -- normalisation ---------------------------------------------------------------------------
