@@ -7,6 +7,8 @@
 #   python benchmarks/make_tp_bench_model.py tp-bench-model
 #   bash benchmarks/bench_parallel.sh tp-bench-model [ROUNDS [ARGS...]]
 #   bash benchmarks/bench_parallel.sh tp-bench-model 2 "--tensor-parallel-size 2" "--enforce-eager"
+# A set may start with NAME=value words, set in the environment of its runs:
+#   bash benchmarks/bench_parallel.sh tp-bench-model 2 "-tp 2" "HERON_CPU_SHM_ALLREDUCE_IMPL=python -tp 2"
 set -euo pipefail
 model=${1:?usage: bench_parallel.sh MODEL_DIR [ROUNDS [ARGS...]]}
 rounds=${2:-2}
@@ -22,10 +24,13 @@ if [[ -n "${BEFORE:-}" ]]; then
     git -C "$before_dir" checkout -q "$BEFORE"
     before_src="$before_dir/core/src"
 fi
-run() {  # label, then extra arguments
+run() {  # label, then extra arguments (leading NAME=value words go to the environment)
     local label=$1; shift
+    local env_words=()
+    while [[ $# -gt 0 && $1 == [A-Z_]*=* ]]; do env_words+=("$1"); shift; done
     local tps
-    tps=$(heron bench throughput "${common[@]}" "$@" 2>/dev/null | grep "Output token throughput")
+    tps=$(env "${env_words[@]}" heron bench throughput "${common[@]}" "$@" 2>/dev/null |
+          grep "Output token throughput")
     echo "$label: ${tps##* }"
 }
 for ((i = 1; i <= rounds; i++)); do

@@ -345,6 +345,8 @@ void embedding(uintptr_t token_ids, uintptr_t table, uintptr_t out, int64_t num_
 void heron_cpu_register_gemv(py::module_& m);
 // Bidirectional attention of encoder prompts (encoder_attention_bindings.cpp).
 void heron_cpu_register_encoder_attention(py::module_& m);
+// The shared-memory all-reduce of tensor-parallel ranks (shm_allreduce.cpp).
+void heron_cpu_register_shm_allreduce(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Heron CPU kernels (no libtorch): raw pointers in, caller-allocated outputs written.";
@@ -363,4 +365,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("embedding", &embedding);
   heron_cpu_register_gemv(m);
   heron_cpu_register_encoder_attention(m);
+  heron_cpu_register_shm_allreduce(m);
 }

@@ -5,7 +5,9 @@ all-reduce of a decode step's activations (64 x 512 bfloat16) on the reference m
 tensor-parallel decoder runs two per layer, so gloo alone cost more than the step's compute.
 Here each rank copies its tensor into its own slot of a shared buffer, announces it with a
 sequence number in a shared flag array, waits for every rank's number, and sums the slots in rank
-order (so every rank gets bit-identical results). Each slot has two halves used in turn, so a
+order (so every rank gets bit-identical results). For float32 and bfloat16 the whole all-reduce
+is one compiled call (``heron_cpu._C.shm_all_reduce``, GIL released) that a step graph records;
+other dtypes take the Python path below, which follows the same protocol. Each slot has two halves used in turn, so a
 half is rewritten only after every rank has passed the barrier that follows its reading. Tensors
 larger than half a slot go through in pieces.
 
@@ -16,16 +18,24 @@ cores.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
+import torch
+
+from heron_cpu import _C
+from heron_cpu.launch import launch
+
+_COMPILED_DTYPES = (torch.float32, torch.bfloat16)
 
 SLOT_BYTES_ENV = "HERON_CPU_SHM_ALLREDUCE_MB"
+IMPL_ENV = "HERON_CPU_SHM_ALLREDUCE_IMPL"
+"""``compiled`` (the default) or ``python``: the Python path for every dtype, to measure the
+compiled call against it (``benchmarks/bench_parallel.sh``)."""
 DEFAULT_SLOT_MB = 8
 _FLAG_BYTES = 64  # one cache line per rank's flag: ranks never write the same line
 _FLAG_WORDS = _FLAG_BYTES // 8
@@ -66,15 +76,63 @@ class ShmAllReduce:
                 self.flags[r * _FLAG_WORDS] = 0
         self.data_offset = world_size * _FLAG_BYTES
         self.half_bytes = self.slot_bytes // 2
-        self.round = 0
+
+        # The round counter and the ranks' pids in tensors: the compiled all-reduce reads and
+        # advances the same counter as the Python path (all_gather), through their addresses.
+        self._round = torch.zeros(1, dtype=torch.int64)
+        self._pids = torch.tensor(
+            [*self.pids, *[0] * (world_size - len(self.pids))][:world_size], dtype=torch.int64
+        )
+        self._address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        impl = os.environ.get(IMPL_ENV, "compiled")
+        if impl not in ("compiled", "python"):
+            raise ValueError(f"{IMPL_ENV}={impl!r}: expected 'compiled' or 'python'")
+        self.use_compiled = impl == "compiled"
+
+    @property
+    def round(self) -> int:
+        return int(self._round[0])
+
+    @round.setter
+    def round(self, value: int) -> None:
+        self._round[0] = value
 
     @staticmethod
     def new_name() -> str:
         return f"heron_ar_{os.getpid()}_{secrets.token_hex(4)}"
 
-    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        import torch
+    def compiled(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` goes through the compiled all-reduce (which step graphs record)."""
+        return (
+            self.use_compiled
+            and self.world_size > 1
+            and x.dtype in _COMPILED_DTYPES
+            and x.is_contiguous()
+        )
 
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled(x):
+            out = torch.empty_like(x)
+            launch(
+                _C.shm_all_reduce,
+                self._address,
+                self.rank,
+                self.world_size,
+                self.slot_bytes,
+                self._round.data_ptr(),
+                self._pids.data_ptr(),
+                self.timeout,
+                x.data_ptr(),
+                out.data_ptr(),
+                x.numel(),
+                x.element_size(),
+            )
+            return out
+        return self.all_reduce_python(x)
+
+    def all_reduce_python(self, x: torch.Tensor) -> torch.Tensor:
+        """The same protocol step by step in Python: any dtype and layout (and the baseline of
+        ``plugins/cpu/benchmarks/bench_allreduce.py``)."""
         flat = x.contiguous().view(-1)
         out = torch.empty_like(flat)
         per_piece = max(1, self.half_bytes // flat.element_size())
@@ -99,7 +157,6 @@ class ShmAllReduce:
     def all_gather(self, x: torch.Tensor, dim: int) -> torch.Tensor | None:
         """Every rank's ``x`` concatenated along ``dim``, or None when ``x`` does not fit in half
         a slot (the caller then uses gloo)."""
-        import torch
 
         flat = x.contiguous().view(-1)
         n = flat.numel()
@@ -113,7 +170,6 @@ class ShmAllReduce:
         return torch.cat(parts, dim=dim)  # a copy: the slots are rewritten two rounds on
 
     def _slot(self, rank: int, half: int, dtype: Any, count: int) -> torch.Tensor:
-        import torch
 
         start = self.data_offset + rank * self.slot_bytes + half * self.half_bytes
         return torch.frombuffer(self.buf, dtype=dtype, count=count, offset=start)
