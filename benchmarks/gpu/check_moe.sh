@@ -52,6 +52,7 @@ fi
 step conformance "${PYTHON}" -m heron_interfaces.testing cuda -q -rs -k moe -p no:cacheprovider
 step kernels "${PYTHON}" -m pytest tests/plugins/cuda/test_cuda_moe_kernels.py \
   tests/plugins/cuda/test_cuda_moe_ops_host.py tests/plugins/cuda/test_moe_logic_host.py \
+  tests/plugins/cuda/test_moe_kernels_emulated.py \
   -q -rs -k "not rocm" -p no:cacheprovider
 step models "${PYTHON}" benchmarks/gpu/moe_gpu_check.py --json "${OUT}/moe.json"
 

@@ -15,7 +15,7 @@ namespace {
 __global__ void __launch_bounds__(moe::kChunk)
     moe_count_kernel(const int64_t* __restrict__ topk_ids, int64_t num_slots, int num_experts,
                      int* __restrict__ chunk_counts) {
-  extern __shared__ int counts[];
+  HERON_DYNAMIC_SHARED(int, counts);
   moe::count_zero(counts, num_experts, threadIdx.x, blockDim.x);
   __syncthreads();
   moe::count_entry(topk_ids, num_slots, num_experts, blockIdx.x, threadIdx.x, counts);
@@ -79,16 +79,15 @@ void moe_align(uintptr_t topk_ids, int64_t num_slots, int num_experts, uintptr_t
   const int64_t* ids = as_ptr<const int64_t>(topk_ids);
   cudaStream_t s = as_stream(stream);
   const unsigned chunks = static_cast<unsigned>(w.num_chunks);
-  moe_count_kernel<<<chunks, moe::kChunk, num_experts * sizeof(int), s>>>(
+  HERON_LAUNCH(moe_count_kernel, chunks, moe::kChunk, num_experts * sizeof(int), s)(
       ids, num_slots, num_experts, base + w.chunk_counts);
   check_launch("moe_count_kernel");
-  moe_offsets_kernel<<<1, moe::kChunk, 0, s>>>(base + w.chunk_counts, w.num_chunks, num_experts,
-                                               base + w.offsets, base + w.sorted_slots,
-                                               base + w.tile_experts, w.max_tiles);
+  HERON_LAUNCH(moe_offsets_kernel, 1, moe::kChunk, 0, s)(
+      base + w.chunk_counts, w.num_chunks, num_experts, base + w.offsets, base + w.sorted_slots,
+      base + w.tile_experts, w.max_tiles);
   check_launch("moe_offsets_kernel");
-  moe_scatter_kernel<<<chunks, moe::kChunk, 0, s>>>(ids, num_slots, num_experts,
-                                                    base + w.chunk_counts, base + w.offsets,
-                                                    base + w.sorted_slots);
+  HERON_LAUNCH(moe_scatter_kernel, chunks, moe::kChunk, 0, s)(
+      ids, num_slots, num_experts, base + w.chunk_counts, base + w.offsets, base + w.sorted_slots);
   check_launch("moe_scatter_kernel");
 }
 

@@ -62,7 +62,9 @@ struct TileAccumulator {
         for (int m = 0; m < NW; ++m) {
           const float wv = w[m][column][k];
 #pragma unroll
-          for (int r = 0; r < kRowsPerThread; ++r) acc[m][r] += a[group * kRowsPerThread + r][k] * wv;
+          for (int r = 0; r < kRowsPerThread; ++r) {
+            acc[m][r] += a[group * kRowsPerThread + r][k] * wv;
+          }
         }
       }
       __syncthreads();
@@ -196,16 +198,17 @@ void fused_moe(uintptr_t out, int64_t out_stride, uintptr_t x, int64_t x_stride,
   const dim3 down_grid(tiles, static_cast<unsigned>(moe::ceil_div(hidden, kTileN)));
   const int reduce_threads = hidden < kThreads ? ((hidden + 31) / 32) * 32 : kThreads;
   HERON_DISPATCH_FLOATING(dtype, "fused_moe", {
-    moe_gate_up_kernel<scalar_t><<<gate_up_grid, kThreads, 0, s>>>(
+    HERON_LAUNCH(moe_gate_up_kernel<scalar_t>, gate_up_grid, kThreads, 0, s)(
         as_ptr<scalar_t>(act), as_ptr<const scalar_t>(x), x_stride, as_ptr<const scalar_t>(w13),
         sorted_slots, tile_experts, top_k, hidden, intermediate);
     check_launch("moe_gate_up_kernel");
-    moe_down_kernel<scalar_t><<<down_grid, kThreads, 0, s>>>(
+    HERON_LAUNCH(moe_down_kernel<scalar_t>, down_grid, kThreads, 0, s)(
         as_ptr<scalar_t>(expert_out), as_ptr<const scalar_t>(act), as_ptr<const scalar_t>(w2),
         as_ptr<const void>(topk_weights), weights_float32 != 0, sorted_slots, tile_experts, hidden,
         intermediate);
     check_launch("moe_down_kernel");
-    moe_reduce_kernel<scalar_t><<<static_cast<unsigned>(num_tokens), reduce_threads, 0, s>>>(
+    const unsigned token_blocks = static_cast<unsigned>(num_tokens);
+    HERON_LAUNCH(moe_reduce_kernel<scalar_t>, token_blocks, reduce_threads, 0, s)(
         as_ptr<scalar_t>(out), out_stride, as_ptr<const scalar_t>(expert_out),
         as_ptr<const int64_t>(topk_ids), top_k, num_experts, hidden);
     check_launch("moe_reduce_kernel");

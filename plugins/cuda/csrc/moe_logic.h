@@ -27,12 +27,23 @@
 #define HERON_HD inline
 #endif
 
+// Kernel launches and dynamic shared memory in the moe_*.cu files are spelled through these two
+// macros, so that tests/plugins/cuda/test_moe_kernels_emulated.py can compile those same files
+// with the host compiler (its shim runs each block's threads as host threads).
+#ifndef HERON_LAUNCH
+#define HERON_LAUNCH(kernel, grid, block, shared_bytes, stream) \
+  kernel<<<grid, block, shared_bytes, stream>>>
+#endif
+#ifndef HERON_DYNAMIC_SHARED
+#define HERON_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 namespace heron {
 namespace moe {
 
 constexpr int kBlockM = 16;          // rows of one GEMM tile; each expert's rows padded to this
 constexpr int kChunk = 256;          // entries per block of the align kernels (= their blockDim)
-constexpr int kMaxExperts = 1024;    // the count kernel holds one counter per expert in shared memory
+constexpr int kMaxExperts = 1024;    // the count kernel keeps a counter per expert in shared memory
 constexpr int kMaxTopK = 32;         // the reduce kernel orders a token's slots in registers
 
 HERON_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -71,7 +82,7 @@ HERON_HD Workspace workspace_layout(int64_t num_slots, int num_experts) {
 
 // Adds one to a counter: atomically in device code (threads of a block share the counters).
 HERON_HD void increment(int* counter) {
-#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__) || defined(HERON_EMULATED_DEVICE)
   atomicAdd(counter, 1);
 #else
   ++*counter;
@@ -96,7 +107,9 @@ HERON_HD void count_entry(const int64_t* topk_ids, int64_t num_slots, int num_ex
 // Phase 3: store the block's counts as row `chunk` of chunk_counts.
 HERON_HD void count_store(const int* counts, int num_experts, int64_t chunk, int lane, int threads,
                           int* chunk_counts) {
-  for (int e = lane; e < num_experts; e += threads) chunk_counts[chunk * num_experts + e] = counts[e];
+  for (int e = lane; e < num_experts; e += threads) {
+    chunk_counts[chunk * num_experts + e] = counts[e];
+  }
 }
 
 // --- offsets kernel: one block ----------------------------------------------------------------

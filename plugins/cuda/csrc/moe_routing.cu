@@ -35,7 +35,7 @@ void moe_topk_softmax(uintptr_t weights, uintptr_t ids, uintptr_t logits, int64_
   DeviceGuard guard(device);
   const unsigned blocks = static_cast<unsigned>(moe::ceil_div(num_tokens, kRoutingThreads));
   HERON_DISPATCH_FLOATING(dtype, "moe_topk_softmax", {
-    moe_topk_softmax_kernel<scalar_t><<<blocks, kRoutingThreads, 0, as_stream(stream)>>>(
+    HERON_LAUNCH(moe_topk_softmax_kernel<scalar_t>, blocks, kRoutingThreads, 0, as_stream(stream))(
         as_ptr<float>(weights), as_ptr<int64_t>(ids), as_ptr<const scalar_t>(logits),
         logits_stride, num_tokens, num_experts, top_k, renormalize != 0);
   });
