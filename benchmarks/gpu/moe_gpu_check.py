@@ -20,6 +20,7 @@ Exit status 1 when an equality check fails. ``--only equality`` / ``--only timin
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 MOE_ARCHS = ("mixtral", "qwen3_moe", "qwen2_moe")
 NEW_TOKENS = 10
+BACKEND, DTYPE = "cuda", "float16"
 TIMING_TOKENS = (1, 4, 16, 64, 256, 1024, 4096)
 
 
@@ -70,10 +72,12 @@ def equality(results: dict) -> bool:
                 for fused in (True, False):
                     GpuKernelOps.prepare_moe = prepare_moe if fused else lambda self, a, b: None
                     calls["fused"] = 0
-                    llm = LLM(str(folder), dtype="float16", block_size=16, backend="cuda", **kwargs)
+                    llm = LLM(str(folder), dtype=DTYPE, block_size=16, backend=BACKEND, **kwargs)
                     outputs = llm.generate(EQUALITY_PROMPTS, params, use_tqdm=False)
                     runs[fused] = ([list(o.outputs[0].token_ids) for o in outputs], calls["fused"])
                     del llm
+                    gc.collect()  # the next engine sizes its KV cache from free memory
+                    torch.cuda.empty_cache()
                 GpuKernelOps.prepare_moe = prepare_moe
                 (got, fused_calls), (unfused, _) = runs[True], runs[False]
                 if fused_calls == 0:
