@@ -181,6 +181,23 @@ def test_router_equals_core_route_top_k(moe_ops, experts, top_k, renormalize, dt
         assert torch.equal(values.gather(1, ids), values.gather(1, want_ids))
 
 
+def test_kernel_ops_route_the_layer_to_the_kernels(moe_ops, monkeypatch) -> None:
+    """GpuKernelOps prepares GPU experts and runs them on the kernels; a top-k past what the
+    kernels order (MAX_TOP_K) keeps the contract's reference instead."""
+    gpu_kernel_ops = importlib.import_module(f"{moe_ops.__package__}.gpu_kernel_ops")
+    ops = gpu_kernel_ops.GpuKernelOps()
+    x, w13, w2, ids, weights = (t.cuda() for t in _case(16, 8, 2, 64, 64, torch.bfloat16, 6))
+    prepared = ops.prepare_moe(w13, w2)
+    assert isinstance(prepared, moe_ops.GpuExperts)
+    out = torch.empty_like(x)
+    moe_ops.fused_moe(out, x, w13, w2, ids, weights)
+    assert torch.equal(ops.fused_moe(x, prepared, ids, weights), out)
+    monkeypatch.setattr(moe_ops, "MAX_TOP_K", 1)
+    assert torch.equal(
+        ops.fused_moe(x, prepared, ids, weights), moe_reference(x, w13, w2, ids, weights)
+    )
+
+
 def test_ops_pass_opcheck(moe_ops) -> None:
     x, w13, w2, ids, weights = _case(5, 4, 2, 64, 32, torch.bfloat16, seed=3)
     dev = torch.device("cuda", 0)

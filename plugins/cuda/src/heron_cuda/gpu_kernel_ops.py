@@ -98,12 +98,13 @@ class GpuKernelOps(KernelOps):
         self, x: torch.Tensor, prepared: Any, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> torch.Tensor:
         """Route-grouped expert GEMMs in five launches with no host sync (graph-capturable);
-        host tensors go to the contract's reference. Invalid input raises ``ValueError``."""
+        host tensors, and more experts per token than the kernels order (``MAX_TOP_K``), go to
+        the contract's reference. Invalid input raises ``ValueError``."""
         from . import moe_ops
 
         if not isinstance(prepared, moe_ops.GpuExperts):
             return super().fused_moe(x, prepared, topk_ids, topk_weights)
-        if not x.is_cuda:
+        if not x.is_cuda or (topk_ids.dim() == 2 and topk_ids.shape[1] > moe_ops.MAX_TOP_K):
             return super().fused_moe(x, (prepared.w13, prepared.w2), topk_ids, topk_weights)
         if x.dim() == 2 and x.shape[1] > 1 and x.stride(1) != 1:
             x = x.contiguous()
