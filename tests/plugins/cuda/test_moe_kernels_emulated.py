@@ -14,7 +14,8 @@ on a GPU.
 Compared with ``heron_interfaces.kernel_ops.moe_reference``: in float32 (rtol 1e-5), and in the
 half-precision dtypes with the reference run in the same dtype by torch on the CPU, where most
 elements must be equal bit for bit (the same rounding points; only the GEMMs' summation order
-differs) and the rest within a rounding step.
+differs) and the rest within a rounding step. A second build runs under AddressSanitizer and
+UndefinedBehaviorSanitizer: the driver sizes every buffer exactly, so an access past one fails.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ KERNEL_SOURCES = ("moe_align.cu", "moe_routing.cu", "moe_experts.cu")
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _build(tmp_path_factory: pytest.TempPathFactory, *extra_flags: str) -> Path:
     """The kernel sources and moe_kernels_host.cpp built for the host (C++20: std::barrier)."""
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
@@ -47,6 +47,7 @@ def kernels(tmp_path_factory: pytest.TempPathFactory) -> Path:
         compiler,
         "-std=c++20",
         "-O1",
+        *extra_flags,
         "-pthread",
         "-Wall",
         "-Wno-unknown-pragmas",
@@ -67,6 +68,21 @@ def kernels(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"{compiler} has no C++20 <barrier>")
     assert result.returncode == 0, result.stderr
     return binary
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def sanitized_kernels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same build under AddressSanitizer and UndefinedBehaviorSanitizer: every buffer the
+    driver hands the kernels is sized exactly, so a read or write past one aborts the run (the
+    host counterpart of compute-sanitizer's memcheck)."""
+    return _build(
+        tmp_path_factory, "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"
+    )
 
 
 def _raw(t: torch.Tensor) -> bytes:
@@ -180,3 +196,22 @@ def test_router_kernel_equals_core_route_top_k(kernels, tmp_path, experts, top_k
     want_weights, want_ids = route_top_k(logits, top_k, renormalize)
     assert torch.equal(ids.reshape(tokens, top_k), want_ids)
     torch.testing.assert_close(weights.reshape(tokens, top_k), want_weights, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ((40, 6, 2, 64, 96), torch.bfloat16, {}),
+        ((7, 3, 3, 100, 72), torch.float16, {}),
+        ((9, 4, 2, 48, 32), torch.float32, {"x_stride": 80, "out_stride": 64}),
+    ],
+    ids=["bf16", "fp16-3-experts", "fp32-strided"],
+)
+def test_kernels_stay_inside_their_buffers(sanitized_kernels, tmp_path, case) -> None:
+    shape, dtype, strides = case
+    x, w13, w2, ids, weights = _case(*shape, dtype, seed=7)
+    ids[0, 0] = -1  # an entry naming no expert, too
+    got = _run_fused(sanitized_kernels, tmp_path, x, w13, w2, ids, weights, **strides)
+    keep = ids >= 0
+    want = moe_reference(x.float(), w13.float(), w2.float(), ids.clamp(min=0), weights * keep)
+    torch.testing.assert_close(got[:, : x.shape[1]].float(), want, rtol=3e-2, atol=3e-2)
