@@ -116,6 +116,34 @@ class DecoderForCausalLM(nn.Module):
         # Gathered in the model's dtype (half the bytes of float32; concatenation changes no value).
         return self.ctx.tp.all_gather(logits, dim=-1)[:, : self.vocab_size].float()
 
+    def greedy_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The argmax token of each row of ``hidden`` (long ``[N]``), equal to
+        ``compute_logits(hidden).max(-1).indices`` without the float32 ``[N, V]`` logits.
+
+        The model dtype's order is float32's (widening is exact), so the first maximal index is
+        the same. Under tensor parallelism each rank takes the winner of its own vocabulary
+        columns and the group exchanges ``[N, 2]`` (value, index) pairs instead of gathering every
+        column: the earliest rank among the largest values holds the first maximal index. A
+        subclass that transforms the logits (Gemma's soft-cap) computes them in full instead.
+        """
+        if type(self).compute_logits is not DecoderForCausalLM.compute_logits:
+            return self.compute_logits(hidden).max(dim=-1).indices
+        logits = self._local_logits(hidden)
+        tp = self.ctx.tp
+        if tp.size == 1:
+            return logits[:, : self.vocab_size].max(dim=-1).indices
+        start, per_rank = tp.padded_split(self.vocab_size)
+        own = min(per_rank, self.vocab_size - start)  # the last rank's columns include padding
+        pairs = torch.zeros(hidden.shape[0], 2, dtype=torch.float32, device=hidden.device)
+        pairs[:, 0] = float("-inf")
+        if own > 0:
+            best = logits[:, :own].max(dim=-1)
+            pairs[:, 0] = best.values.float()
+            pairs[:, 1] = (best.indices + start).float()  # exact: vocabularies are < 2**24
+        everyone = tp.all_gather(pairs, dim=-1)  # [N, 2 * ranks], in rank order
+        winner = everyone[:, 0::2].max(dim=-1).indices
+        return everyone[:, 1::2].gather(1, winner.unsqueeze(1)).squeeze(1).long()
+
     def _local_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:
             return self.lm_head(hidden)

@@ -273,15 +273,21 @@ class TorchModelRunner:
         elif sampling:
             rows = [self._sampling_row(out.scheduled[i]) for i in sampling]
             last = torch.from_numpy(cu[1:][sampling] - 1).to(self.device)
-            logits = self.model.compute_logits(hidden[last])
-            if out.grammar is not None:  # structured outputs: one masking call for the batch
-                logits = apply_grammar_bitmask(logits, out.grammar)
             batch = SamplingBatch.build(rows, self.vocab_size, self.device)
-            sampled = self.sampler.sample(logits, batch)
-            for row, token, logprobs in zip(rows, sampled.token_ids, sampled.logprobs):
-                result.sampled[row.request_id] = token
-                if logprobs is not None:
-                    result.logprobs[row.request_id] = logprobs
+            greedy_tokens = getattr(self.model, "greedy_tokens", None)
+            if batch.plain_greedy and out.grammar is None and greedy_tokens is not None:
+                # No float32 [N, V] logits (nor, under tensor parallelism, their gather).
+                for row, token in zip(rows, greedy_tokens(hidden[last]).tolist()):
+                    result.sampled[row.request_id] = token
+            else:
+                logits = self.model.compute_logits(hidden[last])
+                if out.grammar is not None:  # structured outputs: one masking call for the batch
+                    logits = apply_grammar_bitmask(logits, out.grammar)
+                sampled = self.sampler.sample(logits, batch)
+                for row, token, logprobs in zip(rows, sampled.token_ids, sampled.logprobs):
+                    result.sampled[row.request_id] = token
+                    if logprobs is not None:
+                        result.logprobs[row.request_id] = logprobs
         for i, s in enumerate(out.scheduled):
             k = s.request.sampling_params.prompt_logprobs
             if k is not None:

@@ -106,6 +106,18 @@ class SamplingBatch:
     logprob_ks: list[int] = field(default_factory=list)
     """Parallel to ``logprob_rows``: how many top alternatives each wants."""
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Every row takes the argmax of the raw logits: nothing changes them, no logprobs."""
+        return (
+            self.all_greedy
+            and not self.logprob_rows
+            and self.bias is None
+            and self.min_tokens_mask is None
+            and self.seen_ids is None
+            and self.output_ids is None
+        )
+
     @classmethod
     def build(
         cls, rows: list[SamplingRow], vocab_size: int, device: torch.device | str
