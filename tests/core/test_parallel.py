@@ -278,3 +278,29 @@ def test_workers_stop_when_the_engine_is_dropped(llama) -> None:
     gc.collect()
     worker.popen.wait(timeout=10)
     assert worker.exitcode is not None
+
+
+def test_exiting_with_a_live_engine_stops_workers_quietly(llama) -> None:
+    """The interpreter's exit finalizes a tensor-parallel engine nobody shut down: its workers
+    stop, and their expected exits are not reported as failures (no ERROR line)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    folder, _prompt_ids, _expected = llama
+    script = textwrap.dedent(
+        f"""
+        from heron import LLM, SamplingParams
+        llm = LLM({str(folder)!r}, dtype="float32", block_size=16, tensor_parallel_size=2)
+        llm.generate(["hello"], SamplingParams(max_tokens=2), use_tqdm=False)
+        print(llm.llm_engine.core.executor._procs[0].pid, flush=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "exited" not in done.stderr and "ERROR" not in done.stderr, done.stderr
+    pid = int(done.stdout.split()[-1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -92,6 +92,9 @@ class MultiprocExecutor(UniprocExecutor):
         self._encoder = StepEncoder()
         self._failure: WorkerFailedError | None = None
         self._closing = False
+        self._stopping = threading.Event()
+        """Set by whoever stops the workers, the finalizer included (it runs at interpreter exit
+        while the executor still exists): their exits are then expected, not failures."""
         self._on_failure = on_failure
         specs = self._launch(specs)
         try:
@@ -110,7 +113,9 @@ class MultiprocExecutor(UniprocExecutor):
 
     def _start_monitor(self) -> None:
         # An engine dropped without shutdown() still takes its workers with it.
-        self._finalizer = weakref.finalize(self, _stop_processes, self._procs, self._conns)
+        self._finalizer = weakref.finalize(
+            self, _stop_processes, self._procs, self._conns, self._stopping
+        )
         self._monitor = threading.Thread(
             target=_watch, args=(weakref.ref(self),), name="heron-rank-monitor", daemon=True
         )
@@ -241,14 +246,14 @@ class MultiprocExecutor(UniprocExecutor):
         raise self._failure
 
     def _notice_exit(self, rank: int) -> None:
-        if self._closing or self._failure is not None:
+        if self._closing or self._stopping.is_set() or self._failure is not None:
             return
         with contextlib.suppress(WorkerFailedError):
             self._fail(rank, f"exited with status {self._procs[rank - 1].exitcode}")
 
     def _kill_all(self) -> None:
         self._closing = True
-        _stop_processes(self._procs, self._conns)
+        _stop_processes(self._procs, self._conns, self._stopping)
 
 
 def _watch(executor_ref: weakref.ref[MultiprocExecutor]) -> None:
@@ -269,8 +274,11 @@ def _watch(executor_ref: weakref.ref[MultiprocExecutor]) -> None:
         del executor
 
 
-def _stop_processes(procs: list[WorkerProcess], conns: list[Connection]) -> None:
+def _stop_processes(
+    procs: list[WorkerProcess], conns: list[Connection], stopping: threading.Event
+) -> None:
     """Close the connections (a waiting worker exits on EOF), then kill whoever is still there."""
+    stopping.set()
     for conn in conns:
         conn.close()
     for proc in procs:
