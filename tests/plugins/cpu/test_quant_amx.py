@@ -26,10 +26,11 @@ needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-BF16")
 
 FORMATS = ["q8_0", "q4_0", "q4_1", "q4_k", "int8"]
 # (rows of x, K, N): rows 1..300 (odd x-tile counts, tails of every size), K / 32 odd and even,
-# N across the 16-row tiles and 32-row strips.
+# N across the 16-row tiles and 32-row strips; (700, 1536, 9) and (1100, 576, 5) take several
+# 1 MiB chunks of x (341 and 910 rows).
 SHAPES = [(1, 32, 1), (2, 96, 45), (5, 160, 7), (6, 224, 33), (9, 352, 130), (15, 32, 16),
           (16, 96, 31), (17, 160, 64), (31, 576, 45), (33, 96, 97), (64, 224, 130),
-          (100, 1536, 33), (300, 160, 45)]  # fmt: skip
+          (100, 1536, 33), (300, 160, 45), (700, 1536, 9), (1100, 576, 5)]  # fmt: skip
 Q4K_SHAPES = [(1, 256, 1), (6, 256, 45), (17, 512, 7), (33, 768, 130), (300, 256, 33)]
 MAX_DOT_PRODUCT_ERROR = 0.02  # llama.cpp tests/test-quantize-fns.cpp
 
@@ -103,7 +104,8 @@ def test_auto_takes_amx_from_its_row_count(monkeypatch: pytest.MonkeyPatch) -> N
     if quant.auto_path(torch.bfloat16) == "vnni512":
         assert quant.select_path(torch.bfloat16, few) == "vnni512"
         assert quant.select_path(torch.bfloat16, many) == "amx"
-        assert quant.select_path(torch.bfloat16, 300) == "amx"
+        assert quant.select_path(torch.bfloat16, quant.AMX_MAX_ROWS) == "amx"
+        assert quant.select_path(torch.bfloat16, quant.AMX_MAX_ROWS + 1) == "dequant"
     assert quant.select_path(torch.float32, 300) == "dequant"
     assert quant.select_path(torch.float32, 1) not in quant.BF16_WEIGHT_PATHS
     weight = random_quantized_weight("q4_0", 70, 96, seed=6)

@@ -18,12 +18,14 @@ read (Q4_K's 32-weight sub-blocks become 4-bit blocks with exact fp32 scales and
   integer dot products: ``csrc/quant_i8.cpp``), else the fp32 loop of the ISA in use (AVX-512,
   AVX2 or portable; ``HERON_CPU_ISA`` forces one, as for every heron-cpu kernel). These loops are
   bound by the weight's bytes at one row but repeat every dot product per extra row;
-- from :data:`AMX_MIN_ROWS` rows with bfloat16 activations on a CPU with AMX-BF16 (speculative
+- from :data:`AMX_MIN_ROWS` to :data:`AMX_MAX_ROWS` rows with bfloat16 activations on a CPU with
+  AMX-BF16 (speculative
   verification, batched decode, prefill): ``amx`` (``csrc/quant_amx.cpp``), which decodes a strip
   of 32 weight rows to bfloat16 in cache and multiplies it with tile instructions against every
   row, so a call decodes each weight once whatever the rows and writes nothing but its output;
-- past :data:`MAX_GEMV_ROWS` rows without AMX: ``dequant``, the weight dequantized into a scratch
-  matrix in one compiled pass and multiplied by torch's linear.
+- past :data:`MAX_GEMV_ROWS` rows without AMX, and past :data:`AMX_MAX_ROWS` with it: ``dequant``,
+  the weight dequantized into a scratch matrix in one compiled pass and multiplied by torch's
+  linear.
 
 ``HERON_CPU_QUANT_PATH`` forces one loop by name for every call (:data:`PATHS`). Every call goes
 through :func:`~heron_cpu.launch.launch`, so decode steps are recorded in step graphs like the
@@ -50,6 +52,7 @@ from heron_interfaces.quantization import (
 )
 
 __all__ = [
+    "AMX_MAX_ROWS",
     "AMX_MIN_ROWS",
     "BF16_WEIGHT_PATHS",
     "INT8_PATHS",
@@ -72,6 +75,10 @@ the weight and use a GEMM."""
 AMX_MIN_ROWS = 6
 """Fewest rows of bfloat16 ``x`` that take the AMX loop where the CPU has it (measured against
 the VNNI loop: benchmarks/RESULTS.md)."""
+
+AMX_MAX_ROWS = 512
+"""Most rows that take the AMX loop: it decodes the weight again for each 1 MiB chunk of ``x``,
+so past this (long prefill chunks) one dequantize and torch's GEMM is faster (RESULTS.md)."""
 
 PATHS: dict[str, int] = {
     "auto": 0,
@@ -194,8 +201,9 @@ def describe() -> str:
     many = select_path(torch.bfloat16, MAX_GEMV_ROWS + 1)
     if many == "amx":
         return (
-            f"heron-cpu's quantized loops: below {AMX_MIN_ROWS} rows {loops}; from "
-            f"{AMX_MIN_ROWS} rows of bfloat16 activations {_LOOP_NAMES['amx']}"
+            f"heron-cpu's quantized loops: below {AMX_MIN_ROWS} rows {loops}; "
+            f"{AMX_MIN_ROWS}-{AMX_MAX_ROWS} rows of bfloat16 activations {_LOOP_NAMES['amx']}; "
+            f"past that {_LOOP_NAMES['dequant']}"
         )
     return (
         f"heron-cpu's quantized loops: up to {MAX_GEMV_ROWS} rows {loops}; past that "
@@ -250,16 +258,16 @@ def _pack_q4_k(weight: QuantizedWeight) -> PackedQuant | None:
 def select_path(dtype: torch.dtype, rows: int) -> str:
     """The loop ``path="auto"`` runs for ``rows`` rows of ``x`` in ``dtype``.
 
-    :data:`PATH_ENV` forces one for every call. Else: from :data:`AMX_MIN_ROWS` rows of bfloat16
-    ``x`` with the AVX-512 kernels in use and AMX-BF16 present, ``amx`` (each weight decoded once
-    per call whatever the rows); else past :data:`MAX_GEMV_ROWS` rows ``dequant`` (the one-row
-    loops repeat every dot product per row); else :func:`auto_path`.
+    :data:`PATH_ENV` forces one for every call. Else: from :data:`AMX_MIN_ROWS` to
+    :data:`AMX_MAX_ROWS` rows of bfloat16 ``x`` with the AVX-512 kernels in use and AMX-BF16
+    present, ``amx`` (each weight decoded once per call); else past :data:`MAX_GEMV_ROWS` rows
+    ``dequant`` (the one-row loops repeat every dot product per row); else :func:`auto_path`.
     """
     one_row = auto_path(dtype)
     if os.environ.get(PATH_ENV, "").strip().lower() not in ("", "auto"):
         return one_row
     if (
-        rows >= AMX_MIN_ROWS
+        AMX_MIN_ROWS <= rows <= AMX_MAX_ROWS
         and dtype == torch.bfloat16
         and _paths()["amx"]
         and _kernels.isa() == "avx512"
