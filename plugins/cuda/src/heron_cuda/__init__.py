@@ -11,7 +11,7 @@ from __future__ import annotations
 from heron_cuda.availability import probe, unavailable_reason
 from heron_interfaces import BackendRegistry, BackendSpec, hookimpl
 
-API_VERSION: tuple[int, int] = (1, 5)
+API_VERSION: tuple[int, int] = (1, 11)
 """The heron_interfaces API this backend implements."""
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from heron_interfaces import BackendRegistry, BackendSpec, hookimpl
 from heron_rocm.availability import probe, unavailable_reason
 
-API_VERSION: tuple[int, int] = (1, 5)
+API_VERSION: tuple[int, int] = (1, 11)
 """The heron_interfaces API this backend implements."""
 
 
