@@ -110,7 +110,8 @@ def test_cpu_encoder_runs_the_kernel_not_sdpa(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On heron-cpu a whole-prompt step goes through KernelOps.encoder_attention (the C++
-    kernel), never the SDPA groups or the backend, and equals Hugging Face."""
+    kernel) on rows padded to ROW_ALIGN, never the SDPA groups or the backend, and equals
+    Hugging Face."""
     pytest.importorskip("heron_cpu.encoder_attention")
     import heron.models.bert as bert
 
@@ -119,9 +120,11 @@ def test_cpu_encoder_runs_the_kernel_not_sdpa(
     ops = llm.llm_engine.core.runner.kernel_ops
     original = type(ops).encoder_attention
 
-    def counted(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
+    def counted(self, qkv, query_start_loc, *args):
+        out = original(self, qkv, query_start_loc, *args)
         calls.append(out is not None)
+        # Rows padded to ROW_ALIGN (oneDNN compiles its kernels per row count).
+        assert qkv.shape[0] % bert.ROW_ALIGN == 0
         return out
 
     def refuse(*args: object, **kwargs: object) -> None:

@@ -54,6 +54,8 @@ class EncoderStep:
 
     def __init__(self, starts: list[int], query_start_loc: torch.Tensor, sdpa: bool) -> None:
         self.starts = starts
+        self.num_tokens = starts[-1]
+        """Rows in prompts; a step padded past them (``heron.models.bert.ROW_ALIGN``) has more."""
         self.query_start_loc = query_start_loc
         """int32 ``[num_prompts + 1]`` on the step's device, as ``KernelOps.encoder_attention``
         takes it."""
