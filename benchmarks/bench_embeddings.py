@@ -7,6 +7,7 @@ sentences of 20-200 tokens (seeded random words, lengths uniform), on the same c
     python benchmarks/bench_embeddings.py heron --dtype float32
     python benchmarks/bench_embeddings.py serve --clients 32 --dtype float32
     python benchmarks/bench_embeddings.py compare --dtype bfloat16 --rounds 3
+    python benchmarks/bench_embeddings.py heron --dtype bfloat16 --dp 2   # two replicas
 
 ``st`` tunes sentence-transformers' batch size on the first 500 sentences and then times all of
 them with the best one; ``serve`` starts ``heron serve`` on the model and sends one sentence per
@@ -86,21 +87,30 @@ def bench_st(sentences: list[str], dtype: str, batch_sizes: list[int]) -> dict:
     }
 
 
-def bench_heron(sentences: list[str], dtype: str, max_num_batched_tokens: int | None) -> dict:
+def bench_heron(
+    sentences: list[str], dtype: str, max_num_batched_tokens: int | None, dp: int = 1
+) -> dict:
+    import torch
+
     from heron import LLM
 
     kwargs = {"max_num_batched_tokens": max_num_batched_tokens} if max_num_batched_tokens else {}
+    if dp > 1:
+        kwargs["data_parallel_size"] = dp
     llm = LLM(model_path(), dtype=dtype, **kwargs)
     llm.embed(sentences[:200], use_tqdm=False)  # warm-up (oneDNN primitives, allocator)
     started = time.perf_counter()
     outs = llm.embed(sentences, use_tqdm=False)
     elapsed = time.perf_counter() - started
     tokens = sum(len(o.prompt_token_ids) for o in outs)
+    core = getattr(llm.llm_engine, "core", None)  # a -dp front has replicas instead
     return {
         "engine": "heron",
         "dtype": dtype,
-        "backend": llm.llm_engine.core.platform.name,
-        "max_num_batched_tokens": llm.llm_engine.core.scheduler_config.max_num_batched_tokens,
+        "backend": core.platform.name if core else "replicas",
+        "data_parallel_size": dp,
+        "threads": torch.get_num_threads(),
+        "max_num_batched_tokens": core.scheduler_config.max_num_batched_tokens if core else None,
         "sentences": len(sentences),
         "tokens": tokens,
         "seconds": round(elapsed, 2),
@@ -188,6 +198,8 @@ def compare(args: argparse.Namespace) -> None:
             command += ["--dtype", args.dtype, "--batch-sizes", args.batch_sizes]
             if args.max_num_batched_tokens:
                 command += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+            if mode == "heron" and args.dp > 1:
+                command += ["--dp", str(args.dp)]
             done = subprocess.run(command, check=True, capture_output=True, text=True)
             line = done.stdout.strip().splitlines()[-1]
             print(line, flush=True)
@@ -207,6 +219,9 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--clients", type=int, default=32, help="serve: concurrent clients")
     parser.add_argument("--rounds", type=int, default=3, help="compare: runs of each engine")
+    parser.add_argument(
+        "--dp", type=int, default=1, help="heron: data-parallel replicas (each one OMP thread)"
+    )
     args = parser.parse_args()
     if args.mode == "compare":
         compare(args)
@@ -216,7 +231,7 @@ def main() -> None:
         sizes = [int(b) for b in args.batch_sizes.split(",")]
         result = bench_st(sentences, args.dtype, sizes)
     elif args.mode == "heron":
-        result = bench_heron(sentences, args.dtype, args.max_num_batched_tokens)
+        result = bench_heron(sentences, args.dtype, args.max_num_batched_tokens, args.dp)
     else:
         result = bench_serve(sentences, args.dtype, args.clients)
     print(json.dumps(result))
