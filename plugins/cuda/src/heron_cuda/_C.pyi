@@ -50,6 +50,8 @@ def paged_attention(
     device: int,
     stream: int,
     causal: int = 1,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> None: ...
 def rms_norm(
     out: int,
