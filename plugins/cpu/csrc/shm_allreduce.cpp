@@ -22,6 +22,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "scalar_math.h"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define HERON_SHM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -100,23 +102,6 @@ void barrier(const Group& g) {
   }
 }
 
-inline float bf16_to_f32(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-// Round to nearest even, as torch rounds float32 to bfloat16; NaN stays a (quiet) NaN.
-// Written as a select, not a branch, so that the loops around it vectorize.
-inline uint16_t f32_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
-  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-}
-
 // out = slot 0 + slot 1 + ..., in rank order on every rank, so every rank gets the same bits.
 HERON_SHM_CLONES void sum_f32(float* out, const float* const* src, int64_t world, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = src[0][i] + src[1][i];
@@ -134,12 +119,14 @@ HERON_SHM_CLONES void sum_bf16(uint16_t* out, const uint16_t* const* src, int64_
     const int64_t len = n - start < kChunk ? n - start : kChunk;
     const uint16_t* a = src[0] + start;
     const uint16_t* b = src[1] + start;
-    for (int64_t i = 0; i < len; ++i) acc[i] = bf16_to_f32(a[i]) + bf16_to_f32(b[i]);
+    for (int64_t i = 0; i < len; ++i) {
+      acc[i] = heron_cpu::bf16_to_float(a[i]) + heron_cpu::bf16_to_float(b[i]);
+    }
     for (int64_t r = 2; r < world; ++r) {
       const uint16_t* s = src[r] + start;
-      for (int64_t i = 0; i < len; ++i) acc[i] += bf16_to_f32(s[i]);
+      for (int64_t i = 0; i < len; ++i) acc[i] += heron_cpu::bf16_to_float(s[i]);
     }
-    for (int64_t i = 0; i < len; ++i) out[start + i] = f32_to_bf16(acc[i]);
+    for (int64_t i = 0; i < len; ++i) out[start + i] = heron_cpu::float_to_bf16(acc[i]);
   }
 }
 
