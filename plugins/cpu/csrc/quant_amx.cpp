@@ -11,8 +11,15 @@
 // instruction), so the cost per call is the decode plus the quantized bytes, whatever the rows.
 //
 // The weight values are rounded to bf16 exactly as dequantize() (quant.cpp) and core's loader
-// round them (d * q + m in fp32, no fused multiply-add, then to nearest even), so the result is
-// that of --quantization none's GEMM up to the order of the fp32 sums; x stays bf16 as given.
+// round them (d * q + m in fp32, no fused multiply-add, then to nearest even); x stays bf16 as
+// given. The fp32 sums follow the order of the GEMM that --quantization none runs on the same
+// bf16 weights (oneDNN's AMX brgemm, as torch 2.13 ships it: oneDNN 3.12), so that the two give
+// the same bits and hence the same greedy text: over x rows 33 and more that GEMM splits K into
+// equal chunks (at most 512 values from 33 to 36 rows, 384 from 37) whose tile sums start from
+// zero and are added in fp32 in K order (k_chunk_blocks); up to 32 rows it runs K in one chunk.
+// Measured against oneDNN 3.12 on the shapes of SmolLM2 (K 576 and 1536) for 1-512 rows: equal
+// bits except where oneDNN's threading picks another split (seen at 2 threads for 256 x 1536 and
+// 512 x 576 -> 960); tests/plugins/cpu/test_quant_amx_order.py holds the cases.
 //
 // Tiles (palette 1, every tile 16 rows x 64 bytes): tmm4, tmm5 are the A tiles, 16 weight rows x
 // 32 bf16 (one quantization block) each from the strip buffer; tmm6, tmm7 the B tiles, 16 x rows
@@ -138,7 +145,19 @@ struct AmxJob {
   int64_t tiles;       // x tiles, ceil(m / 16)
   int64_t nb;          // blocks per row
   int64_t row_bytes;   // quantized bytes per weight row
+  int64_t k_chunk;     // blocks per K chunk whose sums start from zero (k_chunk_blocks)
 };
+
+// Blocks of K that oneDNN 3.12's AMX brgemm sums in one chunk for a product of `rows` rows of x
+// (see the top of this file): its K block is at most 512 values (33-36 rows) or 384 (37 rows and
+// more), and K is cut into the fewest chunks of that size, as equal as whole blocks allow (the
+// last one shorter): K 1024 at 40 rows is 352 + 352 + 320.
+int64_t k_chunk_blocks(int64_t rows, int64_t nb) {
+  if (rows <= 32) return nb;
+  const int64_t most = rows <= 36 ? 512 / kBlock : 384 / kBlock;
+  const int64_t chunks = (nb + most - 1) / most;
+  return (nb + chunks - 1) / chunks;
+}
 
 // x rows of tile t as B tiles, one 1 KiB tile per block: a 16 x 16 transpose of K pairs.
 HERON_QAMX_TARGET void pack_x(const QuantArgs& a, int64_t nb, int64_t t, uint16_t* xp) {
@@ -216,42 +235,70 @@ HERON_QAMX_TARGET void store_tile(const QuantArgs& a, const float* c, int64_t n0
   }
 }
 
-// The strip's 32 weight rows against x tiles t (and t + 1 when XT is 2), over all of K.
+// sum += part, 16 x 16 fp32.
+HERON_QAMX_TARGET HERON_QAMX_INLINE void add_tile(float* sum, const float* part) {
+  for (int i = 0; i < kTile; ++i) {
+    const __m512 v = _mm512_add_ps(_mm512_load_ps(sum + i * kTile), _mm512_load_ps(part + i * kTile));
+    _mm512_store_ps(sum + i * kTile, v);
+  }
+}
+
+// The strip's 32 weight rows against x tiles t (and t + 1 when XT is 2), over all of K: each K
+// chunk in tiles from zero, the chunks' sums added in fp32 (the order of oneDNN's GEMM).
 template <int XT>
 HERON_QAMX_TARGET void strip_tiles(const AmxJob& j, const uint16_t* strip, int64_t n0, int64_t t) {
   const int64_t tile_elems = kTile * kBlock;  // bf16 per 1 KiB tile
   const uint16_t* b0 = j.xp + t * j.nb * tile_elems;
   const uint16_t* b1 = b0 + j.nb * tile_elems;
-  HERON_QT_ZERO(0);
-  HERON_QT_ZERO(1);
-  if (XT == 2) {
-    HERON_QT_ZERO(2);
-    HERON_QT_ZERO(3);
-  }
-  for (int64_t b = 0; b < j.nb; ++b) {
-    const uint16_t* a0 = strip + b * kStrip * kBlock;
-    HERON_QT_LOAD(4, a0);
-    HERON_QT_LOAD(5, a0 + tile_elems);
-    HERON_QT_LOAD(6, b0 + b * tile_elems);
-    HERON_QT_DP(0, 4, 6);
-    HERON_QT_DP(1, 5, 6);
+  alignas(64) float sum[4][kTile * kTile];
+  alignas(64) float part[kTile * kTile];
+  for (int64_t k0 = 0; k0 < j.nb; k0 += j.k_chunk) {
+    const int64_t k1 = k0 + j.k_chunk < j.nb ? k0 + j.k_chunk : j.nb;
+    HERON_QT_ZERO(0);
+    HERON_QT_ZERO(1);
     if (XT == 2) {
-      HERON_QT_LOAD(7, b1 + b * tile_elems);
-      HERON_QT_DP(2, 4, 7);
-      HERON_QT_DP(3, 5, 7);
+      HERON_QT_ZERO(2);
+      HERON_QT_ZERO(3);
+    }
+    for (int64_t b = k0; b < k1; ++b) {
+      const uint16_t* a0 = strip + b * kStrip * kBlock;
+      HERON_QT_LOAD(4, a0);
+      HERON_QT_LOAD(5, a0 + tile_elems);
+      HERON_QT_LOAD(6, b0 + b * tile_elems);
+      HERON_QT_DP(0, 4, 6);
+      HERON_QT_DP(1, 5, 6);
+      if (XT == 2) {
+        HERON_QT_LOAD(7, b1 + b * tile_elems);
+        HERON_QT_DP(2, 4, 7);
+        HERON_QT_DP(3, 5, 7);
+      }
+    }
+    if (k0 == 0) {  // the first chunk's sums are stored as they are
+      HERON_QT_STORE(0, sum[0]);
+      HERON_QT_STORE(1, sum[1]);
+      if (XT == 2) {
+        HERON_QT_STORE(2, sum[2]);
+        HERON_QT_STORE(3, sum[3]);
+      }
+      continue;
+    }
+    HERON_QT_STORE(0, part);
+    add_tile(sum[0], part);
+    HERON_QT_STORE(1, part);
+    add_tile(sum[1], part);
+    if (XT == 2) {
+      HERON_QT_STORE(2, part);
+      add_tile(sum[2], part);
+      HERON_QT_STORE(3, part);
+      add_tile(sum[3], part);
     }
   }
-  alignas(64) float c[kTile * kTile];
   const QuantArgs& a = *j.a;
-  HERON_QT_STORE(0, c);
-  store_tile(a, c, n0, t * kTile);
-  HERON_QT_STORE(1, c);
-  store_tile(a, c, n0 + kTile, t * kTile);
+  store_tile(a, sum[0], n0, t * kTile);
+  store_tile(a, sum[1], n0 + kTile, t * kTile);
   if (XT == 2) {
-    HERON_QT_STORE(2, c);
-    store_tile(a, c, n0, (t + 1) * kTile);
-    HERON_QT_STORE(3, c);
-    store_tile(a, c, n0 + kTile, (t + 1) * kTile);
+    store_tile(a, sum[2], n0, (t + 1) * kTile);
+    store_tile(a, sum[3], n0 + kTile, (t + 1) * kTile);
   }
 }
 
@@ -282,15 +329,16 @@ bool amx_supported() {
 }
 
 #if defined(HERON_QAMX_X86)
-// Rows [0, a.m) of x, packed at once and multiplied with every strip of the weight.
-bool chunk_amx(const QuantArgs& a) {
+// Rows [0, a.m) of x, packed at once and multiplied with every strip of the weight, K summed in
+// chunks of k_chunk blocks (k_chunk_blocks of the whole call's rows).
+bool chunk_amx(const QuantArgs& a, int64_t k_chunk) {
   const int64_t nb = a.k / kBlock;
   const int64_t tiles = (a.m + kTile - 1) / kTile;
   const int64_t tile_bytes = kTile * kBlock * 2;
   uint16_t* xp = static_cast<uint16_t*>(std::aligned_alloc(64, static_cast<size_t>(tiles * nb * tile_bytes)));
   if (xp == nullptr) return false;
   for (int64_t t = 0; t < tiles; ++t) pack_x(a, nb, t, xp);
-  const AmxJob job{&a, xp, tiles, nb, nb * block_bytes(a.format)};
+  const AmxJob job{&a, xp, tiles, nb, nb * block_bytes(a.format), k_chunk};
   const int64_t strips = (a.n + kStrip - 1) / kStrip;
   const size_t strip_bytes = static_cast<size_t>(nb * kStrip * kBlock * 2);
   const bool small = a.n * nb * block_bytes(a.format) < kMinParallelBytes || strips < 2;
@@ -332,7 +380,7 @@ bool linear_amx(const QuantArgs& a) {
     sub.out = static_cast<uint16_t*>(a.out) + m0 * a.n;
     sub.m = a.m - m0 < chunk ? a.m - m0 : chunk;
     // Out of memory: false, and the caller's loop writes every output again.
-    if (!chunk_amx(sub)) return false;
+    if (!chunk_amx(sub, k_chunk_blocks(a.m, a.k / kBlock))) return false;
   }
   return true;
 #else
