@@ -179,3 +179,27 @@ def test_without_selection_the_suite_skips(tmp_path: pytest.TempPathFactory) -> 
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 skipped" in proc.stdout
+
+
+def test_a_backend_that_cannot_load_stops_the_run_with_one_message(
+    tmp_path: pytest.TempPathFactory,
+) -> None:
+    """Not one setup error per test of the suite: pytest's usage-error status and the reason."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "heron_interfaces.testing",
+            "no-such-backend",
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=120,
+    )
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert output.count("no backend named 'no-such-backend'") == 1, output
+    assert "registered:" in output and "ERROR at setup" not in output

@@ -71,20 +71,35 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     return f"heron conformance: backend {name}" if name else f"heron conformance: {platform}"
 
 
+_SELECTED = pytest.StashKey["tuple[type[Platform], BackendSpec | None]"]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Load the selected backend once, before any test runs.
+
+    A selection that cannot load (not installed, its device absent, an import error) is a broken
+    setup, not a skipped or failed test: pytest stops with its usage-error status and this one
+    message, instead of the same error repeated at the setup of every test of the suite.
+    """
+    name, platform = _selection(session.config)
+    if name is None and platform is None:
+        return
+    from heron_interfaces.testing.loader import BackendLoadError, load_platform
+
+    try:
+        session.config.stash[_SELECTED] = load_platform(name=name, platform=platform)
+    except BackendLoadError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+
+
 @pytest.fixture(scope="session")
 def _heron_selected_backend(
     request: pytest.FixtureRequest,
 ) -> tuple[type[Platform], BackendSpec | None]:
-    name, platform = _selection(request.config)
-    if name is None and platform is None:
+    selected = request.config.stash.get(_SELECTED, None)
+    if selected is None:
         pytest.skip("no backend selected: pass --heron-backend NAME or --heron-backend-platform")
-    from heron_interfaces.testing.loader import BackendLoadError, load_platform
-
-    try:
-        return load_platform(name=name, platform=platform)
-    except BackendLoadError as exc:
-        # A selection that cannot load is a broken setup, not a skipped test.
-        raise pytest.UsageError(str(exc)) from exc
+    return selected
 
 
 @pytest.fixture(scope="session")
