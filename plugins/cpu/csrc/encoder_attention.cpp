@@ -16,7 +16,9 @@
 // Two loops with the same arithmetic: AVX-512 intrinsics in target("avx512f") functions (8 query
 // rows x 32 keys of scores in 16 registers; 8 rows x 32 value columns likewise), and a portable
 // C++ loop (`omp simd`) for other CPUs and head sizes that are not a multiple of 16. bfloat16
-// inputs are widened to fp32 when packed (exact), so both dtypes share the fp32 loops. This file
+// inputs are widened to fp32 when packed (exact), so both dtypes share the fp32 loops. A third
+// loop, for bfloat16 inputs on AMX CPUs (head sizes that are multiples of 32), runs both products
+// on tiles; it is described where it begins ("AMX-BF16 loops"). This file
 // is compiled once, for the baseline ISA, like gemv.cpp: every helper has internal linkage and no
 // standard-library template is used (see the note at the top of kernels.cpp).
 
@@ -28,6 +30,8 @@
 #include <cstring>
 #include <new>
 
+#include "amx_tile.h"
+#include "gemv.h"
 #include "scalar_math.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -379,6 +383,312 @@ int64_t order_by_length(const int32_t* starts, int64_t num_seqs, int64_t* order)
   return n;
 }
 
+// ---- AMX-BF16 loops (bfloat16 inputs) --------------------------------------------------------------
+// The same attention with both products on tiles, for bfloat16 inputs and head sizes that are
+// multiples of 32. A 16-row query block's scores against every key of the sequence come from
+// tdpbf16ps (bf16 products are exact, sums in fp32: the same scores as the fp32 loops up to the
+// order of the additions), scaled and soft-maxed in fp32 over the whole row at once (two passes;
+// no online rescaling is needed when the row fits in scratch, and it always does: 16 x len fp32),
+// and the probabilities are rounded once to bfloat16 to be the A operand of P.V, whose sums are
+// fp32 again; each row is divided by the fp32 sum of its unrounded probabilities. The rounding of P
+// is the only step the fp32 loops do not have: it moves each weight by at most 2^-9 of itself, so
+// an output by at most 2^-9 max|v|, as much as rounding the output to bfloat16 may (the kernel
+// test holds the two together to their sum). The A operand of QK^T is read straight from the
+// projection rows (tileloadd takes a row stride); keys are packed per item into B tiles (16 keys x
+// 16 pairs of head elements, an in-register transpose), values likewise (16 pairs of keys x 16
+// head elements). Where the time goes at MiniLM's shape: the exp of the softmax, then the packing;
+// the tile products are a fifth of the kernel.
+#if defined(HERON_ENCODER_X86) && defined(HERON_AMX_TILE_X86)
+#define HERON_ENCODER_AMX 1
+#define HERON_AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
+
+constexpr int64_t kTileRows = 16;
+constexpr int64_t kTileElems = 512;  // bf16 elements of one 16 x 64-byte tile
+
+struct AmxScratch {
+  uint16_t* kb;  // [lp16 / 16][d / 32] B tiles: row e2, column n = (k[n][2 e2], k[n][2 e2 + 1])
+  uint16_t* vb;  // [lp32 / 32][d / 16] B tiles: row j2, column n = (v[2 j2][n], v[2 j2 + 1][n])
+  uint16_t* q;   // [16][d]: a last query block copied, zero rows after the sequence
+  float* s;      // [16][lp16]: scores
+  uint16_t* p;   // [16][lp32]: probabilities in bf16, zero past the sequence
+  float* o;      // [16][d]: unnormalised output
+  float l[kTileRows];
+  void* memory;
+};
+
+bool amx_scratch_alloc(AmxScratch* sc, int64_t max_len, int64_t d) {
+  const int64_t lp16 = round_up(max_len, 16);
+  const int64_t lp32 = round_up(max_len, 32);
+  const int64_t bytes[6] = {lp16 * d * 2, lp32 * d * 2, kTileRows * d * 2,
+                            kTileRows * lp16 * 4, kTileRows * lp32 * 2, kTileRows * d * 4};
+  int64_t total = 0;
+  for (int64_t b : bytes) total += round_up(b, 64);
+  auto* base = static_cast<char*>(std::aligned_alloc(64, static_cast<size_t>(total)));
+  if (base == nullptr) return false;
+  sc->memory = base;
+  void* parts[6];
+  for (int i = 0; i < 6; ++i) {
+    parts[i] = base;
+    base += round_up(bytes[i], 64);
+  }
+  sc->kb = static_cast<uint16_t*>(parts[0]);
+  sc->vb = static_cast<uint16_t*>(parts[1]);
+  sc->q = static_cast<uint16_t*>(parts[2]);
+  sc->s = static_cast<float*>(parts[3]);
+  sc->p = static_cast<uint16_t*>(parts[4]);
+  sc->o = static_cast<float*>(parts[5]);
+  // Probability columns past a sequence stay zero for every item (softmax writes zeros there
+  // up to the sequence's own lp32, and a shorter sequence's tail is rewritten by its own pass).
+  std::memset(sc->p, 0, static_cast<size_t>(kTileRows * lp32) * 2);
+  return true;
+}
+
+// Transposes the 16 x 16 matrix of 32-bit elements r[row][lane] in place: 32-bit, then 64-bit
+// interleaves within 128-bit lanes, then two rounds of 128-bit lane shuffles.
+HERON_AMX_TARGET inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+HERON_AMX_TARGET void amx_pack_kv(const EncoderAttentionArgs& a, const uint16_t* qkv, int64_t start,
+                                  int64_t len, int64_t h, AmxScratch& sc) {
+  const int64_t d = a.head_size;
+  const int64_t chunks = d / 32;
+  const int64_t lp16 = round_up(len, 16);
+  for (int64_t blk = 0; blk < lp16 / 16; ++blk) {
+    const int64_t keys = min64(16, len - blk * 16);
+    const uint16_t* k = qkv + (start + blk * 16) * a.qkv_stride + a.k_offset + h * d;
+    for (int64_t c = 0; c < chunks; ++c) {
+      // Key n's 16 pairs of this chunk become column n of the tile (one dword per row).
+      __m512i rows16[16];
+      for (int64_t n = 0; n < 16; ++n) {
+        rows16[n] = n < keys ? _mm512_loadu_si512(k + n * a.qkv_stride + c * 32) : _mm512_setzero_si512();
+      }
+      transpose16(rows16);
+      auto* dst = reinterpret_cast<__m512i*>(sc.kb + (blk * chunks + c) * kTileElems);
+      for (int64_t e2 = 0; e2 < 16; ++e2) _mm512_storeu_si512(dst + e2, rows16[e2]);
+    }
+  }
+  const int64_t lp32 = round_up(len, 32);
+  const int64_t cols = d / 16;
+  for (int64_t j = 0; j < lp32; j += 2) {
+    const uint16_t* v0 = qkv + (start + j) * a.qkv_stride + a.v_offset + h * d;
+    const uint16_t* v1 = v0 + a.qkv_stride;
+    uint32_t* dst = reinterpret_cast<uint32_t*>(sc.vb + (j / 32) * cols * kTileElems) + (j % 32) / 2 * 16;
+    for (int64_t c = 0; c < cols; ++c) {
+      const __m256i lo = j < len ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v0 + c * 16))
+                                 : _mm256_setzero_si256();
+      const __m256i hi = j + 1 < len
+                             ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v1 + c * 16))
+                             : _mm256_setzero_si256();
+      const __m512i row = _mm512_or_si512(_mm512_cvtepu16_epi32(lo),
+                                          _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+      _mm512_storeu_si512(dst + c * (kTileElems / 2), row);
+    }
+  }
+}
+
+// 2^t sixteen lanes at a time for the probabilities: n = round(t), 2^(t - n) by exp16's polynomial
+// (t - n is exact, its product with ln 2 one rounding), 2^n by vscalefps, which needs no clamp:
+// far below the row maximum the result underflows to zero, as it should. About 2 ulp in fp32, far
+// below the bfloat16 rounding that follows.
+HERON_AMX_TARGET inline __m512 exp2_16(__m512 t) {
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.693147180559945309f));
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
+// Rows [0, rows) of the block: p = exp((s - max) * scale) as 2^(s * scale * log2(e) - max * ...),
+// rounded to bf16 (zero past the sequence, up to the next multiple of 32 keys), and its fp32 sum.
+HERON_AMX_TARGET void amx_softmax(AmxScratch& sc, int64_t len, int64_t rows, float scale) {
+  const int64_t lp16 = round_up(len, 16);
+  const int64_t lp32 = round_up(len, 32);
+  const __m512 neg_inf = _mm512_set1_ps(kNegInf);
+  const float a = scale * 1.44269504088896341f;
+  const __m512 va = _mm512_set1_ps(a);
+  const __mmask16 tail = len % 16 == 0 ? 0xffff : static_cast<__mmask16>((1u << (len % 16)) - 1);
+  const int64_t full = len / 16 * 16;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = sc.s + r * lp16;
+    uint16_t* p = sc.p + r * lp32;
+    __m512 vmax = neg_inf;
+    for (int64_t j = 0; j < full; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + j));
+    if (full < len) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(neg_inf, tail, s + full));
+    const __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * a);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < full; j += 16) {
+      const __m512 e = exp2_16(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), va, vm));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+      vsum = _mm512_add_ps(vsum, e);
+    }
+    int64_t j = full;
+    if (full < len) {
+      const __m512 t = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(tail, s + full), va, vm);
+      const __m512 e = _mm512_maskz_mov_ps(tail, exp2_16(t));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + full), (__m256i)_mm512_cvtneps_pbh(e));
+      vsum = _mm512_add_ps(vsum, e);
+      j += 16;
+    }
+    for (; j < lp32; j += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), _mm256_setzero_si256());
+    sc.l[r] = _mm512_reduce_add_ps(vsum);
+  }
+}
+
+// One (sequence, head) item of a bfloat16 step on tiles.
+HERON_AMX_TARGET void amx_attend_item(const EncoderAttentionArgs& a, int64_t seq, int64_t h,
+                                      AmxScratch& sc) {
+  const auto* qkv = static_cast<const uint16_t*>(a.qkv);
+  auto* out = static_cast<uint16_t*>(a.out);
+  const int64_t start = a.starts[seq];
+  const int64_t len = a.starts[seq + 1] - start;
+  const int64_t limit = a.starts[a.num_seqs];  // rows past it may lie outside qkv
+  const int64_t d = a.head_size;
+  const int64_t chunks = d / 32;
+  const int64_t cols = d / 16;
+  const int64_t lp16 = round_up(len, 16);
+  const int64_t lp32 = round_up(len, 32);
+  amx_pack_kv(a, qkv, start, len, h, sc);
+  for (int64_t i0 = 0; i0 < len; i0 += kTileRows) {
+    const int64_t rows = min64(kTileRows, len - i0);
+    const uint16_t* q = qkv + (start + i0) * a.qkv_stride + h * d;
+    int64_t q_stride = a.qkv_stride * 2;
+    if (start + i0 + kTileRows > limit) {  // the tile would read rows that may not exist
+      for (int64_t r = 0; r < kTileRows; ++r) {
+        uint16_t* dst = sc.q + r * d;
+        if (r < rows) {
+          std::memcpy(dst, q + r * a.qkv_stride, static_cast<size_t>(d) * 2);
+        } else {
+          std::memset(dst, 0, static_cast<size_t>(d) * 2);
+        }
+      }
+      q = sc.q;
+      q_stride = d * 2;
+    }
+    // Scores: two key blocks per pass where there are two (C in tmm0/tmm1, B in tmm6/tmm7).
+    int64_t blk = 0;
+    const int64_t blocks = lp16 / 16;
+    for (; blk + 2 <= blocks; blk += 2) {
+      HERON_AMX_ZERO(0);
+      HERON_AMX_ZERO(1);
+      for (int64_t c = 0; c < chunks; ++c) {
+        HERON_AMX_LOAD(4, q + c * 32, q_stride);
+        HERON_AMX_LOAD(6, sc.kb + (blk * chunks + c) * kTileElems, 64);
+        HERON_AMX_LOAD(7, sc.kb + ((blk + 1) * chunks + c) * kTileElems, 64);
+        HERON_AMX_DP(0, 4, 6);
+        HERON_AMX_DP(1, 4, 7);
+      }
+      HERON_AMX_STORE(0, sc.s + blk * 16, lp16 * 4);
+      HERON_AMX_STORE(1, sc.s + (blk + 1) * 16, lp16 * 4);
+    }
+    if (blk < blocks) {
+      HERON_AMX_ZERO(0);
+      for (int64_t c = 0; c < chunks; ++c) {
+        HERON_AMX_LOAD(4, q + c * 32, q_stride);
+        HERON_AMX_LOAD(6, sc.kb + (blk * chunks + c) * kTileElems, 64);
+        HERON_AMX_DP(0, 4, 6);
+      }
+      HERON_AMX_STORE(0, sc.s + blk * 16, lp16 * 4);
+    }
+    amx_softmax(sc, len, rows, a.scale);
+    // P.V, up to four 16-column tiles of the output at a time (C in tmm0-3, P in tmm4, V in
+    // tmm6/tmm7).
+    for (int64_t c0 = 0; c0 < cols; c0 += 4) {
+      const int64_t g = min64(4, cols - c0);
+      HERON_AMX_ZERO(0);
+      HERON_AMX_ZERO(1);
+      HERON_AMX_ZERO(2);
+      HERON_AMX_ZERO(3);
+      for (int64_t kb = 0; kb < lp32 / 32; ++kb) {
+        const uint16_t* v = sc.vb + (kb * cols + c0) * kTileElems;
+        HERON_AMX_LOAD(4, sc.p + kb * 32, lp32 * 2);
+        HERON_AMX_LOAD(6, v, 64);
+        HERON_AMX_DP(0, 4, 6);
+        if (g > 1) {
+          HERON_AMX_LOAD(7, v + kTileElems, 64);
+          HERON_AMX_DP(1, 4, 7);
+        }
+        if (g > 2) {
+          HERON_AMX_LOAD(6, v + 2 * kTileElems, 64);
+          HERON_AMX_DP(2, 4, 6);
+        }
+        if (g > 3) {
+          HERON_AMX_LOAD(7, v + 3 * kTileElems, 64);
+          HERON_AMX_DP(3, 4, 7);
+        }
+      }
+      HERON_AMX_STORE(0, sc.o + c0 * 16, d * 4);
+      if (g > 1) HERON_AMX_STORE(1, sc.o + (c0 + 1) * 16, d * 4);
+      if (g > 2) HERON_AMX_STORE(2, sc.o + (c0 + 2) * 16, d * 4);
+      if (g > 3) HERON_AMX_STORE(3, sc.o + (c0 + 3) * 16, d * 4);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float inv = 1.0f / sc.l[r];
+      uint16_t* dst = out + (start + i0 + r) * a.out_stride + h * d;
+      for (int64_t e = 0; e < d; ++e) dst[e] = float_to_bf16(sc.o[r * d + e] * inv);
+    }
+  }
+}
+
+// Every item of a bfloat16 step on tiles, longest sequence first, over the step's threads.
+bool run_amx(const EncoderAttentionArgs& a) {
+  auto* order = static_cast<int64_t*>(std::malloc(static_cast<size_t>(a.num_seqs + 1) * 8));
+  if (order == nullptr) return false;
+  const int64_t seqs = order_by_length(a.starts, a.num_seqs, order);
+  const int64_t max_len = seqs > 0 ? int64_t{a.starts[order[0] + 1]} - a.starts[order[0]] : 0;
+  const int64_t items = seqs * a.num_heads;
+  const int threads = static_cast<int>(min64(a.num_threads < 1 ? 1 : a.num_threads, items));
+  bool ok = true;
+#pragma omp parallel num_threads(threads < 1 ? 1 : threads)
+  {
+    AmxScratch sc;
+    const bool mine = items > 0 && amx_scratch_alloc(&sc, max_len, a.head_size);
+    if (!mine && items > 0) {
+#pragma omp atomic write
+      ok = false;
+    }
+    if (mine) amx_configure_full_tiles();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      if (mine) amx_attend_item(a, order[it / a.num_heads], it % a.num_heads, sc);
+    }
+    if (mine) {
+      amx_release_tiles();
+      std::free(sc.memory);
+    }
+  }
+  std::free(order);
+  return ok;
+}
+#endif  // HERON_ENCODER_X86 && HERON_AMX_TILE_X86
+
 template <typename T>
 bool run(const EncoderAttentionArgs& a, bool avx) {
   auto* order = static_cast<int64_t*>(std::malloc(static_cast<size_t>(a.num_seqs + 1) * 8));
@@ -429,7 +739,22 @@ bool avx512_supported() {
 #endif
 }
 
+bool amx_supported() {
+#if defined(HERON_ENCODER_AMX)
+  return avx512_supported() && gemv::amx_supported();
+#else
+  return false;
+#endif
+}
+
 Path encoder_attention(const EncoderAttentionArgs& args, Path path) {
+#if defined(HERON_ENCODER_AMX)
+  const bool want_amx = path == Path::kAuto || path == Path::kAmx;
+  if (want_amx && args.bf16 && args.head_size % 32 == 0 && amx_supported()) {
+    if (!run_amx(args)) throw std::bad_alloc();
+    return Path::kAmx;
+  }
+#endif
   const bool avx = path != Path::kPortable && args.head_size % 16 == 0 && avx512_supported();
   const bool ok = args.bf16 ? run<uint16_t>(args, avx) : run<float>(args, avx);
   if (!ok) throw std::bad_alloc();  // after the OpenMP region: never thrown across it

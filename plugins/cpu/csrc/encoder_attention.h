@@ -29,12 +29,16 @@ struct EncoderAttentionArgs {
   int num_threads;
 };
 
-// kAuto takes the AVX-512 loops where the CPU has them and head_size % 16 == 0; kPortable is the
-// plain C++ loop (any CPU, any head size). Tests run each.
-enum class Path : int { kAuto = 0, kAvx512 = 1, kPortable = 2 };
+// kAuto takes the AMX-BF16 loops for bfloat16 inputs with head_size % 32 == 0 where the CPU and OS
+// allow tiles, else the AVX-512 loops where the CPU has them and head_size % 16 == 0; kPortable is
+// the plain C++ loop (any CPU, any head size). kAmx falls back like kAuto where it cannot run (float32
+// inputs, other head sizes, no AMX). Tests run each.
+enum class Path : int { kAuto = 0, kAvx512 = 1, kPortable = 2, kAmx = 3 };
 
 // Whether this CPU (and its OS) runs the AVX-512 loops.
 bool avx512_supported();
+// Whether this CPU runs the AMX-BF16 loops (asks Linux for the tile state once per process).
+bool amx_supported();
 
 // out[t, h*D:(h+1)*D] = softmax(q_t k_S^T * scale) v_S over the tokens S of t's own sequence.
 // Returns the path that ran (kAvx512 or kPortable); std::bad_alloc when scratch memory is short.

@@ -33,7 +33,7 @@ int encoder_attention(uintptr_t out, uintptr_t qkv, uintptr_t starts, int64_t nu
   if (dtype != 0 && dtype != 1) {
     throw py::value_error("encoder_attention: dtype code must be 0 (float32) or 1 (bfloat16)");
   }
-  if (path < static_cast<int>(Path::kAuto) || path > static_cast<int>(Path::kPortable)) {
+  if (path < static_cast<int>(Path::kAuto) || path > static_cast<int>(Path::kAmx)) {
     throw py::value_error("encoder_attention: unknown path " + std::to_string(path));
   }
   const auto* bounds = reinterpret_cast<const int32_t*>(starts);
@@ -72,7 +72,9 @@ void heron_cpu_register_encoder_attention(py::module_& m) {
         py::arg("out_stride"), py::arg("scale"), py::arg("dtype"), py::arg("num_threads"),
         py::arg("path"),
         "Bidirectional attention of whole sequences from a fused qkv projection, in place; path 0 "
-        "auto, 1 AVX-512, 2 portable. Returns the path that ran.");
+        "auto, 1 AVX-512, 2 portable, 3 AMX-BF16. Returns the path that ran.");
   m.def("encoder_attention_avx512", &heron_cpu::encoder::avx512_supported,
         "Whether this CPU runs encoder_attention's AVX-512 loops.");
+  m.def("encoder_attention_amx", &heron_cpu::encoder::amx_supported,
+        "Whether this CPU runs encoder_attention's AMX-BF16 loops (bfloat16, head_size % 32 == 0).");
 }

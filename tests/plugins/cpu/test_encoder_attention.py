@@ -2,8 +2,8 @@
 
 ``heron_cpu.encoder_attention`` reads q, k and v in place from a fused projection (strided rows,
 extra columns after v) and attends each prompt to all of itself. The reference is torch's SDPA in
-float64, one prompt at a time. Shapes: head sizes 16, 32, 64, 128 (AVX-512) and 24, 40 (portable
-only), prompt lengths 1..600 (past the kernel's 256-key softmax block, so the online rescaling
+float64, one prompt at a time. Shapes: head sizes 16, 32, 64, 128 (AVX-512; 32, 64 and 128 also on
+AMX tiles in bfloat16) and 24, 40 (portable only), prompt lengths 1..600 (past the kernel's 256-key softmax block, so the online rescaling
 runs), ragged batches with empty prompts, one and two threads.
 """
 
@@ -19,6 +19,16 @@ ea = pytest.importorskip("heron_cpu.encoder_attention", reason="heron-cpu is not
 
 PATHS = ea.kernel_paths()
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1.6e-2}
+
+
+def expected_path(path: str, dtype: torch.dtype, head_size: int) -> str:
+    """The loop a ``path=`` request runs: ``amx`` only for bfloat16 with head sizes that are
+    multiples of 32 (else as ``auto``), ``avx512`` only for multiples of 16."""
+    if path == "amx" and dtype == torch.bfloat16 and head_size % 32 == 0:
+        return "amx"
+    if path in ("amx", "avx512") and head_size % 16 == 0:
+        return "avx512"
+    return "portable"
 
 
 def _starts(lengths: list[int]) -> torch.Tensor:
@@ -64,7 +74,7 @@ def _run(lengths, heads, head_size, dtype, path, *, extra_cols=0, seed=0):
 )
 def test_matches_torch(path: str, dtype: torch.dtype, head_size: int, lengths: list[int]) -> None:
     out, expected, ran = _run(lengths, 3, head_size, dtype, path, extra_cols=5)
-    assert ran == ("avx512" if path == "avx512" and head_size % 16 == 0 else "portable")
+    assert ran == expected_path(path, dtype, head_size)
     torch.testing.assert_close(out.double(), expected, rtol=TOL[dtype], atol=TOL[dtype])
 
 

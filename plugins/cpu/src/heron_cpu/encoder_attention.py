@@ -4,9 +4,11 @@ An encoder (BERT, all-MiniLM) computes each prompt whole in one step and pools i
 keys and values are never read again: the paged KV cache is pure cost. :func:`encoder_attention`
 runs the compiled kernel of ``csrc/encoder_attention.cpp`` straight over the projection's output
 ``[tokens, 3 * heads * head_size]`` (q, then k, then v; rows may be strided), each prompt at its
-own length (no padding), online softmax in fp32, OpenMP over (prompt, head). AVX-512 loops where
-the CPU has them and ``head_size % 16 == 0``; a portable loop otherwise (and under
-``HERON_CPU_ISA=portable``). At head size 32 torch's SDPA is slow on the CPU (see the file).
+own length (no padding), softmax in fp32, OpenMP over (prompt, head). bfloat16 inputs with
+``head_size % 32 == 0`` run both products on AMX-BF16 tiles where the CPU and OS allow them (the
+probabilities rounded once to bfloat16 for P.V); otherwise AVX-512 fp32 loops where the CPU has
+them and ``head_size % 16 == 0``; a portable loop elsewhere (and under ``HERON_CPU_ISA=portable``).
+At head size 32 torch's SDPA is slow on the CPU (see the file).
 
 :func:`encoder_attention_eager` is the checked call; ``heron_cpu::encoder_attention`` the same as
 a ``torch.library`` custom op, for ``torch.compile``.
@@ -21,16 +23,18 @@ from heron_cpu._kernels import _C
 
 __all__ = ["PATHS", "encoder_attention", "encoder_attention_eager", "kernel_paths"]
 
-PATHS: dict[str, int] = {"auto": 0, "avx512": 1, "portable": 2}
-"""Loop selectors for ``path=``: ``avx512`` falls back to ``portable`` where the CPU (or the head
+PATHS: dict[str, int] = {"auto": 0, "avx512": 1, "portable": 2, "amx": 3}
+"""Loop selectors for ``path=``: ``amx`` falls back as ``auto`` does where it cannot run (float32,
+head sizes not a multiple of 32, no AMX), ``avx512`` to ``portable`` where the CPU (or the head
 size) does not allow it; the call returns the name of the loop that ran."""
-_NAMES = {1: "avx512", 2: "portable"}
+_NAMES = {1: "avx512", 2: "portable", 3: "amx"}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
 def kernel_paths() -> list[str]:
     """The loops this CPU runs (for tests and benchmarks)."""
-    return ["avx512", "portable"] if _C.encoder_attention_avx512() else ["portable"]
+    paths = ["avx512", "portable"] if _C.encoder_attention_avx512() else ["portable"]
+    return (["amx"] if _C.encoder_attention_amx() else []) + paths
 
 
 def encoder_attention_eager(
