@@ -31,6 +31,7 @@
 // standard-library template is used: see the note at the top of kernels.cpp about weak symbols.
 
 #include "gemv.h"
+#include "amx_tile.h"
 #include "scalar_math.h"
 
 #include <omp.h>
@@ -42,8 +43,6 @@
 #define HERON_GEMV_X86 1
 #include <cpuid.h>
 #include <immintrin.h>  // intrinsics are always-inline; usable inside target("...") functions
-#include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 // Tuning knobs, measured with cold weights on a 2-core Sapphire Rapids VM (see
@@ -246,33 +245,10 @@ void rows_avx512(const void* ctx, int64_t n0, int64_t n1) {
 // stride K); tmm4 is the B tile, x packed as 16 rows of k pairs by (x rows x 2) bf16, which is
 // the layout tdpbf16ps multiplies: C[r][i] += A[r][2p] * B[p][2i] + A[r][2p+1] * B[p][2i+1].
 // Like dpbf16, tdpbf16ps treats bf16 denormal inputs as zero.
-//
-// Inline assembly instead of the <amxtileintrin.h> macros: those do not tell the compiler that
-// tileloadd reads and tilestored writes memory, which would let it drop or move our own stores
-// to the packed x and loads of the stored C. Every statement here clobbers "memory".
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];  // bytes per row of each tile
-  uint8_t rows[16];
-};
-static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
-
-#define HERON_TILE_LOAD(tmm, base, stride)                      \
-  __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #tmm ::"r"(base), \
-                   "r"(static_cast<int64_t>(stride))              \
-                   : "memory")
-#define HERON_TILE_STORE(tmm, base, stride)                           \
-  __asm__ volatile("tilestored %%tmm" #tmm ", (%0,%1,1)" ::"r"(base), \
-                   "r"(static_cast<int64_t>(stride))                  \
-                   : "memory")
-#define HERON_TILE_DP(c, a, b) \
-  __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
-#define HERON_TILE_ZERO(tmm) __asm__ volatile("tilezero %%tmm" #tmm ::: "memory")
+// The tile instructions and configuration layout come from amx_tile.h.
 
 inline void tile_configure(int64_t x_rows) {
-  TileConfig cfg;
+  AmxTileConfig cfg;
   std::memset(&cfg, 0, sizeof cfg);
   cfg.palette_id = 1;
   const uint16_t narrow = static_cast<uint16_t>(x_rows * 4);  // x_rows fp32, or x_rows bf16 pairs
@@ -282,8 +258,6 @@ inline void tile_configure(int64_t x_rows) {
   cfg.colsb[4] = narrow;                 // B
   __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
 }
-
-inline void tile_release() { __asm__ volatile("tilerelease" ::: "memory"); }
 
 // One AMX job: x rows [m0, m0 + x_rows) of the call, x packed in pairs for the B tile.
 struct AmxJob {
@@ -304,26 +278,26 @@ HERON_GEMV_INLINE void amx_block(const AmxJob& job, int64_t n0) {
   // range ahead of them linearly instead (what DRAM pages and the L2 streamer like best), one line
   // per weight row and step, which covers the next range of the same size exactly once.
   const char* prefetch = w + HERON_GEMV_AMX_PREFETCH_ROWS * w_stride;
-  HERON_TILE_ZERO(0);
-  if (BLOCKS == 2) HERON_TILE_ZERO(1);
+  HERON_AMX_ZERO(0);
+  if (BLOCKS == 2) HERON_AMX_ZERO(1);
   for (int64_t j = 0; j < k; j += kTileK) {
     const char* wj = w + j * 2;
     for (int64_t r = 0; r < BLOCKS * kTileRows; ++r, prefetch += 64) {
       _mm_prefetch(prefetch, HERON_GEMV_PREFETCH_HINT);
     }
-    HERON_TILE_LOAD(4, b + j * a.m * 2, b_stride);
-    HERON_TILE_LOAD(2, wj, w_stride);
-    HERON_TILE_DP(0, 2, 4);
+    HERON_AMX_LOAD(4, b + j * a.m * 2, b_stride);
+    HERON_AMX_LOAD(2, wj, w_stride);
+    HERON_AMX_DP(0, 2, 4);
     if (BLOCKS == 2) {
-      HERON_TILE_LOAD(3, wj + kTileRows * w_stride, w_stride);
-      HERON_TILE_DP(1, 3, 4);
+      HERON_AMX_LOAD(3, wj + kTileRows * w_stride, w_stride);
+      HERON_AMX_DP(1, 3, 4);
     }
   }
   float c[kTileRows * kTileRows];  // [weight row][x row], row stride x_rows
-  HERON_TILE_STORE(0, c, b_stride);
+  HERON_AMX_STORE(0, c, b_stride);
   store_sums(a, n0, kTileRows, 0, a.m, c, 1, a.m);
   if (BLOCKS == 2) {
-    HERON_TILE_STORE(1, c, b_stride);
+    HERON_AMX_STORE(1, c, b_stride);
     store_sums(a, n0 + kTileRows, kTileRows, 0, a.m, c, 1, a.m);
   }
 }
@@ -336,7 +310,7 @@ void rows_amx(const void* ctx, int64_t n0, int64_t n1) {
   for (; n + kTileRows <= n1; n += kTileRows) amx_block<1>(job, n);
   // Release the tiles: the thread's AMX state goes back to init (cheap context switches again),
   // and oneDNN, which checks the loaded configuration before its own tile kernels, reloads its own.
-  tile_release();
+  amx_release_tiles();
   if (n < n1) dp_rows(job.sub, n, n1);  // fewer than 16 rows left
 }
 
@@ -385,22 +359,6 @@ bool cpu_has_avx512_bf16() {
          __builtin_cpu_supports("avx512vl");
 }
 
-// AMX needs the CPU features, the OS's support for the tile state in XCR0, and (Linux 5.16+) a
-// per-process permission: without it the first tile instruction kills the process with SIGILL.
-bool enable_amx() {
-  if (!cpu_has_avx512_bf16()) return false;  // the AMX loop's row tail uses dpbf16
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-  const bool amx_bf16 = (edx >> 22) & 1u;
-  const bool amx_tile = (edx >> 24) & 1u;
-  if (!amx_bf16 || !amx_tile) return false;
-  unsigned xcr0_lo = 0, xcr0_hi = 0;
-  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-  if ((xcr0_lo & (3u << 17)) != (3u << 17)) return false;  // XTILECFG and XTILEDATA
-  constexpr long kArchReqXcompPerm = 0x1023;
-  constexpr long kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-}
 #endif  // HERON_GEMV_X86
 
 }  // namespace
@@ -416,7 +374,7 @@ bool avx512_bf16_supported() {
 
 bool amx_supported() {
 #if defined(HERON_GEMV_X86)
-  static const bool supported = enable_amx();
+  static const bool supported = amx_bf16_permitted();
   return supported;
 #else
   return false;

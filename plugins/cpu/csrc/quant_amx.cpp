@@ -28,8 +28,7 @@
 // way out (rows of out are x rows), the bias added in fp32 and rounded once to bf16.
 //
 // bfloat16 activations only (float32 ones would lose precision in the tiles: quant.cpp's loops
-// serve them). Inline assembly for the tile instructions, as gemv.cpp (the <amxtileintrin.h>
-// macros do not tell the compiler that they read and write memory).
+// serve them). The tile instructions come from amx_tile.h.
 
 #include "quant.h"
 
@@ -38,12 +37,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "amx_tile.h"
+
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define HERON_QAMX_X86 1
-#include <cpuid.h>
 #include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 namespace heron_cpu {
@@ -59,57 +57,6 @@ constexpr int64_t kMinParallelBytes = int64_t{48} << 10;
 #if defined(HERON_QAMX_X86)
 #define HERON_QAMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #define HERON_QAMX_INLINE inline __attribute__((always_inline))
-
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-static_assert(sizeof(TileConfig) == 64, "ldtilecfg reads 64 bytes");
-
-#define HERON_QT_LOAD(tmm, base)                                                       \
-  __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #tmm ::"r"(base), "r"(int64_t{64}) \
-                   : "memory")
-#define HERON_QT_STORE(tmm, base)                                                          \
-  __asm__ volatile("tilestored %%tmm" #tmm ", (%0,%1,1)" ::"r"(base), "r"(int64_t{64}) \
-                   : "memory")
-#define HERON_QT_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
-#define HERON_QT_ZERO(tmm) __asm__ volatile("tilezero %%tmm" #tmm ::: "memory")
-
-void tile_configure() {
-  TileConfig cfg;
-  std::memset(&cfg, 0, sizeof cfg);
-  cfg.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = kTile;
-    cfg.colsb[t] = 64;
-  }
-  __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
-}
-
-// The thread's tiles go back to the init state (cheap context switches; oneDNN reloads its own).
-void tile_release() { __asm__ volatile("tilerelease" ::: "memory"); }
-
-// AMX-BF16 needs the CPU features (AVX512-BF16 too, for the conversions), the OS's support for
-// the tile state in XCR0 and (Linux 5.16+) a per-process permission, without which the first tile
-// instruction raises SIGILL. Asking twice (gemv.cpp asks too) is harmless.
-bool enable_amx() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
-  const bool avx512_bf16 = (eax >> 5) & 1u;
-  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-  const bool amx_bf16 = (edx >> 22) & 1u;
-  const bool amx_tile = (edx >> 24) & 1u;
-  if (!avx512_bf16 || !amx_bf16 || !amx_tile || !avx512_supported()) return false;
-  unsigned xcr0_lo = 0, xcr0_hi = 0;
-  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-  if ((xcr0_lo & (3u << 17)) != (3u << 17)) return false;  // XTILECFG and XTILEDATA
-  constexpr long kArchReqXcompPerm = 0x1023;
-  constexpr long kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-}
 
 // Transposes the 16 x 16 matrix of 32-bit elements r[row][lane] in place: three rounds of
 // shuffles (pairs of elements, pairs of pairs, then 128-bit quarters), 64 instructions.
@@ -254,42 +201,42 @@ HERON_QAMX_TARGET void strip_tiles(const AmxJob& j, const uint16_t* strip, int64
   alignas(64) float part[kTile * kTile];
   for (int64_t k0 = 0; k0 < j.nb; k0 += j.k_chunk) {
     const int64_t k1 = k0 + j.k_chunk < j.nb ? k0 + j.k_chunk : j.nb;
-    HERON_QT_ZERO(0);
-    HERON_QT_ZERO(1);
+    HERON_AMX_ZERO(0);
+    HERON_AMX_ZERO(1);
     if (XT == 2) {
-      HERON_QT_ZERO(2);
-      HERON_QT_ZERO(3);
+      HERON_AMX_ZERO(2);
+      HERON_AMX_ZERO(3);
     }
     for (int64_t b = k0; b < k1; ++b) {
       const uint16_t* a0 = strip + b * kStrip * kBlock;
-      HERON_QT_LOAD(4, a0);
-      HERON_QT_LOAD(5, a0 + tile_elems);
-      HERON_QT_LOAD(6, b0 + b * tile_elems);
-      HERON_QT_DP(0, 4, 6);
-      HERON_QT_DP(1, 5, 6);
+      HERON_AMX_LOAD(4, a0, 64);
+      HERON_AMX_LOAD(5, a0 + tile_elems, 64);
+      HERON_AMX_LOAD(6, b0 + b * tile_elems, 64);
+      HERON_AMX_DP(0, 4, 6);
+      HERON_AMX_DP(1, 5, 6);
       if (XT == 2) {
-        HERON_QT_LOAD(7, b1 + b * tile_elems);
-        HERON_QT_DP(2, 4, 7);
-        HERON_QT_DP(3, 5, 7);
+        HERON_AMX_LOAD(7, b1 + b * tile_elems, 64);
+        HERON_AMX_DP(2, 4, 7);
+        HERON_AMX_DP(3, 5, 7);
       }
     }
     if (k0 == 0) {  // the first chunk's sums are stored as they are
-      HERON_QT_STORE(0, sum[0]);
-      HERON_QT_STORE(1, sum[1]);
+      HERON_AMX_STORE(0, sum[0], 64);
+      HERON_AMX_STORE(1, sum[1], 64);
       if (XT == 2) {
-        HERON_QT_STORE(2, sum[2]);
-        HERON_QT_STORE(3, sum[3]);
+        HERON_AMX_STORE(2, sum[2], 64);
+        HERON_AMX_STORE(3, sum[3], 64);
       }
       continue;
     }
-    HERON_QT_STORE(0, part);
+    HERON_AMX_STORE(0, part, 64);
     add_tile(sum[0], part);
-    HERON_QT_STORE(1, part);
+    HERON_AMX_STORE(1, part, 64);
     add_tile(sum[1], part);
     if (XT == 2) {
-      HERON_QT_STORE(2, part);
+      HERON_AMX_STORE(2, part, 64);
       add_tile(sum[2], part);
-      HERON_QT_STORE(3, part);
+      HERON_AMX_STORE(3, part, 64);
       add_tile(sum[3], part);
     }
   }
@@ -305,7 +252,7 @@ HERON_QAMX_TARGET void strip_tiles(const AmxJob& j, const uint16_t* strip, int64
 // Strips [s0, s1) of the weight: each dequantized once, then multiplied with every x tile.
 template <Format F>
 void strips_amx(const AmxJob& j, int64_t s0, int64_t s1, uint16_t* strip) {
-  tile_configure();
+  amx_configure_full_tiles();
   for (int64_t s = s0; s < s1; ++s) {
     const int64_t n0 = s * kStrip;
     dequantize_strip<F>(j, n0, strip);
@@ -313,15 +260,16 @@ void strips_amx(const AmxJob& j, int64_t s0, int64_t s1, uint16_t* strip) {
     for (; t + 2 <= j.tiles; t += 2) strip_tiles<2>(j, strip, n0, t);
     if (t < j.tiles) strip_tiles<1>(j, strip, n0, t);
   }
-  tile_release();
+  amx_release_tiles();
 }
 #endif  // HERON_QAMX_X86
 
 }  // namespace
 
+// AMX-BF16 and the tile permission (amx_tile.h), and the AVX-512 subsets this file uses.
 bool amx_supported() {
 #if defined(HERON_QAMX_X86)
-  static const bool ok = enable_amx();
+  static const bool ok = amx_bf16_permitted() && avx512_supported();
   return ok;
 #else
   return false;
