@@ -200,7 +200,10 @@ def compare(args: argparse.Namespace) -> None:
                 command += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
             if mode == "heron" and args.dp > 1:
                 command += ["--dp", str(args.dp)]
-            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:  # say why: the child's own traceback, not only its status
+                sys.stderr.write(done.stderr[-4000:])
+                raise SystemExit(f"{mode} run failed with status {done.returncode}")
             line = done.stdout.strip().splitlines()[-1]
             print(line, flush=True)
             rates[mode].append(json.loads(line)["sentences_per_s"])

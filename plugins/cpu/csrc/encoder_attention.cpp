@@ -403,24 +403,25 @@ int64_t order_by_length(const int32_t* starts, int64_t num_seqs, int64_t* order)
 #define HERON_AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")))
 
 constexpr int64_t kTileRows = 16;
+constexpr int64_t kBlockRows = 32;   // query rows per pass: two A tiles against two B tiles
 constexpr int64_t kTileElems = 512;  // bf16 elements of one 16 x 64-byte tile
 
 struct AmxScratch {
   uint16_t* kb;  // [lp16 / 16][d / 32] B tiles: row e2, column n = (k[n][2 e2], k[n][2 e2 + 1])
   uint16_t* vb;  // [lp32 / 32][d / 16] B tiles: row j2, column n = (v[2 j2][n], v[2 j2 + 1][n])
-  uint16_t* q;   // [16][d]: a last query block copied, zero rows after the sequence
-  float* s;      // [16][lp16]: scores
-  uint16_t* p;   // [16][lp32]: probabilities in bf16, zero past the sequence
-  float* o;      // [16][d]: unnormalised output
-  float l[kTileRows];
+  uint16_t* q;   // [32][d]: last query rows copied, zero rows after the sequence
+  float* s;      // [32][lp16]: scores
+  uint16_t* p;   // [32][lp32]: probabilities in bf16, zero past the sequence
+  float* o;      // [32][d]: unnormalised output
+  float l[kBlockRows];
   void* memory;
 };
 
 bool amx_scratch_alloc(AmxScratch* sc, int64_t max_len, int64_t d) {
   const int64_t lp16 = round_up(max_len, 16);
   const int64_t lp32 = round_up(max_len, 32);
-  const int64_t bytes[6] = {lp16 * d * 2, lp32 * d * 2, kTileRows * d * 2,
-                            kTileRows * lp16 * 4, kTileRows * lp32 * 2, kTileRows * d * 4};
+  const int64_t bytes[6] = {lp16 * d * 2, lp32 * d * 2, kBlockRows * d * 2,
+                            kBlockRows * lp16 * 4, kBlockRows * lp32 * 2, kBlockRows * d * 4};
   int64_t total = 0;
   for (int64_t b : bytes) total += round_up(b, 64);
   auto* base = static_cast<char*>(std::aligned_alloc(64, static_cast<size_t>(total)));
@@ -439,7 +440,7 @@ bool amx_scratch_alloc(AmxScratch* sc, int64_t max_len, int64_t d) {
   sc->o = static_cast<float*>(parts[5]);
   // Probability columns past a sequence stay zero for every item (softmax writes zeros there
   // up to the sequence's own lp32, and a shorter sequence's tail is rewritten by its own pass).
-  std::memset(sc->p, 0, static_cast<size_t>(kTileRows * lp32) * 2);
+  std::memset(sc->p, 0, static_cast<size_t>(kBlockRows * lp32) * 2);
   return true;
 }
 
@@ -509,6 +510,19 @@ HERON_AMX_TARGET void amx_pack_kv(const EncoderAttentionArgs& a, const uint16_t*
   }
 }
 
+// float_to_bf16 (scalar_math.h) sixteen lanes at a time: round to nearest even, NaNs kept quiet
+// (not vcvtneps2bf16, which flushes denormal results to zero).
+HERON_AMX_TARGET inline __m256i round_bf16x16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded =
+      _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
+}
+
 // 2^t sixteen lanes at a time for the probabilities: n = round(t), 2^(t - n) by exp16's polynomial
 // (t - n is exact, its product with ln 2 one rounding), 2^n by vscalefps, which needs no clamp:
 // far below the row maximum the result underflows to zero, as it should. About 2 ulp in fp32, far
@@ -562,7 +576,10 @@ HERON_AMX_TARGET void amx_softmax(AmxScratch& sc, int64_t len, int64_t rows, flo
   }
 }
 
-// One (sequence, head) item of a bfloat16 step on tiles.
+// One (sequence, head) item of a bfloat16 step on tiles. Each pass takes 32 query rows as two A
+// tiles against two B tiles at a time into four C tiles (tmm0-3: rows 0-15 and 16-31 by two key
+// blocks or two output column tiles), so that four products are in flight between loads; a
+// pass with 16 rows or fewer uses one A tile.
 HERON_AMX_TARGET void amx_attend_item(const EncoderAttentionArgs& a, int64_t seq, int64_t h,
                                       AmxScratch& sc) {
   const auto* qkv = static_cast<const uint16_t*>(a.qkv);
@@ -572,16 +589,25 @@ HERON_AMX_TARGET void amx_attend_item(const EncoderAttentionArgs& a, int64_t seq
   const int64_t limit = a.starts[a.num_seqs];  // rows past it may lie outside qkv
   const int64_t d = a.head_size;
   const int64_t chunks = d / 32;
-  const int64_t cols = d / 16;
+  const int64_t cols = d / 16;  // even: d is a multiple of 32
   const int64_t lp16 = round_up(len, 16);
   const int64_t lp32 = round_up(len, 32);
+  const int64_t blocks = lp16 / 16;
+  const int64_t s_stride = lp16 * 4;  // bytes between score rows
+  const int64_t p_stride = lp32 * 2;
+  const int64_t o_stride = d * 4;
+  float* s_hi = sc.s + 16 * lp16;  // rows 16-31
+  uint16_t* p_hi = sc.p + 16 * lp32;
+  float* o_hi = sc.o + 16 * d;
   amx_pack_kv(a, qkv, start, len, h, sc);
-  for (int64_t i0 = 0; i0 < len; i0 += kTileRows) {
-    const int64_t rows = min64(kTileRows, len - i0);
+  for (int64_t i0 = 0; i0 < len; i0 += kBlockRows) {
+    const int64_t rows = min64(kBlockRows, len - i0);
+    const bool two = rows > kTileRows;
     const uint16_t* q = qkv + (start + i0) * a.qkv_stride + h * d;
     int64_t q_stride = a.qkv_stride * 2;
-    if (start + i0 + kTileRows > limit) {  // the tile would read rows that may not exist
-      for (int64_t r = 0; r < kTileRows; ++r) {
+    const int64_t tile_rows = two ? kBlockRows : kTileRows;
+    if (start + i0 + tile_rows > limit) {  // the tiles would read rows that may not exist
+      for (int64_t r = 0; r < tile_rows; ++r) {
         uint16_t* dst = sc.q + r * d;
         if (r < rows) {
           std::memcpy(dst, q + r * a.qkv_stride, static_cast<size_t>(d) * 2);
@@ -592,67 +618,89 @@ HERON_AMX_TARGET void amx_attend_item(const EncoderAttentionArgs& a, int64_t seq
       q = sc.q;
       q_stride = d * 2;
     }
-    // Scores: two key blocks per pass where there are two (C in tmm0/tmm1, B in tmm6/tmm7).
+    const uint16_t* q_hi = q + 16 * (q_stride / 2);
+    // Scores, two key blocks per step.
     int64_t blk = 0;
-    const int64_t blocks = lp16 / 16;
     for (; blk + 2 <= blocks; blk += 2) {
+      const uint16_t* k0 = sc.kb + blk * chunks * kTileElems;
+      const uint16_t* k1 = k0 + chunks * kTileElems;
       HERON_AMX_ZERO(0);
       HERON_AMX_ZERO(1);
+      if (two) {
+        HERON_AMX_ZERO(2);
+        HERON_AMX_ZERO(3);
+      }
       for (int64_t c = 0; c < chunks; ++c) {
         HERON_AMX_LOAD(4, q + c * 32, q_stride);
-        HERON_AMX_LOAD(6, sc.kb + (blk * chunks + c) * kTileElems, 64);
-        HERON_AMX_LOAD(7, sc.kb + ((blk + 1) * chunks + c) * kTileElems, 64);
+        HERON_AMX_LOAD(6, k0 + c * kTileElems, 64);
+        HERON_AMX_LOAD(7, k1 + c * kTileElems, 64);
         HERON_AMX_DP(0, 4, 6);
         HERON_AMX_DP(1, 4, 7);
+        if (two) {
+          HERON_AMX_LOAD(5, q_hi + c * 32, q_stride);
+          HERON_AMX_DP(2, 5, 6);
+          HERON_AMX_DP(3, 5, 7);
+        }
       }
-      HERON_AMX_STORE(0, sc.s + blk * 16, lp16 * 4);
-      HERON_AMX_STORE(1, sc.s + (blk + 1) * 16, lp16 * 4);
+      HERON_AMX_STORE(0, sc.s + blk * 16, s_stride);
+      HERON_AMX_STORE(1, sc.s + (blk + 1) * 16, s_stride);
+      if (two) {
+        HERON_AMX_STORE(2, s_hi + blk * 16, s_stride);
+        HERON_AMX_STORE(3, s_hi + (blk + 1) * 16, s_stride);
+      }
     }
     if (blk < blocks) {
+      const uint16_t* k0 = sc.kb + blk * chunks * kTileElems;
       HERON_AMX_ZERO(0);
+      HERON_AMX_ZERO(2);
       for (int64_t c = 0; c < chunks; ++c) {
         HERON_AMX_LOAD(4, q + c * 32, q_stride);
-        HERON_AMX_LOAD(6, sc.kb + (blk * chunks + c) * kTileElems, 64);
+        HERON_AMX_LOAD(6, k0 + c * kTileElems, 64);
         HERON_AMX_DP(0, 4, 6);
+        if (two) {
+          HERON_AMX_LOAD(5, q_hi + c * 32, q_stride);
+          HERON_AMX_DP(2, 5, 6);
+        }
       }
-      HERON_AMX_STORE(0, sc.s + blk * 16, lp16 * 4);
+      HERON_AMX_STORE(0, sc.s + blk * 16, s_stride);
+      if (two) HERON_AMX_STORE(2, s_hi + blk * 16, s_stride);
     }
     amx_softmax(sc, len, rows, a.scale);
-    // P.V, up to four 16-column tiles of the output at a time (C in tmm0-3, P in tmm4, V in
-    // tmm6/tmm7).
-    for (int64_t c0 = 0; c0 < cols; c0 += 4) {
-      const int64_t g = min64(4, cols - c0);
+    // P.V, two 16-column tiles of the output per step.
+    for (int64_t c0 = 0; c0 < cols; c0 += 2) {
       HERON_AMX_ZERO(0);
       HERON_AMX_ZERO(1);
-      HERON_AMX_ZERO(2);
-      HERON_AMX_ZERO(3);
+      if (two) {
+        HERON_AMX_ZERO(2);
+        HERON_AMX_ZERO(3);
+      }
       for (int64_t kb = 0; kb < lp32 / 32; ++kb) {
         const uint16_t* v = sc.vb + (kb * cols + c0) * kTileElems;
-        HERON_AMX_LOAD(4, sc.p + kb * 32, lp32 * 2);
+        HERON_AMX_LOAD(4, sc.p + kb * 32, p_stride);
         HERON_AMX_LOAD(6, v, 64);
+        HERON_AMX_LOAD(7, v + kTileElems, 64);
         HERON_AMX_DP(0, 4, 6);
-        if (g > 1) {
-          HERON_AMX_LOAD(7, v + kTileElems, 64);
-          HERON_AMX_DP(1, 4, 7);
-        }
-        if (g > 2) {
-          HERON_AMX_LOAD(6, v + 2 * kTileElems, 64);
-          HERON_AMX_DP(2, 4, 6);
-        }
-        if (g > 3) {
-          HERON_AMX_LOAD(7, v + 3 * kTileElems, 64);
-          HERON_AMX_DP(3, 4, 7);
+        HERON_AMX_DP(1, 4, 7);
+        if (two) {
+          HERON_AMX_LOAD(5, p_hi + kb * 32, p_stride);
+          HERON_AMX_DP(2, 5, 6);
+          HERON_AMX_DP(3, 5, 7);
         }
       }
-      HERON_AMX_STORE(0, sc.o + c0 * 16, d * 4);
-      if (g > 1) HERON_AMX_STORE(1, sc.o + (c0 + 1) * 16, d * 4);
-      if (g > 2) HERON_AMX_STORE(2, sc.o + (c0 + 2) * 16, d * 4);
-      if (g > 3) HERON_AMX_STORE(3, sc.o + (c0 + 3) * 16, d * 4);
+      HERON_AMX_STORE(0, sc.o + c0 * 16, o_stride);
+      HERON_AMX_STORE(1, sc.o + (c0 + 1) * 16, o_stride);
+      if (two) {
+        HERON_AMX_STORE(2, o_hi + c0 * 16, o_stride);
+        HERON_AMX_STORE(3, o_hi + (c0 + 1) * 16, o_stride);
+      }
     }
     for (int64_t r = 0; r < rows; ++r) {
-      const float inv = 1.0f / sc.l[r];
+      const __m512 inv = _mm512_set1_ps(1.0f / sc.l[r]);
       uint16_t* dst = out + (start + i0 + r) * a.out_stride + h * d;
-      for (int64_t e = 0; e < d; ++e) dst[e] = float_to_bf16(sc.o[r * d + e] * inv);
+      for (int64_t e = 0; e < d; e += 16) {
+        const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(sc.o + r * d + e), inv);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + e), round_bf16x16(x));
+      }
     }
   }
 }
