@@ -49,6 +49,12 @@ struct QuantArgs {
   Format format;
   DType dtype;
   int num_threads;
+  // The same scales (and Q4 minimums) in float16, [n, k / 32] each, where they are exactly the
+  // fp32 ones (GGUF Q8_0 / Q4_0 / Q4_1: the file's own f16), else nullptr. The one-row VNNI loop
+  // reads these instead: 2 bytes less per block and value (Q4: 20 bytes per block instead of 24,
+  // as in the file), the same arithmetic. The other loops read d / mins.
+  const uint16_t* d16 = nullptr;
+  const uint16_t* mins16 = nullptr;
 };
 
 // Bytes of quantized values per block of a format (the scales are separate).

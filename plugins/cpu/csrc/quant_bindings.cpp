@@ -42,10 +42,15 @@ hq::QuantArgs make_args(const char* name, uintptr_t out, uintptr_t x, uintptr_t 
 
 void quant_linear(uintptr_t out, uintptr_t x, uintptr_t qs, uintptr_t d, uintptr_t mins,
                   uintptr_t bias, int64_t m, int64_t n, int64_t k, int64_t x_stride, int format,
-                  int dtype, int num_threads, int path) {
-  const auto args = make_args("quant_linear", out, x, qs, d, mins, bias, m, n, k, x_stride, format,
-                              dtype, num_threads);
+                  int dtype, int num_threads, int path, uintptr_t d16, uintptr_t mins16) {
+  auto args = make_args("quant_linear", out, x, qs, d, mins, bias, m, n, k, x_stride, format,
+                        dtype, num_threads);
   if (path < 0 || path > 6) throw py::value_error("quant_linear: unknown path");
+  if (format == 1 && (d16 == 0) != (mins16 == 0)) {
+    throw py::value_error("quant_linear: Q4 f16 scales need their f16 minimums (d16, mins16)");
+  }
+  args.d16 = reinterpret_cast<const uint16_t*>(d16);
+  args.mins16 = reinterpret_cast<const uint16_t*>(mins16);
   py::gil_scoped_release release;
   hq::linear(args, static_cast<hq::Path>(path));
 }
@@ -76,9 +81,10 @@ PYBIND11_MODULE(_quant, m) {
   m.def("quant_linear", &quant_linear, py::arg("out"), py::arg("x"), py::arg("qs"), py::arg("d"),
         py::arg("mins"), py::arg("bias"), py::arg("m"), py::arg("n"), py::arg("k"),
         py::arg("x_stride"), py::arg("format"), py::arg("dtype"), py::arg("num_threads"),
-        py::arg("path"),
+        py::arg("path"), py::arg("d16") = 0, py::arg("mins16") = 0,
         "out[m, n] = x[m, k] @ W^T (+ bias) for W in repacked blocks; format 0 Q8, 1 Q4; dtype 0 "
-        "float32, 1 bfloat16; path 0 auto, 1 AVX-512, 2 AVX2, 3 portable (fp32), 4 AVX-512 VNNI, 5 AVX-VNNI (int8 x), 6 AMX-BF16 (bf16 x, many rows).");
+        "float32, 1 bfloat16; path 0 auto, 1 AVX-512, 2 AVX2, 3 portable (fp32), 4 AVX-512 VNNI, 5 AVX-VNNI (int8 x), 6 AMX-BF16 (bf16 x, many rows). "
+        "d16 / mins16: the same scales and minimums in float16 (0: none), read by the AVX-512 VNNI loop.");
   m.def("quant_dequantize", &quant_dequantize, py::arg("out"), py::arg("qs"), py::arg("d"),
         py::arg("mins"), py::arg("n"), py::arg("k"), py::arg("format"), py::arg("dtype"),
         py::arg("num_threads"), "out[n, k] = W dequantized to dtype.");

@@ -10,9 +10,13 @@
 // so |w| is the u8 operand and x takes w's sign (vpsignb's trick). The Q4 minimum term
 // sum_b m_b * sum(x_b) uses the exact fp32 block sums of x, not the quantized ones.
 //
-// Two loops, chosen at run time: AVX-512 VNNI (two blocks per 512-bit dot, 4 weight rows x up to
-// 4 x rows per pass) and AVX-VNNI (the same instruction on 256 bits, one block per dot). Both
-// are __attribute__((target(...))) functions in this file, compiled for the baseline ISA.
+// Two loops, chosen at run time: AVX-512 VNNI (4 weight rows x up to 4 x rows per pass; Q4: four
+// blocks per 64-byte load, their low and high nibbles two dots summed in int32, x laid out to
+// match; Q8: a block pair per dot) and AVX-VNNI (the same instruction on 256 bits, one block per
+// dot). Both are __attribute__((target(...))) functions in this file, compiled for the baseline
+// ISA. The AVX-512 loop reads GGUF scales in their f16 (QuantArgs::d16) where the caller has them,
+// and quantizes x with vector instructions into a per-thread buffer: at one row of x a call's
+// fixed costs (not the weight's bytes) were a third of a 576-wide product.
 
 #include "quant.h"
 #include "scalar_math.h"
@@ -22,6 +26,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HERON_QI8_X86 1
@@ -36,17 +41,30 @@ constexpr int64_t kMinParallelBytes = int64_t{48} << 10;  // as quant.cpp
 constexpr int64_t kXRows = 4;
 constexpr int64_t kPrefetchRows = 16;
 
-// x quantized: qx [m, kp] int8 (kp = k rounded up to 64, zero padded) in the loop's order, dx and
-// the fp32 block sums xsum [m, nbp], and dxv [m, nbp / 2, 16]: dx of each 512-bit lane's block.
+// x quantized for one call: qx [m, kp] int8 (kp = nbp * 32, zero padded) in the loop's order
+// (below), dx and the fp32 block sums xsum [m, nbp], and dxv [m, nbp / group, 16]: the dx of each
+// 512-bit lane's block, for the AVX-512 loops (group: blocks per 512-bit dot, 4 for Q4, 2 for Q8).
 struct JobI8 {
   const QuantArgs* a;
   const int8_t* qx;
   const float* dx;
   const float* xsum;
   const float* dxv;
-  int64_t nb, nbp, kp;  // blocks per row, rounded up to even, k padded
+  int64_t nb, nbp, kp;  // blocks per row, rounded up to the group, k padded
   int64_t row_bytes;
 };
+
+// Where x's values sit in qx. kNatural: value t of block b at 32 b + t (the 256-bit loop, and
+// the AVX-512 Q8 loop, whose 64-byte weight load is a block pair in order). kQuad (the AVX-512 Q4
+// loop): a 64-byte load of a row's nibbles holds 4 blocks, whose low nibbles (values 0-15) are one
+// 512-bit operand and high nibbles (16-31) another, block i of the quad in lanes 4i..4i+3 of
+// both; so x's values 0-15 of the quad's 4 blocks come first (16 bytes each), then 16-31.
+enum class Order { kNatural, kQuad };
+
+inline int64_t qx_at(Order order, int64_t b, int64_t t) {
+  if (order == Order::kNatural) return b * kBlock + t;
+  return (b / 4) * 128 + (t / 16) * 64 + (b % 4) * 16 + t % 16;
+}
 
 inline float load_act(const void* p, int64_t i, DType dtype) {
   return dtype == DType::kBFloat16 ? bf16_to_float(static_cast<const uint16_t*>(p)[i])
@@ -62,18 +80,12 @@ inline void store(const QuantArgs& a, int64_t mi, int64_t n, float v) {
   }
 }
 
-// Which block of a block pair each 32-bit lane of a 512-bit dot covers. Q4: the low nibbles of
-// the pair's 32 bytes fill lanes 0-7 (block 0's values 0-15, then block 1's), the high nibbles
-// lanes 8-15 (values 16-31). Q8: the pair's 64 bytes in order.
-constexpr int kLaneBlockQ4[16] = {0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1};
-constexpr int kLaneBlockQ8[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
-
-// Quantizes row mi of x into the job's buffers. `pair_order`: Q4's order within a block pair
-// (x[0:16] of both blocks, then x[16:32] of both), else the natural one.
-void quantize_row(const QuantArgs& a, const JobI8& j, int64_t mi, bool pair_order, float* qxbuf,
+// Quantizes row mi of x into the job's buffers (the portable form; the AVX-512 loop has its own,
+// which rounds every value the same way and sums each block in another order).
+void quantize_row(const QuantArgs& a, const JobI8& j, int64_t mi, Order order, float* row,
                   int8_t* qx, float* dx, float* xsum) {
   const int64_t base = mi * a.x_stride;
-  for (int64_t t = 0; t < a.k; ++t) qxbuf[t] = load_act(a.x, base + t, a.dtype);
+  for (int64_t t = 0; t < a.k; ++t) row[t] = load_act(a.x, base + t, a.dtype);
   std::memset(qx, 0, j.kp);
   for (int64_t b = 0; b < j.nbp; ++b) {
     if (b >= j.nb) {
@@ -81,7 +93,7 @@ void quantize_row(const QuantArgs& a, const JobI8& j, int64_t mi, bool pair_orde
       xsum[b] = 0.0f;
       continue;
     }
-    const float* xb = qxbuf + b * kBlock;
+    const float* xb = row + b * kBlock;
     float amax = 0.0f, sum = 0.0f;
     for (int t = 0; t < kBlock; ++t) {
       amax = std::fmax(amax, std::fabs(xb[t]));
@@ -91,13 +103,9 @@ void quantize_row(const QuantArgs& a, const JobI8& j, int64_t mi, bool pair_orde
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     dx[b] = d;
     xsum[b] = sum;
-    const int64_t pair = b / 2, half = b % 2;
     for (int t = 0; t < kBlock; ++t) {
       // Round half to even (the default rounding mode), as torch.round and vcvtps2dq do.
-      const int8_t v = static_cast<int8_t>(std::nearbyint(xb[t] * id));
-      int64_t at = b * kBlock + t;
-      if (pair_order) at = pair * 64 + (t / 16) * 32 + half * 16 + t % 16;
-      qx[at] = v;
+      qx[qx_at(order, b, t)] = static_cast<int8_t>(std::nearbyint(xb[t] * id));
     }
   }
 }
@@ -124,81 +132,130 @@ void run(const JobI8& job, RowsFn fn, int num_threads, int64_t align) {
 }
 
 #if defined(HERON_QI8_X86)
-#define HERON_QV512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")))
+#define HERON_QV512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 #define HERON_QAVXVNNI __attribute__((target("avx2,fma,avxvnni")))
 #define HERON_QI8INLINE inline __attribute__((always_inline))
 
 // ---- AVX-512 VNNI ------------------------------------------------------------------------------
-// The u8 operand of block pair p (blocks 2p, 2p + 1) of a row; `full` false: only block 2p exists
-// (an odd count, the last pair), so nothing past the row is read.
-template <Format F>
-HERON_QV512 HERON_QI8INLINE __m512i weight_pair512(const uint8_t* q, bool full) {
-  if (F == Format::kQ4) {
-    const __m256i raw = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q))
-                             : _mm256_maskz_loadu_epi8(0xffff, q);
-    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1);
-    return _mm512_and_si512(both, _mm512_set1_epi8(15));
+// x quantized with 16 lanes per step: the same values, scales and rounding as quantize_row
+// (vcvtps2dq rounds half to even like nearbyint); only each block's fp32 sum is added in another
+// order. No allocation and no scalar loop per value: at one row this ran 2 us of a 576-wide
+// product's 10 (6 us at K = 1536).
+HERON_QV512 void quantize512(const QuantArgs& a, const JobI8& j, Order order, int group,
+                             int8_t* qx, float* dx, float* xsum, float* dxv) {
+  const int64_t groups = j.nbp / group;
+  for (int64_t mi = 0; mi < a.m; ++mi) {
+    int8_t* q = qx + mi * j.kp;
+    float* d = dx + mi * j.nbp;
+    float* s = xsum + mi * j.nbp;
+    std::memset(q, 0, j.kp);
+    for (int64_t b = 0; b < j.nbp; ++b) {
+      if (b >= j.nb) {
+        d[b] = 0.0f;
+        s[b] = 0.0f;
+        continue;
+      }
+      const int64_t at = mi * a.x_stride + b * kBlock;
+      __m512 v0, v1;
+      if (a.dtype == DType::kBFloat16) {
+        const __m512i raw = _mm512_loadu_si512(static_cast<const uint16_t*>(a.x) + at);
+        v0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(raw)), 16));
+        v1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(raw, 1)), 16));
+      } else {
+        v0 = _mm512_loadu_ps(static_cast<const float*>(a.x) + at);
+        v1 = _mm512_loadu_ps(static_cast<const float*>(a.x) + at + 16);
+      }
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+      const float db = amax / 127.0f;
+      const __m512 id = _mm512_set1_ps(db != 0.0f ? 1.0f / db : 0.0f);
+      d[b] = db;
+      s[b] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
+      const __m128i q0 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)));
+      const __m128i q1 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + qx_at(order, b, 0)), q0);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + qx_at(order, b, 16)), q1);
+    }
+    const int lanes_per_block = 16 / group;
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int l = 0; l < 16; ++l) dxv[(mi * groups + g) * 16 + l] = d[g * group + l / lanes_per_block];
+    }
   }
-  return full ? _mm512_loadu_si512(q) : _mm512_maskz_loadu_epi8(0xffffffffULL, q);
 }
 
-template <Format F, int R, int XR, bool PREFETCH>
-HERON_QV512 HERON_QI8INLINE void tile512(const JobI8& j, int64_t n0, int64_t m0) {
-  const QuantArgs& a = *j.a;
-  constexpr int64_t pair_bytes = F == Format::kQ4 ? 32 : 64;
-  const __m512i lane_block = F == Format::kQ4
-      ? _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0)
-      : _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  const int64_t pairs = j.nbp / 2;
-  const uint8_t* q[R];
-  const float* d[R];
-  for (int r = 0; r < R; ++r) {
-    q[r] = a.qs + (n0 + r) * j.row_bytes;
-    d[r] = a.d + (n0 + r) * j.nb;
+// The 4 (or, at a row's end, `count`) scales of blocks b..b+3 of one row, from f16 or fp32.
+template <bool F16>
+HERON_QV512 HERON_QI8INLINE __m128 scales4(const QuantArgs& a, int64_t at, int count) {
+  if (F16) {
+    const uint16_t* p = a.d16 + at;
+    return _mm_cvtph_ps(count == 4 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))
+                                   : _mm_maskz_loadu_epi16(static_cast<__mmask8>((1u << count) - 1), p));
   }
+  const float* p = a.d + at;
+  return count == 4 ? _mm_loadu_ps(p) : _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << count) - 1), p);
+}
+
+// 16 (or `count`) values of a row's d or mins from block b, from f16 or fp32.
+template <bool F16>
+HERON_QV512 HERON_QI8INLINE __m512 values16(const uint16_t* p16, const float* p32, int64_t at,
+                                            int64_t count) {
+  const __mmask16 mask = count >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << count) - 1);
+  if (F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p16 + at));
+  return _mm512_maskz_loadu_ps(mask, p32 + at);
+}
+
+// Q4: R weight rows from n0 against XR x rows from m0. One 64-byte load holds 4 blocks of a row;
+// its low and high nibbles are two u8 operands against x's two 64-byte halves (Order::kQuad),
+// summed exactly in int32 (at most 2 x 4 x 15 x 127 per lane), so 128 weights cost two vpdpbusd,
+// one conversion and one fma per x row, with one scale vector per row.
+template <int R, int XR, bool PREFETCH, bool F16>
+HERON_QV512 HERON_QI8INLINE void tile_q4(const JobI8& j, int64_t n0, int64_t m0) {
+  const QuantArgs& a = *j.a;
+  const __m512i lane_block = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  const __m512i low = _mm512_set1_epi8(15);
+  const int64_t groups = j.nbp / 4, full = j.nb / 4;
+  const int tail = static_cast<int>(j.nb % 4);
+  const __mmask64 tail_bytes = (uint64_t{1} << (16 * tail)) - 1;
+  const uint8_t* q[R];
+  for (int r = 0; r < R; ++r) q[r] = a.qs + (n0 + r) * j.row_bytes;
   __m512 acc[R][XR];
   for (int r = 0; r < R; ++r) {
     for (int i = 0; i < XR; ++i) acc[r][i] = _mm512_setzero_ps();
   }
-  for (int64_t p = 0; p < pairs; ++p) {
-    const bool full = 2 * p + 1 < j.nb;
-    __m512i w[R];
+  for (int64_t g = 0; g < groups; ++g) {
+    const bool whole = g < full;
+    __m512i lo[R], hi[R];
     __m512 dw[R];
     for (int r = 0; r < R; ++r) {
-      const uint8_t* qp = q[r] + p * pair_bytes;
-      if (PREFETCH && (p * pair_bytes) % 64 == 0) {
-        _mm_prefetch(reinterpret_cast<const char*>(qp + kPrefetchRows * j.row_bytes), _MM_HINT_T1);
+      const uint8_t* qg = q[r] + g * 64;
+      if (PREFETCH) {
+        _mm_prefetch(reinterpret_cast<const char*>(qg + kPrefetchRows * j.row_bytes), _MM_HINT_T1);
       }
-      w[r] = weight_pair512<F>(qp, full);
-      const __m128 d2 = full ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(d[r] + 2 * p)))
-                             : _mm_load_ss(d[r] + 2 * p);
-      dw[r] = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(d2));
+      const __m512i raw = whole ? _mm512_loadu_si512(qg) : _mm512_maskz_loadu_epi8(tail_bytes, qg);
+      lo[r] = _mm512_and_si512(raw, low);
+      hi[r] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+      const __m128 d4 = scales4<F16>(a, (n0 + r) * j.nb + g * 4, whole ? 4 : tail);
+      dw[r] = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(d4));
     }
     for (int i = 0; i < XR; ++i) {
-      const __m512i xq = _mm512_loadu_si512(j.qx + (m0 + i) * j.kp + p * 64);
-      const __m512 dxv = _mm512_loadu_ps(j.dxv + ((m0 + i) * pairs + p) * 16);
+      const int8_t* xg = j.qx + (m0 + i) * j.kp + g * 128;
+      const __m512i xlo = _mm512_loadu_si512(xg);
+      const __m512i xhi = _mm512_loadu_si512(xg + 64);
+      const __m512 dxv = _mm512_loadu_ps(j.dxv + ((m0 + i) * groups + g) * 16);
       for (int r = 0; r < R; ++r) {
-        __m512i u = w[r], s = xq;
-        if (F == Format::kQ8) {  // |w| x (x with w's sign)
-          const __mmask64 neg = _mm512_movepi8_mask(w[r]);
-          u = _mm512_abs_epi8(w[r]);
-          s = _mm512_mask_sub_epi8(xq, neg, _mm512_setzero_si512(), xq);
-        }
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
+        const __m512i dot =
+            _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], xlo), hi[r], xhi);
         acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[r], dxv), acc[r][i]);
       }
     }
   }
-  if (F == Format::kQ4) {  // + sum_b m_b * sum(x_b), 16 blocks per step
-    for (int64_t b = 0; b < j.nb; b += 16) {
-      const __mmask16 mask = j.nb - b >= 16 ? __mmask16(0xffff)
-                                            : static_cast<__mmask16>((1u << (j.nb - b)) - 1);
-      for (int i = 0; i < XR; ++i) {
-        const __m512 xs = _mm512_maskz_loadu_ps(mask, j.xsum + (m0 + i) * j.nbp + b);
-        for (int r = 0; r < R; ++r) {
-          const __m512 mv = _mm512_maskz_loadu_ps(mask, a.mins + (n0 + r) * j.nb + b);
-          acc[r][i] = _mm512_fmadd_ps(mv, xs, acc[r][i]);
-        }
+  // + sum_b m_b * sum(x_b), 16 blocks per step
+  for (int64_t b = 0; b < j.nb; b += 16) {
+    for (int i = 0; i < XR; ++i) {
+      const __m512 xs = values16<false>(nullptr, j.xsum, (m0 + i) * j.nbp + b, j.nb - b);
+      for (int r = 0; r < R; ++r) {
+        const __m512 mv = values16<F16>(a.mins16, a.mins, (n0 + r) * j.nb + b, j.nb - b);
+        acc[r][i] = _mm512_fmadd_ps(mv, xs, acc[r][i]);
       }
     }
   }
@@ -207,31 +264,83 @@ HERON_QV512 HERON_QI8INLINE void tile512(const JobI8& j, int64_t n0, int64_t m0)
   }
 }
 
-template <Format F, int R>
+// Q8: a block pair (64 bytes, natural order) per dot; the values are signed, so |w| is the u8
+// operand and x takes w's sign.
+template <int R, int XR, bool PREFETCH, bool F16>
+HERON_QV512 HERON_QI8INLINE void tile_q8(const JobI8& j, int64_t n0, int64_t m0) {
+  const QuantArgs& a = *j.a;
+  const __m512i lane_block = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const int64_t pairs = j.nbp / 2;
+  const uint8_t* q[R];
+  for (int r = 0; r < R; ++r) q[r] = a.qs + (n0 + r) * j.row_bytes;
+  __m512 acc[R][XR];
+  for (int r = 0; r < R; ++r) {
+    for (int i = 0; i < XR; ++i) acc[r][i] = _mm512_setzero_ps();
+  }
+  for (int64_t p = 0; p < pairs; ++p) {
+    const bool full = 2 * p + 1 < j.nb;  // else only block 2p exists: nothing past the row read
+    __m512i w[R];
+    __m512 dw[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* qp = q[r] + p * 64;
+      if (PREFETCH) {
+        _mm_prefetch(reinterpret_cast<const char*>(qp + kPrefetchRows * j.row_bytes), _MM_HINT_T1);
+      }
+      w[r] = full ? _mm512_loadu_si512(qp) : _mm512_maskz_loadu_epi8(0xffffffffULL, qp);
+      const __m128 d2 = scales4<F16>(a, (n0 + r) * j.nb + 2 * p, full ? 2 : 1);
+      dw[r] = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(d2));
+    }
+    for (int i = 0; i < XR; ++i) {
+      const __m512i xq = _mm512_loadu_si512(j.qx + (m0 + i) * j.kp + p * 64);
+      const __m512 dxv = _mm512_loadu_ps(j.dxv + ((m0 + i) * pairs + p) * 16);
+      for (int r = 0; r < R; ++r) {
+        const __mmask64 neg = _mm512_movepi8_mask(w[r]);
+        const __m512i u = _mm512_abs_epi8(w[r]);
+        const __m512i s = _mm512_mask_sub_epi8(xq, neg, _mm512_setzero_si512(), xq);
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
+        acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[r], dxv), acc[r][i]);
+      }
+    }
+  }
+  for (int i = 0; i < XR; ++i) {
+    for (int r = 0; r < R; ++r) store(a, m0 + i, n0 + r, _mm512_reduce_add_ps(acc[r][i]));
+  }
+}
+
+template <Format F, int R, int XR, bool PREFETCH, bool F16>
+HERON_QV512 HERON_QI8INLINE void tile512(const JobI8& j, int64_t n0, int64_t m0) {
+  if (F == Format::kQ4) {
+    tile_q4<R, XR, PREFETCH, F16>(j, n0, m0);
+  } else {
+    tile_q8<R, XR, PREFETCH, F16>(j, n0, m0);
+  }
+}
+
+template <Format F, int R, bool F16>
 HERON_QV512 void block512(const JobI8& j, int64_t n0) {
   const int64_t m = j.a->m;
   int64_t m0 = 0;
   for (; m0 + kXRows <= m; m0 += kXRows) {
     if (m0 == 0) {
-      tile512<F, R, kXRows, true>(j, n0, m0);
+      tile512<F, R, kXRows, true, F16>(j, n0, m0);
     } else {
-      tile512<F, R, kXRows, false>(j, n0, m0);
+      tile512<F, R, kXRows, false, F16>(j, n0, m0);
     }
   }
   const bool first = m0 == 0;
   switch (m - m0) {
-    case 1: first ? tile512<F, R, 1, true>(j, n0, m0) : tile512<F, R, 1, false>(j, n0, m0); break;
-    case 2: first ? tile512<F, R, 2, true>(j, n0, m0) : tile512<F, R, 2, false>(j, n0, m0); break;
-    case 3: first ? tile512<F, R, 3, true>(j, n0, m0) : tile512<F, R, 3, false>(j, n0, m0); break;
+    case 1: first ? tile512<F, R, 1, true, F16>(j, n0, m0) : tile512<F, R, 1, false, F16>(j, n0, m0); break;
+    case 2: first ? tile512<F, R, 2, true, F16>(j, n0, m0) : tile512<F, R, 2, false, F16>(j, n0, m0); break;
+    case 3: first ? tile512<F, R, 3, true, F16>(j, n0, m0) : tile512<F, R, 3, false, F16>(j, n0, m0); break;
     default: break;
   }
 }
 
-template <Format F>
+template <Format F, bool F16>
 HERON_QV512 void rows512(const JobI8& j, int64_t n0, int64_t n1) {
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) block512<F, 4>(j, n);
-  for (; n < n1; ++n) block512<F, 1>(j, n);
+  for (; n + 4 <= n1; n += 4) block512<F, 4, F16>(j, n);
+  for (; n < n1; ++n) block512<F, 1, F16>(j, n);
 }
 
 // ---- AVX-VNNI (256 bits) -----------------------------------------------------------------------
@@ -331,10 +440,14 @@ bool avxvnni_supported() {
 bool linear_i8(const QuantArgs& a, Path path) {
 #if defined(HERON_QI8_X86)
   const bool q4 = a.format == Format::kQ4;
+  // f16 scales only where every array the loop reads has them (the pack step sets both or none).
+  const bool f16 = a.d16 != nullptr && (!q4 || a.mins16 != nullptr);
+  const bool wide = path == Path::kVnni512 && vnni512_supported();
   RowsFn fn = nullptr;
   int64_t align = 1;
-  if (path == Path::kVnni512 && vnni512_supported()) {
-    fn = q4 ? rows512<Format::kQ4> : rows512<Format::kQ8>;
+  if (wide) {
+    fn = q4 ? (f16 ? rows512<Format::kQ4, true> : rows512<Format::kQ4, false>)
+            : (f16 ? rows512<Format::kQ8, true> : rows512<Format::kQ8, false>);
     align = 4;
   } else if (path == Path::kAvxVnni && avxvnni_supported()) {
     fn = q4 ? rows256<Format::kQ4> : rows256<Format::kQ8>;
@@ -342,30 +455,34 @@ bool linear_i8(const QuantArgs& a, Path path) {
   }
   if (fn == nullptr) return false;
   if (a.m == 0 || a.n == 0) return true;
+  // The AVX-512 Q4 loop takes 4 blocks per dot (Order::kQuad), the others 2 or 1.
+  const int group = wide && q4 ? 4 : 2;
+  const Order order = wide && q4 ? Order::kQuad : Order::kNatural;
   const int64_t nb = a.k / kBlock;
-  const int64_t nbp = (nb + 1) / 2 * 2;
+  const int64_t nbp = (nb + group - 1) / group * group;
   const int64_t kp = nbp * kBlock;
-  // One allocation: qx, then dx, xsum, dxv (floats), then an fp32 copy of one x row.
+  // One buffer per calling thread, kept between calls: qx, then dx, xsum, dxv (floats), then an
+  // fp32 copy of one x row (the portable quantizer's).
   const size_t qx_bytes = static_cast<size_t>(a.m * kp + 64);
   const size_t floats = static_cast<size_t>(a.m * (2 * nbp + nbp * 8) + a.k + 16);
-  char* buf = static_cast<char*>(std::malloc(qx_bytes + floats * sizeof(float)));
+  thread_local std::vector<float> scratch;
+  const size_t need = qx_bytes / sizeof(float) + 1 + floats;
+  if (scratch.size() < need) scratch.resize(need);
+  char* buf = reinterpret_cast<char*>(scratch.data());
   int8_t* qx = reinterpret_cast<int8_t*>(buf);
-  float* dx = reinterpret_cast<float*>(buf + qx_bytes);
+  float* dx = reinterpret_cast<float*>(buf + (qx_bytes / sizeof(float) + 1) * sizeof(float));
   float* xsum = dx + a.m * nbp;
   float* dxv = xsum + a.m * nbp;
   float* row = dxv + a.m * nbp * 8;
   const JobI8 job{&a, qx, dx, xsum, dxv, nb, nbp, kp, nb * block_bytes(a.format)};
-  // AVX-VNNI's 256-bit Q4 dot takes one block's low and high nibbles: natural order.
-  const bool pair_order = q4 && path == Path::kVnni512;
-  const int* lane_block = q4 ? kLaneBlockQ4 : kLaneBlockQ8;
-  for (int64_t mi = 0; mi < a.m; ++mi) {
-    quantize_row(a, job, mi, pair_order, row, qx + mi * kp, dx + mi * nbp, xsum + mi * nbp);
-    for (int64_t p = 0; p < nbp / 2; ++p) {
-      for (int l = 0; l < 16; ++l) dxv[(mi * (nbp / 2) + p) * 16 + l] = dx[mi * nbp + 2 * p + lane_block[l]];
+  if (wide) {
+    quantize512(a, job, order, group, qx, dx, xsum, dxv);
+  } else {
+    for (int64_t mi = 0; mi < a.m; ++mi) {
+      quantize_row(a, job, mi, order, row, qx + mi * kp, dx + mi * nbp, xsum + mi * nbp);
     }
   }
   run(job, fn, a.num_threads, align);
-  std::free(buf);
   return true;
 #else
   (void)a;

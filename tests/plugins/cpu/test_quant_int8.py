@@ -15,6 +15,8 @@ many shapes (K with odd and even block counts, N across every tile, 1..300 rows)
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,6 +82,20 @@ def test_int8_loops_equal_their_emulation(path: str, fmt: str) -> None:
         torch.testing.assert_close(
             out.double(), expected, rtol=2e-5, atol=2e-5 * scale, msg=f"{fmt} {rows, k, n}"
         )
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1"])
+def test_f16_scales_give_the_same_bits(path: str, fmt: str) -> None:
+    """The VNNI loop reading the f16 scales and minimums (GGUF formats) computes exactly what it
+    computes from the fp32 ones: the same values, fewer bytes."""
+    for i, (rows, k, n) in enumerate(SHAPES):
+        packed = quant.pack(random_quantized_weight(fmt, n, k, seed=i))
+        assert packed.d16 is not None
+        fp32_only = dataclasses.replace(packed, d16=None, mins16=None)
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(rows, k, generator=torch.Generator().manual_seed(i)).to(dtype)
+            out = quant.linear(x, packed, path=path)
+            assert torch.equal(out, quant.linear(x, fp32_only, path=path)), (fmt, rows, k, n)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

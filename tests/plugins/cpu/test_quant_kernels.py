@@ -95,11 +95,31 @@ def test_compiled_dequantize_is_exact(fmt: str) -> None:
 
 
 def test_four_bit_layout_reads_fewer_bytes() -> None:
-    """The repacked Q4 weight streams 0.75 bytes per weight, Q8 1.125: what makes decode faster."""
-    q4 = quant.pack(random_quantized_weight("q4_1", 64, 576, seed=0))
+    """The one-row loop streams a GGUF Q4 weight at 0.625 bytes per weight and Q8_0 at 1.0625
+    (the file's f16 scales: 20 and 34 bytes per block), what makes decode faster; formats whose
+    scales are not f16 (Q4_K's products, int8's per-channel fp32) stream fp32 ones (24, 36)."""
+    for fmt in ("q4_0", "q4_1"):
+        assert quant.pack(random_quantized_weight(fmt, 64, 576, seed=0)).nbytes == 64 * 576 * 5 // 8
     q8 = quant.pack(random_quantized_weight("q8_0", 64, 576, seed=0))
-    assert q4.nbytes == 64 * 576 * 3 // 4
-    assert q8.nbytes == 64 * 576 * 9 // 8
+    assert q8.nbytes == 64 * 576 * 17 // 16
+    q4_k = quant.pack(random_quantized_weight("q4_k", 64, 512, seed=0))
+    assert q4_k.d16 is None and q4_k.nbytes == 64 * 512 * 3 // 4
+
+
+def test_f16_scales_equal_the_fp32_ones() -> None:
+    """The f16 copies hold exactly the fp32 scales and minimums; a Q4_0 block whose -8 d leaves
+    float16's range keeps fp32 only."""
+    for fmt in ("q8_0", "q4_0", "q4_1"):
+        packed = quant.pack(random_quantized_weight(fmt, 45, 224, seed=1))
+        assert packed.d16 is not None and torch.equal(packed.d16.float(), packed.d)
+        if packed.mins is not None:
+            assert torch.equal(packed.mins16.float(), packed.mins)
+    weight = random_quantized_weight("q4_0", 3, 64, seed=2)
+    data = weight.data.clone().view(torch.uint8).reshape(3, 2, 18)
+    data[0, 0, :2] = torch.tensor([60000.0], dtype=torch.float16).view(torch.uint8)
+    big = QuantizedWeight(format="q4_0", shape=(3, 64), data=data.reshape(weight.data.shape))
+    packed = quant.pack(big)
+    assert packed.d16 is None and packed.mins16 is None and packed.mins[0, 0].item() == -480000.0
 
 
 def test_bad_arguments_are_named() -> None:
