@@ -28,11 +28,14 @@ from heron.pooling.encoder_attention import EncoderStep, attend
 from heron_interfaces import AttentionLayerSpec, AttentionMetadata
 
 _ACTIVATIONS = {
-    "gelu": lambda x: F.gelu(x),
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
+    "gelu": lambda x: torch.ops.aten.gelu_(x),
+    "gelu_new": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+    "relu": torch.relu_,
 }
+"""The intermediate activation, in place on the matmul's fresh output: the same kernel as
+``F.gelu`` without a second [tokens, intermediate] tensor (allocating one, 6 MB at a MiniLM step
+of 2,048 tokens, costs a fifth of the activation: fresh pages from the OS each time)."""
 _PREFIXES = ("bert.", "roberta.", "model.")
 """Prefixes of the encoder's tensors in checkpoints saved from a task model."""
 _SDPA_BACKENDS = frozenset({"cpu"})
@@ -162,7 +165,8 @@ class DenseNorm(nn.Module):
         self.LayerNorm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, ctx.dtype)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        # The residual added in place into the matmul's fresh output (as the activation is).
+        return self.LayerNorm(self.dense(x).add_(residual))
 
 
 class EncoderLayer(nn.Module):
