@@ -25,7 +25,7 @@ QUICK_SELECTION = (
     "not bfloat16 and not long_context and (not test_forward_matches_reference or float32-1-0)"
     " or test_forward_matches_reference and bfloat16-8-0"
 )
-"""CI's share of the conformance suite (45 tests, ~25 s of its ~200 s here): every test in
+"""CI's share of the conformance suite (62 tests, ~75 s of its ~4 min here): every test in
 float32 but the 3000-token context, and one random mixed batch per dtype. The kernel tests
 (tests/plugins/tpu/test_kernels.py) cover bfloat16 attention, norm and KV write, also with race
 detection. The whole suite: ``HERON_TPU_INTERPRET=1 python -m heron_interfaces.testing tpu``."""

@@ -110,6 +110,7 @@ def attention_job(
     label: str = "",
     window: int | None = None,
     soft_cap: float | None = None,
+    causal: bool = True,
 ) -> Job:
     from heron_tpu.attention import attention_tiles
 
@@ -124,6 +125,7 @@ def attention_job(
             pages_per_step=pages,
             sliding_window=window,
             logits_soft_cap=soft_cap,
+            causal=causal,
         )
         return fn, [
             _spec(t, (tokens, m.num_heads, m.head_size), dtype),
@@ -182,6 +184,8 @@ def engine_jobs(quick: bool = False) -> list[Job]:
     jobs = [attention_job(t, s, m, bf16, 16) for t in tokens for s in seqs if s <= t]
     # Sliding window and soft-capping (heron_interfaces 1.9, Gemma 2's local layers).
     jobs.append(attention_job(64, 16, m, bf16, 16, "attention window=100 cap=50", 100, 50.0))
+    # Non-causal (heron_interfaces 1.7, encoder layers).
+    jobs.append(attention_job(64, 16, m, bf16, 16, "attention non-causal", causal=False))
     jobs += [write_job(t, m, bf16, 16) for t in tokens]
     jobs += [norm_job(t, m.hidden, bf16, fused) for t in tokens for fused in (False, True)]
     # Every dtype, block size and head size the backend declares, at one bucket.

@@ -50,6 +50,7 @@ def _write_and_attend(
     interpret: Any,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
+    causal: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     from heron_tpu.kernels.kv_write import write_kv
     from heron_tpu.kernels.ragged_paged_attention import ragged_paged_attention
@@ -69,6 +70,7 @@ def _write_and_attend(
         interpret=interpret,
         sliding_window=sliding_window,
         logits_soft_cap=logits_soft_cap,
+        causal=causal,
     )
     return out, cache
 
@@ -87,6 +89,7 @@ class TpuAttentionBackend(AttentionBackend):
     name = "tpu-pallas"
     supports_sliding_window = True  # pages before the window are never fetched (API 1.9)
     supports_logits_soft_cap = True
+    supports_non_causal = True  # API 1.7: encoder layers see their whole context
 
     def __init__(self, spec: AttentionLayerSpec) -> None:
         super().__init__(spec)
@@ -156,6 +159,7 @@ class TpuAttentionBackend(AttentionBackend):
             interpret=runtime.kernel_interpret(),
             sliding_window=self.spec.sliding_window,
             logits_soft_cap=self.spec.logits_soft_cap,
+            causal=self.spec.causal,
         )
         num_seqs = torch.tensor([metadata.num_seqs], dtype=torch.int32)
         result, cache = fn(

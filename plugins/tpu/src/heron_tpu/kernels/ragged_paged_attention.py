@@ -25,6 +25,10 @@ Masking is exact with respect to unwritten memory: cache slots past a sequence's
 that no DMA filled) may hold NaN, so probabilities are selected with ``where`` (never multiplied by
 a mask) and value rows past the tile's last visible position are zeroed before the matmul.
 
+Non-causal layers (heron_interfaces 1.7, encoder models: ``causal=False``): every row sees its
+sequence's whole context, ``0 .. seq_len - 1``, so each sequence's walk covers all its pages
+whatever the row; the masking stays the same ``where`` selections.
+
 Sliding window (heron_interfaces 1.9, ``sliding_window``): a row at position ``p`` sees positions
 ``> p - window`` only; each sequence's walk starts at the page holding the window start of the
 tile's first row of it, so pages wholly before it (which core frees) are never fetched, and value
@@ -92,6 +96,7 @@ def _kernel(
     max_blocks: int,
     window: int,
     soft_cap: float,
+    causal: bool,
 ) -> None:
     tile = pl.program_id(0)
     kv_head = pl.program_id(1)
@@ -128,8 +133,10 @@ def _kernel(
         q_end = qsl_ref[seq + 1]
         context = seq_lens_ref[seq]
         first_pos = context - (q_end - q_start)
-        # The last of this sequence's tokens inside the tile sees the most pages.
-        last_pos = first_pos + jnp.minimum(q_end, tile_end) - 1 - q_start
+        # The last of this sequence's tokens inside the tile sees the most pages (causal); a
+        # non-causal row sees the whole context.
+        tile_last = first_pos + jnp.minimum(q_end, tile_end) - 1 - q_start
+        last_pos = tile_last if causal else context - 1
         num_pages = last_pos // block_size + 1
         num_steps = (num_pages + pages_per_step - 1) // pages_per_step
         mine = (token >= q_start) & (token < q_end)
@@ -162,7 +169,7 @@ def _kernel(
             k = k_buf[...].reshape(chunk, head_size).astype(jnp.float32)
             v = v_buf[...].reshape(chunk, head_size).astype(jnp.float32)
             k_pos = step * chunk + col
-            visible = mine & (k_pos <= q_pos)
+            visible = mine & (k_pos <= (q_pos if causal else last_pos))
             if window:
                 visible = visible & (k_pos > q_pos - window)
             scores = jax.lax.dot_general(
@@ -211,8 +218,11 @@ def ragged_paged_attention(
     interpret: Any = None,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
+    causal: bool = True,
 ) -> jax.Array:
     """Causal attention of ``query`` ``[T, H, D]`` over the paged ``kv_cache``; returns ``[T, H, D]``.
+
+    ``causal=False``: every query sees its sequence's whole context (no sliding window then).
 
     ``query_start_loc`` ``[S + 1]``, ``seq_lens`` ``[S]`` and ``block_tables`` ``[S, max_blocks]``
     (int32) may be padded past ``num_seqs`` (``[1]`` int32): padded entries of
@@ -221,6 +231,8 @@ def ragged_paged_attention(
     ``tile_tokens``: the wrapper pads. ``sliding_window`` / ``logits_soft_cap``: see the module
     docstring (``None``: off; each value compiles its own kernel).
     """
+    if not causal and sliding_window:
+        raise ValueError("sliding_window applies to causal attention only (causal=False given)")
     num_tokens, num_heads, head_size = query.shape
     _, num_kv_heads, _, block_size, _ = kv_cache.shape
     group = num_heads // num_kv_heads
@@ -244,6 +256,7 @@ def ragged_paged_attention(
         max_blocks=max_blocks,
         window=int(sliding_window or 0),
         soft_cap=float(logits_soft_cap or 0.0),
+        causal=bool(causal),
     )
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=5,
