@@ -7,7 +7,8 @@
 // int8 per 32-block (dx = max|x| / 127, qx = round(x / dx)); then a block's product is one integer
 // dot product of 32 bytes, VNNI's vpdpbusd (u8 x s8 -> i32, four products per lane), scaled once
 // by d_w * dx. Q4 values are unsigned nibbles, the u8 operand as they are; Q8 values are signed,
-// so |w| is the u8 operand and x takes w's sign (vpsignb's trick). The Q4 minimum term
+// so the 256-bit loop takes |w| as the u8 operand and gives x w's sign (vpsignb's trick), the
+// AVX-512 one w + 128 and subtracts 128 sum(x) (tile_q8). The Q4 minimum term
 // sum_b m_b * sum(x_b) uses the exact fp32 block sums of x, not the quantized ones.
 //
 // Two loops, chosen at run time: AVX-512 VNNI (4 weight rows x up to 4 x rows per pass; Q4: four
@@ -50,6 +51,7 @@ struct JobI8 {
   const float* dx;
   const float* xsum;
   const float* dxv;
+  const int32_t* xneg;  // AVX-512 Q8: [m, nbp / 2, 16], -128 x the sum of each lane's 4 x bytes
   int64_t nb, nbp, kp;  // blocks per row, rounded up to the group, k padded
   int64_t row_bytes;
 };
@@ -143,7 +145,7 @@ void run(const JobI8& job, RowsFn fn, int num_threads, int64_t align) {
 // order. No allocation and no scalar loop per value: at one row this ran 2 us of a 576-wide
 // product's 10 (6 us at K = 1536).
 HERON_QV512 void quantize512(const QuantArgs& a, const JobI8& j, Order order, int group,
-                             int8_t* qx, float* dx, float* xsum, float* dxv) {
+                             int8_t* qx, float* dx, float* xsum, float* dxv, int32_t* xneg) {
   const int64_t groups = j.nbp / group;
   for (int64_t mi = 0; mi < a.m; ++mi) {
     int8_t* q = qx + mi * j.kp;
@@ -175,6 +177,14 @@ HERON_QV512 void quantize512(const QuantArgs& a, const JobI8& j, Order order, in
       const __m128i q1 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + qx_at(order, b, 0)), q0);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + qx_at(order, b, 16)), q1);
+    }
+    if (xneg != nullptr) {  // the Q8 loop's offset term (tile_q8), one vpdpbusd per block pair
+      for (int64_t p = 0; p < j.nbp / 2; ++p) {
+        const __m512i xq = _mm512_loadu_si512(q + p * 64);
+        const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), xq);
+        _mm512_storeu_si512(xneg + (mi * (j.nbp / 2) + p) * 16,
+                            _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 7)));
+      }
     }
     const int lanes_per_block = 16 / group;
     for (int64_t g = 0; g < groups; ++g) {
@@ -264,8 +274,10 @@ HERON_QV512 HERON_QI8INLINE void tile_q4(const JobI8& j, int64_t n0, int64_t m0)
   }
 }
 
-// Q8: a block pair (64 bytes, natural order) per dot; the values are signed, so |w| is the u8
-// operand and x takes w's sign.
+// Q8: a block pair (64 bytes, natural order) per dot. vpdpbusd multiplies u8 by s8 and the
+// values are signed, so the u8 operand is w + 128 (one xor) and the dot starts from
+// -128 sum(x) per lane (JobI8::xneg, once per call): sum((w + 128) x) - 128 sum(x) = sum(w x),
+// the same int32 as before, in 2 instructions per pair and row instead of 4 (sign and abs).
 template <int R, int XR, bool PREFETCH, bool F16>
 HERON_QV512 HERON_QI8INLINE void tile_q8(const JobI8& j, int64_t n0, int64_t m0) {
   const QuantArgs& a = *j.a;
@@ -286,18 +298,17 @@ HERON_QV512 HERON_QI8INLINE void tile_q8(const JobI8& j, int64_t n0, int64_t m0)
       if (PREFETCH) {
         _mm_prefetch(reinterpret_cast<const char*>(qp + kPrefetchRows * j.row_bytes), _MM_HINT_T1);
       }
-      w[r] = full ? _mm512_loadu_si512(qp) : _mm512_maskz_loadu_epi8(0xffffffffULL, qp);
+      const __m512i raw = full ? _mm512_loadu_si512(qp) : _mm512_maskz_loadu_epi8(0xffffffffULL, qp);
+      w[r] = _mm512_xor_si512(raw, _mm512_set1_epi8(static_cast<char>(0x80)));  // w + 128 as u8
       const __m128 d2 = scales4<F16>(a, (n0 + r) * j.nb + 2 * p, full ? 2 : 1);
       dw[r] = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(d2));
     }
     for (int i = 0; i < XR; ++i) {
       const __m512i xq = _mm512_loadu_si512(j.qx + (m0 + i) * j.kp + p * 64);
       const __m512 dxv = _mm512_loadu_ps(j.dxv + ((m0 + i) * pairs + p) * 16);
+      const __m512i start = _mm512_loadu_si512(j.xneg + ((m0 + i) * pairs + p) * 16);
       for (int r = 0; r < R; ++r) {
-        const __mmask64 neg = _mm512_movepi8_mask(w[r]);
-        const __m512i u = _mm512_abs_epi8(w[r]);
-        const __m512i s = _mm512_mask_sub_epi8(xq, neg, _mm512_setzero_si512(), xq);
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
+        const __m512i dot = _mm512_dpbusd_epi32(start, w[r], xq);
         acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[r], dxv), acc[r][i]);
       }
     }
@@ -464,7 +475,7 @@ bool linear_i8(const QuantArgs& a, Path path) {
   // One buffer per calling thread, kept between calls: qx, then dx, xsum, dxv (floats), then an
   // fp32 copy of one x row (the portable quantizer's).
   const size_t qx_bytes = static_cast<size_t>(a.m * kp + 64);
-  const size_t floats = static_cast<size_t>(a.m * (2 * nbp + nbp * 8) + a.k + 16);
+  const size_t floats = static_cast<size_t>(a.m * (2 * nbp + 2 * nbp * 8) + a.k + 16);
   thread_local std::vector<float> scratch;
   const size_t need = qx_bytes / sizeof(float) + 1 + floats;
   if (scratch.size() < need) scratch.resize(need);
@@ -473,10 +484,11 @@ bool linear_i8(const QuantArgs& a, Path path) {
   float* dx = reinterpret_cast<float*>(buf + (qx_bytes / sizeof(float) + 1) * sizeof(float));
   float* xsum = dx + a.m * nbp;
   float* dxv = xsum + a.m * nbp;
-  float* row = dxv + a.m * nbp * 8;
-  const JobI8 job{&a, qx, dx, xsum, dxv, nb, nbp, kp, nb * block_bytes(a.format)};
+  int32_t* xneg = reinterpret_cast<int32_t*>(dxv + a.m * nbp * 8);
+  float* row = dxv + 2 * a.m * nbp * 8;
+  const JobI8 job{&a, qx, dx, xsum, dxv, xneg, nb, nbp, kp, nb * block_bytes(a.format)};
   if (wide) {
-    quantize512(a, job, order, group, qx, dx, xsum, dxv);
+    quantize512(a, job, order, group, qx, dx, xsum, dxv, q4 ? nullptr : xneg);
   } else {
     for (int64_t mi = 0; mi < a.m; ++mi) {
       quantize_row(a, job, mi, order, row, qx + mi * kp, dx + mi * nbp, xsum + mi * nbp);
