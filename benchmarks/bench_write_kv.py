@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from heron_cpu import launch, ops
+from heron_cpu import ops
+from heron_cpu.launch import LaunchGraph
 
 
 def main() -> None:
@@ -38,23 +39,15 @@ def main() -> None:
     slot = torch.tensor([args.blocks * args.block_size // 2], dtype=torch.int64)
     first = int(slot[0])
 
-    calls: list = []
-    launch._local.calls = calls  # record the raw launches, as a step graph does
-    try:
+    with LaunchGraph() as graph:  # the raw launches, as a step graph records them
         for cache in caches:
             ops.write_kv_eager(key, value, cache, slot)
-    finally:
-        launch._local.calls = None
 
     def eager() -> None:
         for cache in caches:
             ops.write_kv_eager(key, value, cache, slot)
 
-    def replay() -> None:
-        for kernel, call_args in calls:
-            kernel(*call_args)
-
-    for label, run in (("eager (checked) call", eager), ("raw replayed call", replay)):
+    for label, run in (("eager (checked) call", eager), ("raw replayed call", graph.replay)):
         for evict in (True, False):
             times = []
             for step in range(args.steps):
