@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "replay.h"
 
 #if defined(HERON_CPU_X86_VARIANTS)
 #include <cpuid.h>
@@ -149,7 +150,7 @@ void write_kv(uintptr_t key, uintptr_t value, uintptr_t key_cache, uintptr_t val
                          head_size, block_size, key_stride_token, key_stride_head,
                          value_stride_token, value_stride_head, to_dtype(dtype),
                          num_threads > 0 ? num_threads : 1};
-  py::gil_scoped_release release;
+  heron_cpu::replay::GilRelease release;
   g_active->write_kv(args);
 }
 
@@ -275,7 +276,7 @@ void paged_attention(uintptr_t out, uintptr_t query, uintptr_t key_cache, uintpt
                            to_dtype(dtype), num_threads, items.data(),
                            static_cast<int64_t>(items.size()), max_rows, partials.data(),
                            scratch.get(), scratch_floats, two_pass_keys};
-  py::gil_scoped_release release;
+  heron_cpu::replay::GilRelease release;
   g_active->paged_attention(args);
 }
 
@@ -288,7 +289,7 @@ void rms_norm(uintptr_t x, uintptr_t residual, uintptr_t weight, uintptr_t out,
                          reinterpret_cast<void*>(out), reinterpret_cast<void*>(residual_out),
                          rows, hidden, x_stride, residual_stride, static_cast<float>(eps),
                          to_dtype(dtype), num_threads > 0 ? num_threads : 1};
-  py::gil_scoped_release release;
+  heron_cpu::replay::GilRelease release;
   g_active->rms_norm(args);
 }
 
@@ -296,7 +297,7 @@ void silu_and_mul(uintptr_t x, uintptr_t out, int64_t rows, int64_t width, int64
                   int dtype, int num_threads) {
   const SiluAndMulArgs args{ptr<void>(x), reinterpret_cast<void*>(out), rows, width, x_stride,
                             to_dtype(dtype), num_threads > 0 ? num_threads : 1};
-  py::gil_scoped_release release;
+  heron_cpu::replay::GilRelease release;
   g_active->silu_and_mul(args);
 }
 
@@ -316,7 +317,7 @@ void rotary(uintptr_t heads, uintptr_t cos_sin_cache, uintptr_t positions, uintp
                         reinterpret_cast<void*>(out), num_tokens, num_heads, head_size,
                         rotary_dim, token_stride, head_stride, to_dtype(dtype),
                         num_threads > 0 ? num_threads : 1};
-  py::gil_scoped_release release;
+  heron_cpu::replay::GilRelease release;
   g_active->rotary(args);
 }
 
@@ -347,6 +348,8 @@ void heron_cpu_register_gemv(py::module_& m);
 void heron_cpu_register_encoder_attention(py::module_& m);
 // The shared-memory all-reduce of tensor-parallel ranks (shm_allreduce.cpp).
 void heron_cpu_register_shm_allreduce(py::module_& m);
+// ReplayProgram, the C++ replay of recorded launches (replay.cpp).
+void heron_cpu_register_replay(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Heron CPU kernels (no libtorch): raw pointers in, caller-allocated outputs written.";
@@ -366,4 +369,12 @@ PYBIND11_MODULE(_C, m) {
   heron_cpu_register_gemv(m);
   heron_cpu_register_encoder_attention(m);
   heron_cpu_register_shm_allreduce(m);
+  // Raw entries of the kernels heron_cpu.launch() records, for ReplayProgram (replay.h).
+  heron_cpu::replay::add_raw<&write_kv>(m, "write_kv");
+  heron_cpu::replay::add_raw<&paged_attention>(m, "paged_attention");
+  heron_cpu::replay::add_raw<&rms_norm>(m, "rms_norm");
+  heron_cpu::replay::add_raw<&silu_and_mul>(m, "silu_and_mul");
+  heron_cpu::replay::add_raw<&rotary>(m, "rotary");
+  heron_cpu::replay::add_raw<&embedding>(m, "embedding");
+  heron_cpu_register_replay(m);
 }

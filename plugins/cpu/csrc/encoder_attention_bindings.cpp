@@ -9,6 +9,7 @@
 #include <string>
 
 #include "encoder_attention.h"
+#include "replay.h"
 
 namespace py = pybind11;
 
@@ -59,7 +60,7 @@ int encoder_attention(uintptr_t out, uintptr_t qkv, uintptr_t starts, int64_t nu
                                   static_cast<float>(scale),
                                   dtype == 1,
                                   num_threads > 0 ? num_threads : 1};
-  py::gil_scoped_release release;
+  heron_cpu::replay::GilRelease release;
   return static_cast<int>(heron_cpu::encoder::encoder_attention(args, static_cast<Path>(path)));
 }
 
@@ -77,4 +78,5 @@ void heron_cpu_register_encoder_attention(py::module_& m) {
         "Whether this CPU runs encoder_attention's AVX-512 loops.");
   m.def("encoder_attention_amx", &heron_cpu::encoder::amx_supported,
         "Whether this CPU runs encoder_attention's AMX-BF16 loops (bfloat16, head_size % 32 == 0).");
+  heron_cpu::replay::add_raw<&encoder_attention>(m, "encoder_attention");
 }

@@ -10,6 +10,7 @@
 
 #include "gemm.h"
 #include "gemv.h"
+#include "replay.h"
 
 namespace py = pybind11;
 
@@ -46,7 +47,7 @@ void linear_bf16(uintptr_t out, uintptr_t x, uintptr_t weight, uintptr_t bias, i
   if (path < static_cast<int>(Path::kAuto) || path > static_cast<int>(Path::kPortable)) {
     throw py::value_error("linear_bf16: unknown path " + std::to_string(path));
   }
-  py::gil_scoped_release release;
+  heron_cpu::replay::GilRelease release;
   heron_cpu::gemv::linear_bf16(args, static_cast<Path>(path));
 }
 
@@ -57,7 +58,7 @@ void linear_bf16_packed(uintptr_t out, uintptr_t x, uintptr_t packed, uintptr_t 
   }
   const auto args = matmul_args<heron_cpu::gemm::GemmArgs>("linear_bf16_packed", out, x, packed,
                                                            bias, m, n, k, x_stride, num_threads);
-  py::gil_scoped_release release;
+  heron_cpu::replay::GilRelease release;
   heron_cpu::gemm::linear_bf16_packed(args);
 }
 
@@ -87,4 +88,6 @@ void heron_cpu_register_gemv(py::module_& m) {
         "Output columns per panel of the packed weight layout.");
   m.def("gemv_paths", &gemv_paths,
         "Which linear_bf16 paths this CPU runs (asking Linux for the AMX tile state once).");
+  heron_cpu::replay::add_raw<&linear_bf16>(m, "linear_bf16");
+  heron_cpu::replay::add_raw<&linear_bf16_packed>(m, "linear_bf16_packed");
 }

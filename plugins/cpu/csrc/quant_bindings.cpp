@@ -9,6 +9,7 @@
 #include <string>
 
 #include "quant.h"
+#include "replay.h"
 
 namespace py = pybind11;
 namespace hq = heron_cpu::quant;
@@ -51,7 +52,7 @@ void quant_linear(uintptr_t out, uintptr_t x, uintptr_t qs, uintptr_t d, uintptr
   }
   args.d16 = reinterpret_cast<const uint16_t*>(d16);
   args.mins16 = reinterpret_cast<const uint16_t*>(mins16);
-  py::gil_scoped_release release;
+  heron_cpu::replay::GilRelease release;
   hq::linear(args, static_cast<hq::Path>(path));
 }
 
@@ -59,7 +60,7 @@ void quant_dequantize(uintptr_t out, uintptr_t qs, uintptr_t d, uintptr_t mins, 
                       int64_t k, int format, int dtype, int num_threads) {
   const auto args = make_args("quant_dequantize", 0, 0, qs, d, mins, 0, 0, n, k, k, format, dtype,
                               num_threads);
-  py::gil_scoped_release release;
+  heron_cpu::replay::GilRelease release;
   hq::dequantize(args, reinterpret_cast<void*>(out));
 }
 
@@ -89,4 +90,7 @@ PYBIND11_MODULE(_quant, m) {
         py::arg("mins"), py::arg("n"), py::arg("k"), py::arg("format"), py::arg("dtype"),
         py::arg("num_threads"), "out[n, k] = W dequantized to dtype.");
   m.def("quant_paths", &quant_paths, "Which quant_linear paths this CPU runs.");
+  // Raw entries of the recorded launches, for heron_cpu._C.ReplayProgram (replay.h).
+  heron_cpu::replay::add_raw<&quant_linear>(m, "quant_linear");
+  heron_cpu::replay::add_raw<&quant_dequantize>(m, "quant_dequantize");
 }

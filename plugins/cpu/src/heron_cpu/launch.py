@@ -3,13 +3,23 @@
 The compiled kernels take only addresses, sizes and strides, and read every per-step value
 (token ids, positions, slots, sequence lengths, block tables) from memory. A decode step's ~300
 launches with the same shapes therefore repeat with the same arguments, once their tensors stay
-put: :class:`LaunchGraph` records them during one pass and replays them in a loop, without the
-Python that checked and prepared each call (core's ``heron.runner.step_graphs`` keeps the
-tensors alive and refreshes the inputs in place). It is the host counterpart of a CUDA graph.
+put: :class:`LaunchGraph` records them during one pass and replays them, without the Python that
+checked and prepared each call (core's ``heron.runner.step_graphs`` keeps the tensors alive and
+refreshes the inputs in place). It is the host counterpart of a CUDA graph.
+
+Each compiled kernel also has a raw entry (``raw_entries`` of ``heron_cpu._C`` and ``_quant``,
+see ``csrc/replay.h``): at the end of recording, every run of consecutive calls that have one is
+packed into a ``_C.ReplayProgram`` and replayed by one pybind11 call that releases the GIL once,
+instead of ~300 Python iterations, argument conversions and GIL releases per decode step. Calls
+without one (``launch_torch``'s ops, kernels of other modules) stay Python calls between those
+programs, in recorded order. ``HERON_CPU_NATIVE_REPLAY=0`` replays every call from Python instead
+(the per-call loop, for comparisons).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +31,9 @@ try:  # private torch API: without it, core's capture guard sees the op and refu
 except ImportError:  # pragma: no cover - depends on the torch version
     from contextlib import nullcontext as _disable_current_modes
 
-__all__ = ["LaunchGraph", "launch", "launch_torch"]
+__all__ = ["NATIVE_REPLAY_ENV", "LaunchGraph", "launch", "launch_torch"]
+
+NATIVE_REPLAY_ENV = "HERON_CPU_NATIVE_REPLAY"
 
 _local = threading.local()
 """``_local.calls``: the list being recorded on this thread, if any (engines in other threads
@@ -72,25 +84,98 @@ class _ReplayInto:
 class LaunchGraph:
     """The launches made on this thread while the context is entered; :meth:`replay` repeats them.
 
-    Implements ``heron_interfaces.kernel_ops.StepGraph``.
+    Implements ``heron_interfaces.kernel_ops.StepGraph``. ``native`` (default: unless
+    ``HERON_CPU_NATIVE_REPLAY=0``) packs the calls that have raw entries into C++ programs when
+    recording ends; :meth:`replay_python` is the plain loop over every call either way.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool | None = None) -> None:
         self._calls: list[tuple[Callable[..., Any], tuple[int | float, ...]]] = []
+        self._steps: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        if native is None:
+            native = os.environ.get(NATIVE_REPLAY_ENV, "1").strip() != "0"
+        self.native = native
 
     def __enter__(self) -> LaunchGraph:
         if getattr(_local, "calls", None) is not None:
             raise RuntimeError("a LaunchGraph is already recording on this thread")
         self._calls.clear()
+        self._steps = []
         _local.calls = self._calls
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         _local.calls = None
+        self._steps = _compile(self._calls) if self.native else list(self._calls)
 
     def __len__(self) -> int:
         return len(self._calls)
 
+    @property
+    def segments(self) -> list[str]:
+        """What a replay runs, in order: ``"native:N"`` for a C++ program of N calls, else the
+        name of a call made from Python (for tests and benchmarks)."""
+        return [
+            f"native:{len(call.__self__)}"
+            if isinstance(getattr(call, "__self__", None), _native_program_type())
+            else getattr(call, "__name__", type(call).__name__)
+            for call, _ in self._steps
+        ]
+
     def replay(self) -> None:
+        for call, args in self._steps:
+            call(*args)
+
+    def replay_python(self) -> None:
+        """Every recorded call from Python, one pybind11 call each (the replay before C++ programs)."""
         for kernel, args in self._calls:
             kernel(*args)
+
+
+def _native_program_type() -> type:
+    from heron_cpu import _C
+
+    return _C.ReplayProgram
+
+
+@functools.cache
+def _raw_entries() -> dict[Any, Any]:
+    """Each compiled kernel of ``_C`` and ``_quant`` that has a raw entry -> that entry."""
+    from heron_cpu import _C, _quant
+
+    return {
+        getattr(module, name): entry
+        for module in (_C, _quant)
+        for name, entry in getattr(module, "raw_entries", {}).items()
+    }
+
+
+def _raw_entry(kernel: Callable[..., Any]) -> Any:
+    """The raw entry (a capsule) of a compiled kernel, or None."""
+    try:
+        return _raw_entries().get(kernel)
+    except TypeError:  # an unhashable callable
+        return None
+
+
+def _compile(
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...]]],
+) -> list[tuple[Callable[..., Any], tuple[Any, ...]]]:
+    """The recorded calls as replay steps: each run of raw-capable calls one C++ program."""
+    from heron_cpu import _C
+
+    steps: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+    program = None
+    for kernel, args in calls:
+        entry = _raw_entry(kernel)
+        if entry is not None:
+            program = program if program is not None else _C.ReplayProgram()
+            if program.append(entry, args):
+                continue
+        if program is not None and len(program):
+            steps.append((program.run, ()))
+        program = None
+        steps.append((kernel, args))
+    if program is not None and len(program):
+        steps.append((program.run, ()))
+    return steps
