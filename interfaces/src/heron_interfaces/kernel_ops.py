@@ -31,6 +31,10 @@ Encoder attention (API 1.13): :meth:`KernelOps.encoder_attention`, the bidirecti
 a pooling step's whole prompts read straight from the fused q/k/v projection, with no KV cache;
 :func:`encoder_attention_reference` is what it computes.
 
+Encoder layers (API 1.14): :meth:`KernelOps.layer_norm` (with the post-norm residual add) and
+:meth:`KernelOps.gelu`, the rest of a BERT-style layer outside its matmuls; each may write into its
+input, which core passes only where nothing reads it again.
+
 Importing this module imports torch, so ``heron_interfaces`` itself only names it lazily.
 """
 
@@ -182,6 +186,37 @@ class KernelOps:
         backend has no kernel for) means core attends through its own path.
         """
         return None
+
+    # -- encoder layers (API 1.14) ----------------------------------------------------------------
+    def layer_norm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        eps: float,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """API 1.14: LayerNorm over the last dimension of ``x``, or of ``x + residual``.
+
+        HF's BERT-style post-norm (``LayerNorm(dense(h) + h)``): the sum is rounded to ``x``'s
+        dtype first, as torch's add rounds, and normalised with statistics in float32, as torch's
+        kernels compute them. ``x``'s storage may receive the sum or the result (the reference
+        adds in place: at a step of thousands of rows a second activation tensor costs more than
+        the norm), so callers pass a tensor nothing reads afterwards.
+        """
+        if residual is not None:
+            x = x.add_(residual)
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+    def gelu(self, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+        """API 1.14: GELU, torch's ``approximate`` ``"none"`` (erf) or ``"tanh"``, into ``x``.
+
+        In place like the reference (a MiniLM step's intermediate activation is 6 MB; a fresh
+        output costs a fifth of the activation), so ``x``'s old values are gone afterwards.
+        """
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        return torch.ops.aten.gelu_(x, approximate=approximate)
 
     # -- normalisation ---------------------------------------------------------------------------
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -25,6 +25,8 @@
 namespace py = pybind11;
 using heron_cpu::AttentionArgs;
 using heron_cpu::DType;
+using heron_cpu::GeluArgs;
+using heron_cpu::LayerNormArgs;
 using heron_cpu::RmsNormArgs;
 using heron_cpu::RotaryArgs;
 using heron_cpu::SiluAndMulArgs;
@@ -40,6 +42,8 @@ struct Variant {
   void (*rms_norm)(const RmsNormArgs&);
   void (*silu_and_mul)(const SiluAndMulArgs&);
   void (*rotary)(const RotaryArgs&);
+  void (*layer_norm)(const LayerNormArgs&);
+  void (*gelu)(const GeluArgs&);
   bool (*supported)();
 };
 
@@ -66,12 +70,15 @@ bool always() { return true; }
 const Variant kVariants[] = {
 #if defined(HERON_CPU_X86_VARIANTS)
     {"avx512", heron_cpu::avx512::write_kv, heron_cpu::avx512::paged_attention,
-     heron_cpu::avx512::rms_norm, heron_cpu::avx512::silu_and_mul, heron_cpu::avx512::rotary, avx512_supported},
+     heron_cpu::avx512::rms_norm, heron_cpu::avx512::silu_and_mul, heron_cpu::avx512::rotary,
+     heron_cpu::avx512::layer_norm, heron_cpu::avx512::gelu, avx512_supported},
     {"avx2", heron_cpu::avx2::write_kv, heron_cpu::avx2::paged_attention,
-     heron_cpu::avx2::rms_norm, heron_cpu::avx2::silu_and_mul, heron_cpu::avx2::rotary, avx2_supported},
+     heron_cpu::avx2::rms_norm, heron_cpu::avx2::silu_and_mul, heron_cpu::avx2::rotary,
+     heron_cpu::avx2::layer_norm, heron_cpu::avx2::gelu, avx2_supported},
 #endif
     {"portable", heron_cpu::portable::write_kv, heron_cpu::portable::paged_attention,
-     heron_cpu::portable::rms_norm, heron_cpu::portable::silu_and_mul, heron_cpu::portable::rotary, always},
+     heron_cpu::portable::rms_norm, heron_cpu::portable::silu_and_mul, heron_cpu::portable::rotary,
+     heron_cpu::portable::layer_norm, heron_cpu::portable::gelu, always},
 };
 
 // The process-wide choice: the CPU does not change while the process runs; tests switch it.
@@ -301,6 +308,27 @@ void silu_and_mul(uintptr_t x, uintptr_t out, int64_t rows, int64_t width, int64
   g_active->silu_and_mul(args);
 }
 
+// The encoder's LayerNorm (x + residual when residual is set) and GELU; out may be x itself.
+void layer_norm(uintptr_t x, uintptr_t residual, uintptr_t weight, uintptr_t bias, uintptr_t out,
+                int64_t rows, int64_t hidden, int64_t x_stride, int64_t residual_stride,
+                int64_t out_stride, double eps, int dtype, int num_threads) {
+  const LayerNormArgs args{ptr<void>(x), ptr<void>(residual), ptr<void>(weight), ptr<void>(bias),
+                           reinterpret_cast<void*>(out), rows, hidden, x_stride, residual_stride,
+                           out_stride, static_cast<float>(eps), to_dtype(dtype),
+                           num_threads > 0 ? num_threads : 1};
+  py::gil_scoped_release release;
+  g_active->layer_norm(args);
+}
+
+void gelu(uintptr_t x, uintptr_t out, int64_t rows, int64_t width, int64_t x_stride,
+          int64_t out_stride, int tanh_approximation, int dtype, int num_threads) {
+  if (to_dtype(dtype) != DType::kBFloat16) throw py::value_error("gelu: dtype must be bfloat16");
+  const GeluArgs args{ptr<void>(x), reinterpret_cast<void*>(out), rows, width, x_stride, out_stride,
+                      tanh_approximation, to_dtype(dtype), num_threads > 0 ? num_threads : 1};
+  py::gil_scoped_release release;
+  g_active->gelu(args);
+}
+
 void rotary(uintptr_t heads, uintptr_t cos_sin_cache, uintptr_t positions, uintptr_t out,
             int64_t num_tokens, int64_t num_heads, int64_t head_size, int64_t rotary_dim,
             int64_t max_position, int64_t token_stride, int64_t head_stride, int dtype,
@@ -365,6 +393,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("rms_norm", &rms_norm);
   m.def("silu_and_mul", &silu_and_mul);
   m.def("rotary", &rotary);
+  m.def("layer_norm", &layer_norm);
+  m.def("gelu", &gelu);
   m.def("embedding", &embedding);
   heron_cpu_register_gemv(m);
   heron_cpu_register_encoder_attention(m);

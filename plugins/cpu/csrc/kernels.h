@@ -143,6 +143,33 @@ struct RotaryArgs {
   int num_threads;
 };
 
+// LayerNorm of x, or of x + residual (the sum rounded to the dtype first, as torch's add rounds),
+// over each row's hidden values with weight and bias: an encoder layer's post-norm. out may be x
+// (or residual) itself: a row is read whole before it is written.
+struct LayerNormArgs {
+  const void* x;
+  const void* residual;  // nullable
+  const void* weight;    // [hidden]
+  const void* bias;      // [hidden]
+  void* out;             // [rows, hidden], row stride out_stride
+  int64_t rows, hidden;
+  int64_t x_stride, residual_stride, out_stride;
+  float eps;
+  DType dtype;
+  int num_threads;
+};
+
+// out = gelu(x), erf form or (tanh_approximation) the tanh form, bfloat16 only (float32 stays
+// with torch's kernel, which a polynomial here did not beat); out may be x itself.
+struct GeluArgs {
+  const void* x;  // [rows, width]
+  void* out;      // [rows, width], row stride out_stride
+  int64_t rows, width, x_stride, out_stride;
+  int tanh_approximation;
+  DType dtype;
+  int num_threads;
+};
+
 #define HERON_CPU_DECLARE_VARIANT(isa)                  \
   namespace isa {                                       \
   void write_kv(const WriteKvArgs& args);               \
@@ -150,6 +177,8 @@ struct RotaryArgs {
   void rms_norm(const RmsNormArgs& args);               \
   void silu_and_mul(const SiluAndMulArgs& args);        \
   void rotary(const RotaryArgs& args);                  \
+  void layer_norm(const LayerNormArgs& args);           \
+  void gelu(const GeluArgs& args);                      \
   }
 
 HERON_CPU_DECLARE_VARIANT(portable)

@@ -12,7 +12,8 @@ ids start (after the padding index), so one class serves the three.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -26,16 +27,14 @@ from heron.models.decoder import UnsupportedAttentionError
 from heron.models.weights import load_checkpoint
 from heron.pooling.encoder_attention import EncoderStep, attend
 from heron_interfaces import AttentionLayerSpec, AttentionMetadata
+from heron_interfaces.kernel_ops import KernelOps
 
-_ACTIVATIONS = {
-    "gelu": lambda x: torch.ops.aten.gelu_(x),
-    "gelu_new": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
-    "relu": torch.relu_,
-}
-"""The intermediate activation, in place on the matmul's fresh output: the same kernel as
-``F.gelu`` without a second [tokens, intermediate] tensor (allocating one, 6 MB at a MiniLM step
-of 2,048 tokens, costs a fifth of the activation: fresh pages from the OS each time)."""
+_GELU_FORMS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+"""HF's activation names that are GELU, and torch's ``approximate`` for each. The activation runs
+through ``KernelOps.gelu`` (heron_interfaces 1.14) in place on the matmul's fresh output: no second
+[tokens, intermediate] tensor (allocating one, 6 MB at a MiniLM step of 2,048 tokens, costs a
+fifth of torch's activation: fresh pages from the OS each time)."""
+_ACTIVATIONS = (*_GELU_FORMS, "relu")
 _PREFIXES = ("bert.", "roberta.", "model.")
 """Prefixes of the encoder's tensors in checkpoints saved from a task model."""
 _SDPA_BACKENDS = frozenset({"cpu"})
@@ -59,25 +58,27 @@ def _param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
 
 
 class LayerNorm(nn.Module):
-    """HF's ``LayerNorm`` with its tensor names (``weight``, ``bias``).
+    """HF's ``LayerNorm`` with its tensor names (``weight``, ``bias``), through ``KernelOps``.
 
-    In the model's dtype: torch's kernels accumulate a bfloat16 row in float32 themselves, and
+    In the model's dtype: the kernels accumulate a bfloat16 row in float32 themselves, and
     casting every activation to float32 and back cost more than the norm (a fifth of a bfloat16
-    MiniLM step on the CPU).
+    MiniLM step on the CPU). ``KernelOps.layer_norm`` (1.14) adds the post-norm residual in the
+    same pass and may write into ``x``: callers pass a fresh tensor nothing else reads.
     """
 
-    def __init__(self, size: int, eps: float, dtype: torch.dtype) -> None:
+    def __init__(self, size: int, eps: float, dtype: torch.dtype, ops: KernelOps) -> None:
         super().__init__()
         self.eps = eps
         self.weight = _param(size, dtype=dtype)
         self.bias = _param(size, dtype=dtype)
+        self.ops = ops
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return self.ops.layer_norm(x, self.weight, self.bias, self.eps, residual)
 
 
 class Embeddings(nn.Module):
-    def __init__(self, cfg: Any, dtype: torch.dtype, position_offset: int) -> None:
+    def __init__(self, cfg: Any, dtype: torch.dtype, position_offset: int, ops: KernelOps) -> None:
         super().__init__()
         hidden = cfg.hidden_size
         self.word_embeddings = nn.Module()
@@ -88,7 +89,7 @@ class Embeddings(nn.Module):
         self.token_type_embeddings.weight = _param(
             max(1, int(getattr(cfg, "type_vocab_size", 1) or 1)), hidden, dtype=dtype
         )
-        self.LayerNorm = LayerNorm(hidden, cfg.layer_norm_eps, dtype)
+        self.LayerNorm = LayerNorm(hidden, cfg.layer_norm_eps, dtype, ops)
         self.position_offset = position_offset
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -162,11 +163,21 @@ class DenseNorm(nn.Module):
     def __init__(self, in_features: int, cfg: Any, ctx: ModelContext) -> None:
         super().__init__()
         self.dense = Linear(in_features, cfg.hidden_size, bias=True, dtype=ctx.dtype, ops=ctx.ops)
-        self.LayerNorm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, ctx.dtype)
+        self.LayerNorm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, ctx.dtype, ctx.ops)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        # The residual added in place into the matmul's fresh output (as the activation is).
-        return self.LayerNorm(self.dense(x).add_(residual))
+        # The residual added in the norm's pass, into the matmul's fresh output.
+        return self.LayerNorm(self.dense(x), residual)
+
+
+def activation(name: str, ops: KernelOps) -> Callable[[torch.Tensor], torch.Tensor]:
+    """HF's ``hidden_act`` ``name`` as an in-place function of the matmul's fresh output."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"hidden_act {name!r} is not supported; one of {sorted(_ACTIVATIONS)}")
+    form = _GELU_FORMS.get(name)
+    if form is None:
+        return torch.relu_
+    return functools.partial(ops.gelu, approximate=form)
 
 
 class EncoderLayer(nn.Module):
@@ -181,9 +192,7 @@ class EncoderLayer(nn.Module):
         )
         self.output = DenseNorm(cfg.intermediate_size, cfg, ctx)
         act = getattr(cfg, "hidden_act", "gelu")
-        if act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act {act!r} is not supported; one of {sorted(_ACTIVATIONS)}")
-        self.act = _ACTIVATIONS[act]
+        self.act = activation(act, ctx.ops)
 
     def forward(
         self,
@@ -227,7 +236,7 @@ class BertModel(nn.Module):
         if getattr(hf_config, "model_type", "") in ("roberta", "xlm-roberta"):
             offset = int(hf_config.pad_token_id) + 1
         with torch.device(ctx.device):
-            self.embeddings = Embeddings(hf_config, ctx.dtype, offset)
+            self.embeddings = Embeddings(hf_config, ctx.dtype, offset, ctx.ops)
             self.encoder = nn.Module()
             self.encoder.layer = nn.ModuleList(
                 EncoderLayer(hf_config, ctx) for _ in range(self.num_layers)

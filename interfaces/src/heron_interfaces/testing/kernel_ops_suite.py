@@ -109,6 +109,91 @@ def test_silu_and_mul_matches_reference(
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("rows", [1, 6, 300])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_layer_norm_matches_reference(
+    kernel_ops: KernelOps,
+    reference_ops: KernelOps,
+    capabilities: Capabilities,
+    backend_device,
+    dtype_name: str,
+    rows: int,
+    with_residual: bool,
+) -> None:
+    """API 1.14: an encoder's post-norm, alone and with its residual add, on strided rows."""
+    import torch
+
+    dtype = _dtype(capabilities, dtype_name)
+    gen = torch.Generator().manual_seed(rows)
+    # Offset rows (a mean far from zero), strided inside a wider tensor; the last row constant.
+    wide = (torch.randn(rows, 400, generator=gen) * 3 + 5).to(dtype)
+    x = wide[:, :384]
+    x[-1] = 2.5
+    residual = torch.randn(rows, 384, generator=gen).to(dtype) if with_residual else None
+    if with_residual:
+        residual[-1] = 0.0
+    weight = torch.randn(384, generator=gen).to(dtype)
+    bias = torch.randn(384, generator=gen).to(dtype)
+    dev = backend_device
+    out = kernel_ops.layer_norm(
+        x.clone().to(dev), weight.to(dev), bias.to(dev), 1e-12,
+        residual.to(dev) if with_residual else None,
+    )  # fmt: skip
+    expected = reference_ops.layer_norm(x.clone(), weight, bias, 1e-12, residual)
+    _assert_matches(out, expected, "layer_norm")
+
+
+def _gelu_exact(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    """GELU in float64 in forms without cancellation in either tail, rounded to ``x``'s dtype."""
+    import torch
+
+    x64 = x.double()
+    if approximate == "tanh":
+        u = 0.7978845608028654 * (x64 + 0.044715 * x64**3)
+        return (x64 * torch.sigmoid(2 * u)).to(x.dtype)
+    return (x64 * 0.5 * torch.special.erfc(-x64 / 2**0.5)).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("rows", [1, 9, 64])
+def test_gelu_matches_reference(
+    kernel_ops: KernelOps,
+    reference_ops: KernelOps,
+    capabilities: Capabilities,
+    backend_device,
+    dtype_name: str,
+    approximate: str,
+    rows: int,
+) -> None:
+    """API 1.14: the encoder's activation, both forms, over the tails and around zero.
+
+    Compared with the exact value rather than bit for bit with torch: torch's own kernel forms
+    ``1 + erf`` (or ``1 + tanh``) and loses the negative tail to cancellation (at x = -4.5 its
+    bfloat16 result is 1.5 % off), and a kernel need not copy that. Below ``2e-6`` in magnitude
+    the tail is noise beside the activations it joins, so the absolute tolerance admits torch's.
+    """
+    import torch
+
+    dtype = _dtype(capabilities, dtype_name)
+    gen = torch.Generator().manual_seed(rows)
+    x = (torch.randn(rows, 1536 + 16, generator=gen) * 3).to(dtype)[:, :1536]
+    edges = torch.tensor([-100.0, -12.0, -5.5, -1e-3, -0.0, 0.0, 1e-3, 5.5, 12.0, 100.0])
+    x[0, : edges.numel()] = edges.to(dtype)
+    exact = _gelu_exact(x, approximate)
+    rtol = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
+    for name, ops in (("reference", reference_ops), ("backend", kernel_ops)):
+        dev = backend_device if ops is kernel_ops else "cpu"
+        out = ops.gelu(x.clone().to(dev), approximate).cpu()
+        assert out.shape == x.shape and out.dtype == dtype, name
+        torch.testing.assert_close(
+            out, exact, rtol=rtol, atol=2e-6, msg=f"gelu {approximate} ({name})"
+        )
+    with pytest.raises(ValueError, match="approximate"):
+        kernel_ops.gelu(x.to(backend_device), "erf")
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
 @pytest.mark.parametrize("rotary_dim", [64, 32])
 def test_rotary_matches_reference(
     kernel_ops: KernelOps,

@@ -11,6 +11,9 @@
     small-M path does not (see :mod:`heron_cpu.gemv`).
 - RMSNorm (+ residual add), SiLU-and-mul and rotary embedding: one compiled call each instead of
   half a dozen torch calls, rounding where the torch reference rounds (csrc/elementwise.cpp).
+- An encoder's LayerNorm (+ residual add) in one compiled call, in place (torch's add and norm
+  make two passes and allocate), and its bfloat16 GELU as a lookup in a table of every bfloat16
+  value (torch evaluates erf per element).
 
 Anything these kernels do not cover (other dtypes, odd layouts) falls back to the torch reference
 of the base class, so the ops are always correct and only sometimes fast.
@@ -261,6 +264,47 @@ class CpuKernelOps(KernelOps):
             torch.get_num_threads(),
         )  # fmt: skip
         return out, summed
+
+    # -- encoder layers ----------------------------------------------------------------------------
+    def layer_norm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        eps: float,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if not (
+            _rows_ok(x)
+            and weight.dtype == bias.dtype == x.dtype
+            and weight.is_contiguous()
+            and bias.is_contiguous()
+            and weight.shape == bias.shape == x.shape[1:]
+            and (residual is None or (_rows_ok(residual) and residual.shape == x.shape))
+            and (residual is None or residual.dtype == x.dtype)
+        ):
+            return super().layer_norm(x, weight, bias, eps, residual)
+        rows, hidden = x.shape
+        launch(
+            _C.layer_norm,
+            x.data_ptr(), 0 if residual is None else residual.data_ptr(), weight.data_ptr(),
+            bias.data_ptr(), x.data_ptr(), rows, hidden, x.stride(0),
+            0 if residual is None else residual.stride(0), x.stride(0), eps,
+            DTYPE_CODES[x.dtype], torch.get_num_threads(),
+        )  # fmt: skip
+        return x
+
+    def gelu(self, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+        # bfloat16 by table lookup; float32 stays with torch (a polynomial kernel was slower).
+        if approximate not in ("none", "tanh") or not _rows_ok(x) or x.dtype != torch.bfloat16:
+            return super().gelu(x, approximate)
+        rows, width = x.shape
+        launch(
+            _C.gelu,
+            x.data_ptr(), x.data_ptr(), rows, width, x.stride(0), x.stride(0),
+            int(approximate == "tanh"), DTYPE_CODES[x.dtype], torch.get_num_threads(),
+        )  # fmt: skip
+        return x
 
     # -- activation ------------------------------------------------------------------------------
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
