@@ -122,6 +122,8 @@ class LLM:
             p or PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens) for p in params_list
         ]
         engine = self.llm_engine
+        if getattr(engine, "pooling", None) is not None:  # texts tokenized in batches
+            prompt_list = engine.pooling.process_many(prompt_list, params_list)
         ids: list[str] = []
         try:
             prepared = []

@@ -90,9 +90,7 @@ class PoolingFrontend:
         does at ``max_seq_length``), token ids to their last ``k``.
         """
         self.check_params(params)
-        k = params.truncate_prompt_tokens
-        if k == -1:
-            k = self.max_model_len
+        k = self._truncation(params)
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 return self._from_ids(prompt["prompt_token_ids"], prompt.get("prompt"), k)
@@ -100,16 +98,45 @@ class PoolingFrontend:
                 return self.process(prompt["prompt"], params)
             raise InvalidPromptError("an input dict needs 'prompt' or 'prompt_token_ids'")
         if isinstance(prompt, str):
-            kwargs: dict[str, Any] = {"add_special_tokens": True}
-            if k is not None:
-                kwargs.update(truncation=True, max_length=k)
-            ids = list(self.tokenizer(prompt, **kwargs)["input_ids"])
+            ids = list(self.tokenizer(prompt, **self._tokenizer_kwargs(k))["input_ids"])
             return self._checked(ProcessedPrompt(prompt=prompt, prompt_token_ids=ids))
         if isinstance(prompt, Sequence):
             return self._from_ids(prompt, None, k)
         raise InvalidPromptError(
             f"input must be a string, a list of token ids or a dict, got {type(prompt).__name__}"
         )
+
+    def process_many(self, prompts: Sequence[Any], params: Sequence[PoolingParams]) -> list[Any]:
+        """:meth:`process` of every text input, each batch of texts in one tokenizer call.
+
+        A fast tokenizer encodes a list in one pass; one call per text (its Python around the
+        Rust encoder) cost ~5 % of an offline embedding run. Texts are grouped by truncation
+        length; other inputs come back as they are, for :meth:`prepare` to process.
+        """
+        out = list(prompts)
+        groups: dict[int | None, list[int]] = {}
+        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            if isinstance(prompt, str):
+                self.check_params(p)
+                groups.setdefault(self._truncation(p), []).append(i)
+        for k, indices in groups.items():
+            texts = [prompts[i] for i in indices]
+            encoded = self.tokenizer(texts, **self._tokenizer_kwargs(k))["input_ids"]
+            for i, text, ids in zip(indices, texts, encoded, strict=True):
+                out[i] = self._checked(ProcessedPrompt(prompt=text, prompt_token_ids=list(ids)))
+        return out
+
+    def _truncation(self, params: PoolingParams) -> int | None:
+        """The tokens a text or token list is cut to (``-1``: the model's length), or None."""
+        k = params.truncate_prompt_tokens
+        return self.max_model_len if k == -1 else k
+
+    @staticmethod
+    def _tokenizer_kwargs(k: int | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"add_special_tokens": True}
+        if k is not None:
+            kwargs.update(truncation=True, max_length=k)
+        return kwargs
 
     def _from_ids(self, ids: Sequence[int], text: str | None, k: int | None) -> ProcessedPrompt:
         bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int)]
