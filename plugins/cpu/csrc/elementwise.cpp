@@ -164,36 +164,48 @@ void layer_norm_rows_avx512(const LayerNormArgs& a) {
   const T* bias = static_cast<const T*>(a.bias);
   T* out = static_cast<T*>(a.out);
   const int64_t n = a.hidden;
+  const float inv_n = 1.0f / static_cast<float>(n);
   const bool parallel = a.num_threads > 1 && a.rows * n >= kParallelElements;
-#pragma omp parallel for num_threads(a.num_threads) if (parallel) schedule(static)
-  for (int64_t row = 0; row < a.rows; ++row) {
+#pragma omp parallel num_threads(a.num_threads) if (parallel)
+  {
+    // weight and bias widened once per thread, not once per row.
+    alignas(64) float w32[kBufferedHidden];
+    alignas(64) float b32[kBufferedHidden];
     alignas(64) float buf[kBufferedHidden];
-    const T* xr = x + row * a.x_stride;
-    const T* rr = kResidual ? residual + row * a.residual_stride : nullptr;
-    T* o = out + row * a.out_stride;
-    __m512 sum = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
       const __mmask16 m = tail_mask(n - i);
-      __m512 v = load16(xr + i, m);
-      if (kResidual) v = round_as16(_mm512_add_ps(v, load16(rr + i, m)), xr);
-      _mm512_store_ps(buf + i, v);
-      sum = _mm512_add_ps(sum, v);
+      _mm512_store_ps(w32 + i, load16(weight + i, m));
+      _mm512_store_ps(b32 + i, load16(bias + i, m));
     }
-    const float mean_value = _mm512_reduce_add_ps(sum) / static_cast<float>(n);
-    const __m512 mean = _mm512_set1_ps(mean_value);
-    __m512 squares = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) {
-      const __m512 d = _mm512_maskz_sub_ps(tail_mask(n - i), _mm512_load_ps(buf + i), mean);
-      squares = _mm512_add_ps(squares, _mm512_mul_ps(d, d));
-    }
-    const float rstd = 1.0f / std::sqrt(_mm512_reduce_add_ps(squares) / static_cast<float>(n) + a.eps);
-    const __m512 scale = _mm512_set1_ps(rstd);
-    const __m512 shift = _mm512_set1_ps(-mean_value * rstd);
-    for (int64_t i = 0; i < n; i += 16) {
-      const __mmask16 m = tail_mask(n - i);
-      const __m512 normed = _mm512_add_ps(_mm512_mul_ps(_mm512_load_ps(buf + i), scale), shift);
-      const __m512 y = _mm512_add_ps(_mm512_mul_ps(normed, load16(weight + i, m)), load16(bias + i, m));
-      store16(o + i, y, m);
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < a.rows; ++row) {
+      const T* xr = x + row * a.x_stride;
+      const T* rr = kResidual ? residual + row * a.residual_stride : nullptr;
+      T* o = out + row * a.out_stride;
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        __m512 v = load16(xr + i, m);
+        if (kResidual) v = round_as16(_mm512_add_ps(v, load16(rr + i, m)), xr);
+        _mm512_store_ps(buf + i, v);
+        sum = _mm512_add_ps(sum, v);
+      }
+      const float mean_value = _mm512_reduce_add_ps(sum) * inv_n;
+      const __m512 mean = _mm512_set1_ps(mean_value);
+      __m512 squares = _mm512_setzero_ps();
+      for (int64_t i = 0; i < n; i += 16) {
+        const __m512 d = _mm512_maskz_sub_ps(tail_mask(n - i), _mm512_load_ps(buf + i), mean);
+        squares = _mm512_add_ps(squares, _mm512_mul_ps(d, d));
+      }
+      const float rstd = 1.0f / std::sqrt(_mm512_reduce_add_ps(squares) * inv_n + a.eps);
+      const __m512 scale = _mm512_set1_ps(rstd);
+      const __m512 shift = _mm512_set1_ps(-mean_value * rstd);
+      for (int64_t i = 0; i < n; i += 16) {
+        const __m512 normed = _mm512_add_ps(_mm512_mul_ps(_mm512_load_ps(buf + i), scale), shift);
+        const __m512 y = _mm512_add_ps(_mm512_mul_ps(normed, _mm512_load_ps(w32 + i)),
+                                       _mm512_load_ps(b32 + i));
+        store16(o + i, y, tail_mask(n - i));
+      }
     }
   }
 }
