@@ -6,7 +6,9 @@ plus the head, greedy selection, scheduling and output processing in Python. Thi
 1. the recorded 1-sequence step graph replayed on its own, alternating the per-call Python loop
    (``LaunchGraph.replay_python``: one pybind11 call, argument conversion and GIL release per
    kernel) with the C++ programs (``LaunchGraph.replay``): their difference is the dispatch cost;
-2. an engine decode step split by timers around its parts (scheduler, input loading, graph
+2. decode tok/s of ``LLM.generate`` (128-token prompt, ``--tokens`` greedy tokens, minus a
+   1-token run of the same prompt), alternating the two modes, with no timers;
+3. an engine decode step split by timers around its parts (scheduler, input loading, graph
    replay, head and greedy selection, scheduler update, output processing), in both replay modes.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_step_replay.py [--quantization gguf] [--tokens 128]
@@ -104,6 +106,17 @@ def main() -> None:
         f"dispatch cost of the Python loop: {saved:.3f} ms per step, {saved / len(graph) * 1e3:.2f} us per call"
     )
 
+    modes = {"python loop": graph.replay_python, "C++ programs": graph.replay}
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(args.passes):
+        for mode, replay in modes.items():
+            graph.replay = replay  # what step_graphs.run calls
+            rates[mode].append(decode_rate(llm, args.tokens))
+    for mode, r in rates.items():
+        print(
+            f"generate, {mode}: median {statistics.median(r):.1f} decode tok/s ({', '.join(f'{x:.1f}' for x in r)})"
+        )
+
     timers = Timers()
     engine = llm.llm_engine
     core, runner = engine.core, engine.core.runner
@@ -115,7 +128,6 @@ def main() -> None:
     timers.wrap(runner, "sample", "  runner.sample")
     timers.wrap(runner.model, "greedy_tokens", "    head + argmax (greedy_tokens)")
     timers.wrap(engine.output_processor, "process", "output_processor.process")
-    modes = {"python loop": graph.replay_python, "C++ programs": graph.replay}
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for _ in range(args.passes):
         for mode, replay in modes.items():
@@ -131,6 +143,19 @@ def main() -> None:
         print(f"{name:40s} {row[0]:12.3f} {row[1]:13.3f}")
     tok_s = [1e3 / statistics.median(r["whole step"] for r in results[mode]) for mode in results]
     print(f"{'decode tok/s':40s} {tok_s[0]:12.1f} {tok_s[1]:13.1f}")
+
+
+def decode_rate(llm: LLM, tokens: int) -> float:
+    """Decode tok/s of one request: ``tokens`` greedy tokens after a 128-token prompt."""
+    prompt = {"prompt_token_ids": list(range(100, 228))}
+    whole = SamplingParams(temperature=0, max_tokens=tokens + 1, ignore_eos=True)
+    first = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+    started = time.perf_counter()
+    llm.generate([prompt], first, use_tqdm=False)
+    prefill = time.perf_counter() - started
+    started = time.perf_counter()
+    llm.generate([prompt], whole, use_tqdm=False)
+    return tokens / (time.perf_counter() - started - prefill)
 
 
 def decode_breakdown(llm: LLM, tokens: int, mode: str, timers: Timers) -> dict[str, float]:
