@@ -12,6 +12,10 @@ plus the head, greedy selection, scheduling and output processing in Python. Thi
    replay, head and greedy selection, scheduler update, output processing), in both replay modes.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_step_replay.py [--quantization gguf] [--tokens 128]
+
+``--replay-only N`` replays the graph N times back to back and exits, for a profiler:
+``perf record -D 9000 -o perf.data python benchmarks/bench_step_replay.py --replay-only 3000``
+(the delay skips start-up), then ``perf report -i perf.data --sort pid,dso``.
 """
 
 from __future__ import annotations
@@ -84,12 +88,20 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=50, help="replays per timed round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--passes", type=int, default=3, help="decode runs per mode, alternating")
+    parser.add_argument("--replay-only", type=int, default=0, help="only replay N times (perf)")
     args = parser.parse_args()
 
     llm = LLM(args.model, dtype=args.dtype, quantization=args.quantization, max_model_len=1024)
     warm = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     llm.generate([{"prompt_token_ids": list(range(100, 228))}], warm, use_tqdm=False)
     graph = _graph(llm)
+    if args.replay_only:
+        started = time.perf_counter()
+        for _ in range(args.replay_only):
+            graph.replay()
+        per = (time.perf_counter() - started) / args.replay_only * 1e3
+        print(f"{args.replay_only} C++ replays: {per:.3f} ms each")
+        return
     print(
         f"threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
         f"load average {os.getloadavg()[0]:.2f}; 1-sequence graph: {len(graph)} calls in "
