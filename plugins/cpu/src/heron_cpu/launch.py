@@ -7,12 +7,12 @@ put: :class:`LaunchGraph` records them during one pass and replays them, without
 checked and prepared each call (core's ``heron.runner.step_graphs`` keeps the tensors alive and
 refreshes the inputs in place). It is the host counterpart of a CUDA graph.
 
-Each compiled kernel also has a raw entry (``raw_entries`` of ``heron_cpu._C`` and ``_quant``,
+The compiled kernels also have raw entries (``raw_entries`` of ``heron_cpu._C`` and ``_quant``,
 see ``csrc/replay.h``): at the end of recording, every run of consecutive calls that have one is
 packed into a ``_C.ReplayProgram`` and replayed by one pybind11 call that releases the GIL once,
 instead of ~300 Python iterations, argument conversions and GIL releases per decode step. Calls
-without one (``launch_torch``'s ops, kernels of other modules) stay Python calls between those
-programs, in recorded order. ``HERON_CPU_NATIVE_REPLAY=0`` replays every call from Python instead
+without one (``launch_torch``'s ops, ``_C.shm_all_reduce``, any Python callable) stay Python
+calls between those programs, in recorded order. ``HERON_CPU_NATIVE_REPLAY=0`` replays every call from Python instead
 (the per-call loop, for comparisons).
 """
 
