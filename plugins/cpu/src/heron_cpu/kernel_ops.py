@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from heron_cpu import encoder_attention, gemm, gemv, moe, quant
 from heron_cpu._kernels import _C
 from heron_cpu.launch import LaunchGraph, launch, launch_torch
-from heron_cpu.memory import HugePageArena
+from heron_cpu.memory import RETAIN_HEAP_ENV, HugePageArena, retain_freed_heap
 from heron_cpu.ops import DTYPE_CODES
 from heron_interfaces.kernel_ops import KernelOps
 from heron_interfaces.quantization import QuantizedWeight
@@ -100,6 +100,12 @@ class CpuKernelOps(KernelOps):
         # The engine's start-up log names the kernels by this: say which matmuls run.
         self.name = f"heron-cpu ({self.gemm} GEMM)"
         logger.info("heron-cpu: bfloat16 matmuls on %s", self._describe_gemm())
+        if retain_freed_heap():
+            logger.info(
+                "heron-cpu: freed activations stay in the heap between steps (glibc mallopt; "
+                "%s=0 keeps glibc's defaults)",
+                RETAIN_HEAP_ENV,
+            )
 
     def _describe_gemm(self) -> str:
         if self._packed:
