@@ -141,9 +141,10 @@ void layer_norm_rows(const LayerNormArgs& a) {
       squares += d * d;
     }
     const float rstd = 1.0f / std::sqrt(squares * inv_n + a.eps);
+    const float shift = -mean * rstd;  // torch's (v * rstd + shift) * weight + bias
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-      const float normed = (norm_input<T, kResidual>(xr, rr, i) - mean) * rstd;
+      const float normed = norm_input<T, kResidual>(xr, rr, i) * rstd + shift;
       store(o + i, normed * to_float(weight[i]) + to_float(bias[i]));
     }
   }
@@ -155,7 +156,7 @@ constexpr int64_t kBufferedHidden = 8192;
 
 // layer_norm_rows on sixteen lanes: one pass forms x + residual (rounded to T) into an L1 buffer
 // and sums it, a second sums the centred squares, a third writes (v * rstd - mean * rstd) * weight
-// + bias, torch's order of operations.
+// + bias, torch's order of operations (as layer_norm_rows does).
 template <typename T, bool kResidual>
 void layer_norm_rows_avx512(const LayerNormArgs& a) {
   const T* x = static_cast<const T*>(a.x);
