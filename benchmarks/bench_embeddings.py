@@ -99,11 +99,19 @@ def bench_st(sentences: list[str], dtype: str, batch_sizes: list[int], processes
 
 
 def bench_heron(
-    sentences: list[str], dtype: str, max_num_batched_tokens: int | None, dp: int = 1
+    sentences: list[str],
+    dtype: str,
+    max_num_batched_tokens: int | None,
+    dp: int = 1,
+    embed_chunk: int | None = None,
 ) -> dict:
     import torch
 
+    import heron.engine.llm
     from heron import LLM
+
+    if embed_chunk:  # A/B of LLM.embed's submission in chunks (a huge value: all at once)
+        heron.engine.llm.EMBED_CHUNK = embed_chunk
 
     kwargs = {"max_num_batched_tokens": max_num_batched_tokens} if max_num_batched_tokens else {}
     if dp > 1:
@@ -122,6 +130,7 @@ def bench_heron(
         "data_parallel_size": dp,
         "threads": torch.get_num_threads(),
         "max_num_batched_tokens": core.scheduler_config.max_num_batched_tokens if core else None,
+        "embed_chunk": heron.engine.llm.EMBED_CHUNK,
         "sentences": len(sentences),
         "tokens": tokens,
         "seconds": round(elapsed, 2),
@@ -232,6 +241,12 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=10_000, help="sentences (default 10,000)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batch-sizes", default="16,32,64,128", help="st: batch sizes to tune")
+    parser.add_argument(
+        "--embed-chunk",
+        type=int,
+        default=None,
+        help="heron: inputs LLM.embed submits together (default heron.engine.llm.EMBED_CHUNK)",
+    )
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--clients", type=int, default=32, help="serve: concurrent clients")
     parser.add_argument("--rounds", type=int, default=3, help="compare: runs of each engine")
@@ -253,7 +268,9 @@ def main() -> None:
         sizes = [int(b) for b in args.batch_sizes.split(",")]
         result = bench_st(sentences, args.dtype, sizes, args.processes)
     elif args.mode == "heron":
-        result = bench_heron(sentences, args.dtype, args.max_num_batched_tokens, args.dp)
+        result = bench_heron(
+            sentences, args.dtype, args.max_num_batched_tokens, args.dp, args.embed_chunk
+        )
     else:
         result = bench_serve(sentences, args.dtype, args.clients)
     print(json.dumps(result))

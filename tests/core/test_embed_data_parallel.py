@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_embed_encoders import INPUTS, _encoder_dir
 
+import heron.engine.llm
 from heron import LLM, PoolingParams
 from heron.engine.data_parallel import DataParallelEngine
 
@@ -27,7 +28,9 @@ def _has_cpu() -> bool:
     return importlib.util.find_spec("heron_cpu") is not None
 
 
-def test_pooling_replicas_share_the_work_and_equal_hf(tmp_path: Path) -> None:
+def test_pooling_replicas_share_the_work_and_equal_hf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder, hf = _encoder_dir(tmp_path, "bert")
     llm = LLM(
         str(folder),
@@ -69,6 +72,19 @@ def test_pooling_replicas_share_the_work_and_equal_hf(tmp_path: Path) -> None:
             llm.embed([[5, 10_000]], use_tqdm=False)
         with pytest.raises(ValueError, match="dimensions"):
             llm.embed(["x"], PoolingParams(dimensions=8), use_tqdm=False)
+        assert engine.replica_loads() == [0, 0] and not engine.has_unfinished_requests()
+        # Submitted in chunks (replicas start on the first while the front tokenizes the next):
+        # the same vectors in the caller's order; a bad input in a later chunk raises and the
+        # chunks already submitted are aborted.
+        monkeypatch.setattr(heron.engine.llm, "EMBED_CHUNK", 5)
+        chunked = llm.embed(inputs, use_tqdm=False)
+        assert [o.prompt_token_ids for o in chunked] == inputs
+        for a, b in zip(chunked, outs):
+            torch.testing.assert_close(
+                torch.tensor(a.outputs.embedding), torch.tensor(b.outputs.embedding)
+            )
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            llm.embed([*inputs, [5, 10_000]], use_tqdm=False)
         assert engine.replica_loads() == [0, 0] and not engine.has_unfinished_requests()
     finally:
         llm.shutdown()
