@@ -208,3 +208,43 @@ def test_engine_native_replay_equals_python_loop_and_eager(
                 assert all(len(seg) == 1 and seg[0].startswith("native:") for seg in segments)
         del llm
     assert results["native"] == results["python"] == results["eager"]
+
+
+def test_engine_team_regions_equal_one_region_per_kernel(
+    tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On 2 threads a program runs the quantized products (team entries) and the row kernels
+    between them (serial) in shared parallel regions: the same bits as one region per kernel and
+    as the Python loop."""
+    from heron import LLM
+    from heron_cpu.launch import TEAM_REPLAY_ENV
+
+    monkeypatch.setenv("HERON_BACKEND", "cpu")
+    monkeypatch.setenv("HERON_CPU_KVCACHE_SPACE", "0.25")
+    prompts = ["Herons wade.", "a", "Paged attention stores keys in blocks"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = {}
+        for mode, native, team in (("team", "1", "1"), ("plain", "1", "0"), ("python", "0", "1")):
+            monkeypatch.setenv(NATIVE_REPLAY_ENV, native)
+            monkeypatch.setenv(TEAM_REPLAY_ENV, team)
+            llm = LLM(tiny_models["q4_1"], dtype="bfloat16", block_size=16)
+            results[mode] = (
+                _greedy_and_logprobs(llm, prompts[:1]),
+                _greedy_and_logprobs(llm, prompts),
+            )
+            graphs = llm.llm_engine.core.runner.step_graphs
+            if native == "1":
+                stats = [
+                    call.__self__.team_stats()
+                    for r in graphs._graphs.values()
+                    for call, _ in r.graph._steps
+                    if isinstance(getattr(call, "__self__", None), _C.ReplayProgram)
+                ]
+                regions = sum(s[0] for s in stats)
+                assert (regions > 0) == (team == "1"), stats
+            del llm
+    finally:
+        torch.set_num_threads(threads)
+    assert results["team"] == results["plain"] == results["python"]
