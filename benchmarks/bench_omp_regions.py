@@ -17,11 +17,11 @@ This settles it with numbers before anything is changed:
    wake-up (fork), the wait of the thread that finished first for the other (imbalance), and the
    join after the last thread finished.
 
-3. ``ab``: the same graph's C++ programs built with team regions (csrc/replay.h: one parallel
-   region per run of kernels that can share it, a barrier between kernels) and with one region
-   per kernel, alternating rounds in one process.
+    OMP_NUM_THREADS=2 python benchmarks/bench_omp_regions.py [micro|replay|both] [--reps 300]
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_omp_regions.py [micro|replay|both|ab] [--reps 300]
+(Commit e4186b1 tried one parallel region per run of kernels with a barrier between them, and had
+an ``ab`` mode here comparing it with one region per kernel: no gain, reverted; see
+benchmarks/RESULTS.md.)
 """
 
 from __future__ import annotations
@@ -242,47 +242,10 @@ def replay(threads: int, reps: int, rounds: int) -> None:
     print(f"  fork + join per multi-thread region: {per:.0f} ns")
 
 
-def team_ab(reps: int, rounds: int) -> None:
-    """The step graph's C++ programs with team regions and with one region per kernel, alternating
-    rounds in one process (``HERON_CPU_TEAM_REPLAY`` read at each compile)."""
-    import torch
-
-    from heron import LLM, SamplingParams
-    from heron_cpu import launch
-
-    llm = LLM(None, dtype="bfloat16", quantization="gguf", max_model_len=1024)
-    warm = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    llm.generate([{"prompt_token_ids": list(range(100, 228))}], warm, use_tqdm=False)
-    graph = llm.llm_engine.core.runner.step_graphs._graphs[(1, torch.get_num_threads())].graph
-    steps = {}
-    for name, flag in (("team regions", "1"), ("region per kernel", "0")):
-        os.environ[launch.TEAM_REPLAY_ENV] = flag
-        steps[name] = launch._compile(graph._calls)
-    stats = steps["team regions"][0][0].__self__.team_stats()
-    print(
-        f"team A/B: {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}; "
-        f"{len(graph)} calls; team program: {stats[0]} team regions holding {stats[1]} team calls "
-        f"and {stats[2]} serial calls"
-    )
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, program in steps.items():
-            graph._steps = program
-            graph.replay()
-            started = time.perf_counter()
-            for _ in range(reps):
-                graph.replay()
-            times[name].append((time.perf_counter() - started) / reps * 1e6)
-    for name, t in times.items():
-        print(
-            f"  {name:18s} median {statistics.median(t):7.1f} us ({', '.join(f'{x:.0f}' for x in t)})"
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "what", nargs="?", default="both", choices=["micro", "replay", "both", "ab", "_child"]
+        "what", nargs="?", default="both", choices=["micro", "replay", "both", "_child"]
     )
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--reps", type=int, default=300, help="replays per round")
@@ -290,9 +253,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "_child":
         replay_child(args.reps, args.rounds)
-        return
-    if args.what == "ab":
-        team_ab(args.reps, args.rounds)
         return
     if args.what in ("micro", "both"):
         micro(args.threads, args.rounds)

@@ -368,39 +368,6 @@ void embedding(uintptr_t token_ids, uintptr_t table, uintptr_t out, int64_t num_
   }
 }
 
-// Team regions of a replay (replay.h): these kernels run serially (thread 0, the team waiting)
-// where their own `if (parallel)` would keep them on one thread: below 2^14 elements for the
-// row kernels (elementwise.cpp's threshold) and 2^16 for write_kv.
-constexpr int64_t kSerialElements = int64_t{1} << 14;
-
-int serial_if(bool one_thread) {
-  return one_thread ? heron_cpu::replay::kSerial : heron_cpu::replay::kOutside;
-}
-
-int rms_norm_mode(uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t rows,
-                  int64_t hidden, int64_t, int64_t, double, int, int, int) {
-  return serial_if(rows * hidden < kSerialElements);
-}
-
-int silu_and_mul_mode(uintptr_t, uintptr_t, int64_t rows, int64_t width, int64_t, int, int, int) {
-  return serial_if(rows * width < kSerialElements);
-}
-
-int rotary_mode(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t num_tokens, int64_t num_heads,
-                int64_t head_size, int64_t, int64_t, int64_t, int64_t, int, int, int) {
-  return serial_if(num_tokens * num_heads * head_size < kSerialElements);
-}
-
-int write_kv_mode(uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t num_tokens,
-                  int64_t num_kv_heads, int64_t head_size, int64_t, int64_t, int64_t, int64_t,
-                  int64_t, int64_t, int, int, int) {
-  return serial_if(num_tokens * num_kv_heads * head_size < (int64_t{1} << 16));
-}
-
-int embedding_mode(uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int) {
-  return heron_cpu::replay::kSerial;  // memcpy of rows, no region of its own
-}
-
 }  // namespace
 
 // Small-batch bf16 linear (gemv_bindings.cpp).
@@ -433,11 +400,11 @@ PYBIND11_MODULE(_C, m) {
   heron_cpu_register_encoder_attention(m);
   heron_cpu_register_shm_allreduce(m);
   // Raw entries of the kernels heron_cpu.launch() records, for ReplayProgram (replay.h).
-  heron_cpu::replay::add_raw_serial<&write_kv, &write_kv_mode>(m, "write_kv");
+  heron_cpu::replay::add_raw<&write_kv>(m, "write_kv");
   heron_cpu::replay::add_raw<&paged_attention>(m, "paged_attention");
-  heron_cpu::replay::add_raw_serial<&rms_norm, &rms_norm_mode>(m, "rms_norm");
-  heron_cpu::replay::add_raw_serial<&silu_and_mul, &silu_and_mul_mode>(m, "silu_and_mul");
-  heron_cpu::replay::add_raw_serial<&rotary, &rotary_mode>(m, "rotary");
-  heron_cpu::replay::add_raw_serial<&embedding, &embedding_mode>(m, "embedding");
+  heron_cpu::replay::add_raw<&rms_norm>(m, "rms_norm");
+  heron_cpu::replay::add_raw<&silu_and_mul>(m, "silu_and_mul");
+  heron_cpu::replay::add_raw<&rotary>(m, "rotary");
+  heron_cpu::replay::add_raw<&embedding>(m, "embedding");
   heron_cpu_register_replay(m);
 }

@@ -72,15 +72,6 @@ void linear(const QuantArgs& args, Path path);
 // The int8-activation loop of `path` (kVnni512 or kAvxVnni); false where this CPU lacks it.
 bool linear_i8(const QuantArgs& args, Path path);
 
-// True where linear_i8(args, path) runs (this CPU has the loop of `path`).
-bool linear_i8_available(Path path);
-
-// Thread `thread`'s share of linear_i8 in a team of `threads` threads (replay.h's team regions):
-// every thread of the team calls it with the same args, quantizes x into its own buffer and
-// writes its rows of out (the rows run() gives it; a small product all on thread 0). The caller
-// waits for the whole team before reading out. False (nothing written) where linear_i8 is.
-bool linear_i8_team(const QuantArgs& args, Path path, int thread, int threads);
-
 // The AMX-BF16 loop (quant_amx.cpp); false where this CPU lacks it or x is not bfloat16.
 bool linear_amx(const QuantArgs& args);
 

@@ -6,7 +6,6 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 
 #include "quant.h"
@@ -57,34 +56,6 @@ void quant_linear(uintptr_t out, uintptr_t x, uintptr_t qs, uintptr_t d, uintptr
   hq::linear(args, static_cast<hq::Path>(path));
 }
 
-// In a team region (replay.h): the int8-activation loops have a team entry; the other paths
-// (fp32 loops, AMX) open their own region.
-int quant_linear_mode(uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t,
-                      int64_t, int64_t, int64_t, int, int, int num_threads, int path, uintptr_t,
-                      uintptr_t, int threads) {
-  const auto p = static_cast<hq::Path>(path);
-  if (num_threads != threads || (p != hq::Path::kVnni512 && p != hq::Path::kAvxVnni)) {
-    return heron_cpu::replay::kOutside;
-  }
-  return hq::linear_i8_available(p) ? heron_cpu::replay::kTeam : heron_cpu::replay::kOutside;
-}
-
-void quant_linear_team(uintptr_t out, uintptr_t x, uintptr_t qs, uintptr_t d, uintptr_t mins,
-                       uintptr_t bias, int64_t m, int64_t n, int64_t k, int64_t x_stride,
-                       int format, int dtype, int num_threads, int path, uintptr_t d16,
-                       uintptr_t mins16, int thread, int threads) {
-  auto args = make_args("quant_linear", out, x, qs, d, mins, bias, m, n, k, x_stride, format,
-                        dtype, num_threads);
-  if (format == 1 && (d16 == 0) != (mins16 == 0)) {
-    throw py::value_error("quant_linear: Q4 f16 scales need their f16 minimums (d16, mins16)");
-  }
-  args.d16 = reinterpret_cast<const uint16_t*>(d16);
-  args.mins16 = reinterpret_cast<const uint16_t*>(mins16);
-  if (!hq::linear_i8_team(args, static_cast<hq::Path>(path), thread, threads)) {
-    throw std::runtime_error("quant_linear: the team entry's loop is not available here");
-  }
-}
-
 void quant_dequantize(uintptr_t out, uintptr_t qs, uintptr_t d, uintptr_t mins, int64_t n,
                       int64_t k, int format, int dtype, int num_threads) {
   const auto args = make_args("quant_dequantize", 0, 0, qs, d, mins, 0, 0, n, k, k, format, dtype,
@@ -120,7 +91,6 @@ PYBIND11_MODULE(_quant, m) {
         py::arg("num_threads"), "out[n, k] = W dequantized to dtype.");
   m.def("quant_paths", &quant_paths, "Which quant_linear paths this CPU runs.");
   // Raw entries of the recorded launches, for heron_cpu._C.ReplayProgram (replay.h).
-  heron_cpu::replay::add_raw_team<&quant_linear, &quant_linear_mode, &quant_linear_team>(
-      m, "quant_linear");
+  heron_cpu::replay::add_raw<&quant_linear>(m, "quant_linear");
   heron_cpu::replay::add_raw<&quant_dequantize>(m, "quant_dequantize");
 }

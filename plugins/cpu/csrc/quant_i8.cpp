@@ -448,13 +448,7 @@ bool avxvnni_supported() {
 #endif
 }
 
-namespace {
-
-// The loop of `path` for a.format and x quantized for it into the calling thread's buffer (kept
-// between calls); false where this CPU lacks the loop. Deterministic: every thread that calls it
-// with the same a gets the same bytes (a team's threads each quantize x instead of waiting for
-// one to do it).
-bool prepare_i8(const QuantArgs& a, Path path, JobI8* job, RowsFn* rows, int64_t* row_align) {
+bool linear_i8(const QuantArgs& a, Path path) {
 #if defined(HERON_QI8_X86)
   const bool q4 = a.format == Format::kQ4;
   // f16 scales only where every array the loop reads has them (the pack step sets both or none).
@@ -471,12 +465,7 @@ bool prepare_i8(const QuantArgs& a, Path path, JobI8* job, RowsFn* rows, int64_t
     align = 2;
   }
   if (fn == nullptr) return false;
-  *rows = fn;
-  *row_align = align;
-  if (a.m == 0 || a.n == 0) {
-    job->a = nullptr;  // nothing to compute
-    return true;
-  }
+  if (a.m == 0 || a.n == 0) return true;
   // The AVX-512 Q4 loop takes 4 blocks per dot (Order::kQuad), the others 2 or 1.
   const int group = wide && q4 ? 4 : 2;
   const Order order = wide && q4 ? Order::kQuad : Order::kNatural;
@@ -497,57 +486,21 @@ bool prepare_i8(const QuantArgs& a, Path path, JobI8* job, RowsFn* rows, int64_t
   float* dxv = xsum + a.m * nbp;
   int32_t* xneg = reinterpret_cast<int32_t*>(dxv + a.m * nbp * 8);
   float* row = dxv + 2 * a.m * nbp * 8;
-  *job = JobI8{&a, qx, dx, xsum, dxv, xneg, nb, nbp, kp, nb * block_bytes(a.format)};
+  const JobI8 job{&a, qx, dx, xsum, dxv, xneg, nb, nbp, kp, nb * block_bytes(a.format)};
   if (wide) {
-    quantize512(a, *job, order, group, qx, dx, xsum, dxv, q4 ? nullptr : xneg);
+    quantize512(a, job, order, group, qx, dx, xsum, dxv, q4 ? nullptr : xneg);
   } else {
     for (int64_t mi = 0; mi < a.m; ++mi) {
-      quantize_row(a, *job, mi, order, row, qx + mi * kp, dx + mi * nbp, xsum + mi * nbp);
+      quantize_row(a, job, mi, order, row, qx + mi * kp, dx + mi * nbp, xsum + mi * nbp);
     }
   }
+  run(job, fn, a.num_threads, align);
   return true;
 #else
   (void)a;
   (void)path;
-  (void)job;
-  (void)rows;
-  (void)row_align;
   return false;
 #endif
-}
-
-}  // namespace
-
-bool linear_i8(const QuantArgs& a, Path path) {
-  JobI8 job{};
-  RowsFn fn = nullptr;
-  int64_t align = 1;
-  if (!prepare_i8(a, path, &job, &fn, &align)) return false;
-  if (job.a != nullptr) run(job, fn, a.num_threads, align);
-  return true;
-}
-
-bool linear_i8_available(Path path) {
-  return (path == Path::kVnni512 && vnni512_supported()) ||
-         (path == Path::kAvxVnni && avxvnni_supported());
-}
-
-bool linear_i8_team(const QuantArgs& a, Path path, int thread, int threads) {
-  JobI8 job{};
-  RowsFn fn = nullptr;
-  int64_t align = 1;
-  if (!prepare_i8(a, path, &job, &fn, &align)) return false;
-  if (job.a == nullptr) return true;
-  // The rows run() would give this thread with a team of `threads` (the same split, so the same
-  // rows per thread; each row's value does not depend on the split anyway).
-  const int64_t blocks = (a.n + align - 1) / align;
-  const bool small = a.n * job.row_bytes < kMinParallelBytes || blocks < 2;
-  const int64_t count = small || threads < 1 ? 1 : min64(threads, blocks);
-  if (thread >= count) return true;
-  const int64_t begin = blocks * thread / count * align;
-  const int64_t end = min64(blocks * (thread + 1) / count * align, a.n);
-  if (begin < end) fn(job, begin, end);
-  return true;
 }
 
 }  // namespace quant

@@ -7,15 +7,6 @@
 // heron_cpu/launch.py packs runs of such calls into one ReplayProgram, run by one pybind call
 // that releases the GIL once for the whole run.
 //
-// Team regions: a program replayed on T threads (ReplayProgram(threads=T)) runs each run of calls
-// that may share one `#pragma omp parallel` region inside a single region, with a barrier between
-// kernels, instead of letting every kernel open (fork and join) its own: bench_omp_regions.py
-// measured ~1.6 us of fork + join per region, ~0.4 us per barrier, and ~300 regions per decode
-// token. A kernel says how it can run there by its mode entry: kTeam (its team entry is called by
-// every thread with the thread's id and the team's size, and splits the work itself), kSerial (it
-// would run on one thread at these arguments anyway: thread 0 calls the plain entry while the
-// others wait at the next barrier) or kOutside (it opens its own region between team regions).
-//
 // The ABI below crosses extension modules (_quant's entries run from _C's programs), so it is
 // plain C: a function pointer and a signature string inside a capsule, errors returned as codes
 // (a C++ exception must not unwind across the two modules' hidden type information).
@@ -50,21 +41,9 @@ enum ErrorKind : int { kOk = 0, kValueError = 1, kMemoryError = 2, kRuntimeError
 // set to text that stays valid until the next raw call on this thread into the same module.
 using RawCall = int (*)(const Slot* args, const char** message);
 
-// How a call can run inside a team region of `threads` threads (see the top of this file).
-enum TeamMode : int { kOutside = 0, kSerial = 1, kTeam = 2 };
-
-// The call's TeamMode at these arguments in a team of `threads` threads.
-using ModeCall = int (*)(const Slot* args, int threads);
-
-// The call's share for thread `thread` of `threads`: every thread of the team calls it with the
-// same arguments; errors as RawCall's.
-using TeamCall = int (*)(const Slot* args, int thread, int threads, const char** message);
-
 struct RawEntry {
   RawCall call;
   const char* signature;  // one of 'i', 'n', 'u', 'f' per argument
-  ModeCall mode;          // nullptr: always kOutside
-  TeamCall team;          // nullptr unless mode can answer kTeam
 };
 
 inline constexpr const char* kCapsuleName = "heron_cpu.raw_entry";
@@ -113,25 +92,6 @@ inline int fail(int kind, const char* what, const char** message) {
   return kind;
 }
 
-// Runs `body` and turns a C++ exception into an error kind and message (see RawCall).
-template <typename Body>
-int guarded(Body&& body, const char** message) {
-  try {
-    body();
-    return kOk;
-  } catch (const pybind11::value_error& e) {  // the bindings' argument errors
-    return fail(kValueError, e.what(), message);
-  } catch (const std::invalid_argument& e) {
-    return fail(kValueError, e.what(), message);
-  } catch (const std::bad_alloc& e) {
-    return fail(kMemoryError, e.what(), message);
-  } catch (const std::exception& e) {
-    return fail(kRuntimeError, e.what(), message);
-  } catch (...) {
-    return fail(kRuntimeError, "unknown C++ exception in a replayed kernel", message);
-  }
-}
-
 template <auto Fn>
 struct Raw;
 
@@ -140,11 +100,10 @@ template <typename R, typename... A, R (*Fn)(A...)>
 struct Raw<Fn> {
   static constexpr char kSignature[] = {slot_code<A>()..., '\0'};
 
-  // f(the unpacked arguments..., extra...)
-  template <typename F, typename... E, size_t... I>
-  static auto apply(F f, const Slot* args, std::index_sequence<I...>, E... extra) {
+  template <size_t... I>
+  static void invoke(const Slot* args, std::index_sequence<I...>) {
     (void)args;
-    return f(unpack<A>(args[I])..., extra...);
+    Fn(unpack<A>(args[I])...);
   }
 
   static int call(const Slot* args, const char** message) {
@@ -152,58 +111,33 @@ struct Raw<Fn> {
       Flag() { t_in_raw_call = true; }
       ~Flag() { t_in_raw_call = false; }
     } flag;
-    return guarded([&] { apply(Fn, args, std::index_sequence_for<A...>{}); }, message);
-  }
-
-  // Mode(arguments..., threads) -> TeamMode; no C++ exception may leave it (then kOutside).
-  template <int (*Mode)(A..., int)>
-  static int mode(const Slot* args, int threads) {
     try {
-      return apply(Mode, args, std::index_sequence_for<A...>{}, threads);
+      invoke(args, std::index_sequence_for<A...>{});
+      return kOk;
+    } catch (const pybind11::value_error& e) {  // the bindings' argument errors
+      return fail(kValueError, e.what(), message);
+    } catch (const std::invalid_argument& e) {
+      return fail(kValueError, e.what(), message);
+    } catch (const std::bad_alloc& e) {
+      return fail(kMemoryError, e.what(), message);
+    } catch (const std::exception& e) {
+      return fail(kRuntimeError, e.what(), message);
     } catch (...) {
-      return kOutside;
+      return fail(kRuntimeError, "unknown C++ exception in a replayed kernel", message);
     }
   }
 
-  // Team(arguments..., thread, threads): the thread's share.
-  template <void (*Team)(A..., int, int)>
-  static int team(const Slot* args, int thread, int threads, const char** message) {
-    return guarded(
-        [&] { apply(Team, args, std::index_sequence_for<A...>{}, thread, threads); }, message);
-  }
-
-  static constexpr RawEntry kEntry{&call, kSignature, nullptr, nullptr};
-  template <int (*Mode)(A..., int)>
-  static constexpr RawEntry kSerialEntry{&call, kSignature, &mode<Mode>, nullptr};
-  template <int (*Mode)(A..., int), void (*Team)(A..., int, int)>
-  static constexpr RawEntry kTeamEntry{&call, kSignature, &mode<Mode>, &team<Team>};
+  static constexpr RawEntry kEntry{&call, kSignature};
 };
 
-inline void publish(pybind11::module_& m, const char* name, const RawEntry* entry) {
-  if (!pybind11::hasattr(m, "raw_entries")) m.attr("raw_entries") = pybind11::dict();
-  PyObject* capsule = PyCapsule_New(const_cast<RawEntry*>(entry), kCapsuleName, nullptr);
-  if (capsule == nullptr) throw pybind11::error_already_set();
-  m.attr("raw_entries")[name] = pybind11::reinterpret_steal<pybind11::object>(capsule);
-}
-
-// Publishes Raw<Fn> as module.raw_entries[name] (a capsule), beside the pybind function `name`:
-// always outside team regions.
+// Publishes Raw<Fn> as module.raw_entries[name] (a capsule), beside the pybind function `name`.
 template <auto Fn>
 void add_raw(pybind11::module_& m, const char* name) {
-  publish(m, name, &Raw<Fn>::kEntry);
-}
-
-// The same, for a kernel that Mode (Fn's arguments, then the team's size) says runs serially
-// inside a team region (kSerial) or outside one (kOutside).
-template <auto Fn, auto Mode>
-void add_raw_serial(pybind11::module_& m, const char* name) {
-  publish(m, name, &Raw<Fn>::template kSerialEntry<Mode>);
-}
-
-// The same, for a kernel with a team entry Team (Fn's arguments, then thread id and team size).
-template <auto Fn, auto Mode, auto Team>
-void add_raw_team(pybind11::module_& m, const char* name) {
-  publish(m, name, &Raw<Fn>::template kTeamEntry<Mode, Team>);
+  if (!pybind11::hasattr(m, "raw_entries")) m.attr("raw_entries") = pybind11::dict();
+  PyObject* capsule =
+      PyCapsule_New(const_cast<RawEntry*>(&Raw<Fn>::kEntry), kCapsuleName, nullptr);
+  if (capsule == nullptr) throw pybind11::error_already_set();
+  m.attr("raw_entries")[name] = pybind11::reinterpret_steal<pybind11::object>(capsule);
 }
 
 }  // namespace heron_cpu::replay

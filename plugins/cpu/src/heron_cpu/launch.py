@@ -14,13 +14,6 @@ instead of ~300 Python iterations, argument conversions and GIL releases per dec
 without one (``launch_torch``'s ops, ``_C.shm_all_reduce``, any Python callable) stay Python
 calls between those programs, in recorded order. ``HERON_CPU_NATIVE_REPLAY=0`` replays every call from Python instead
 (the per-call loop, for comparisons).
-
-A program built for ``torch.get_num_threads()`` > 1 threads also runs each run of calls that can
-share one OpenMP thread team (the quantized int8-activation products, which split their rows
-themselves, and the small row kernels between them, which run on one thread anyway) inside one
-parallel region with a barrier between kernels, instead of a fork and join per kernel
-(``csrc/replay.h``; ``benchmarks/bench_omp_regions.py`` measures both). ``HERON_CPU_TEAM_REPLAY=0``
-keeps one region per kernel.
 """
 
 from __future__ import annotations
@@ -38,10 +31,9 @@ try:  # private torch API: without it, core's capture guard sees the op and refu
 except ImportError:  # pragma: no cover - depends on the torch version
     from contextlib import nullcontext as _disable_current_modes
 
-__all__ = ["NATIVE_REPLAY_ENV", "TEAM_REPLAY_ENV", "LaunchGraph", "launch", "launch_torch"]
+__all__ = ["NATIVE_REPLAY_ENV", "LaunchGraph", "launch", "launch_torch"]
 
 NATIVE_REPLAY_ENV = "HERON_CPU_NATIVE_REPLAY"
-TEAM_REPLAY_ENV = "HERON_CPU_TEAM_REPLAY"
 
 _local = threading.local()
 """``_local.calls``: the list being recorded on this thread, if any (engines in other threads
@@ -172,14 +164,12 @@ def _compile(
     """The recorded calls as replay steps: each run of raw-capable calls one C++ program."""
     from heron_cpu import _C
 
-    team = os.environ.get(TEAM_REPLAY_ENV, "1").strip() != "0"
-    threads = torch.get_num_threads() if team else 1
     steps: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
     program = None
     for kernel, args in calls:
         entry = _raw_entry(kernel)
         if entry is not None:
-            program = program if program is not None else _C.ReplayProgram(threads)
+            program = program if program is not None else _C.ReplayProgram()
             if program.append(entry, args):
                 continue
         if program is not None and len(program):
