@@ -157,7 +157,8 @@ constexpr int64_t kBufferedHidden = 8192;
 // layer_norm_rows on sixteen lanes: one pass forms x + residual (rounded to T) into an L1 buffer
 // and sums it, a second sums the centred squares, a third writes (v * rstd - mean * rstd) * weight
 // + bias, torch's order of operations (as layer_norm_rows does).
-template <typename T, bool kResidual>
+// kNative: bfloat16 rounding by vcvtneps2bf16 (to_bf16_bits_native, the same bits).
+template <typename T, bool kResidual, bool kNative>
 void layer_norm_rows_avx512(const LayerNormArgs& a) {
   const T* x = static_cast<const T*>(a.x);
   const T* residual = static_cast<const T*>(a.residual);
@@ -187,7 +188,10 @@ void layer_norm_rows_avx512(const LayerNormArgs& a) {
       for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask(n - i);
         __m512 v = load16(xr + i, m);
-        if (kResidual) v = round_as16(_mm512_add_ps(v, load16(rr + i, m)), xr);
+        if (kResidual) {
+          const __m512 sum_in = _mm512_add_ps(v, load16(rr + i, m));
+          v = kNative ? round_as16_native(sum_in, xr) : round_as16(sum_in, xr);
+        }
         _mm512_store_ps(buf + i, v);
         sum = _mm512_add_ps(sum, v);
       }
@@ -205,9 +209,18 @@ void layer_norm_rows_avx512(const LayerNormArgs& a) {
         const __m512 normed = _mm512_add_ps(_mm512_mul_ps(_mm512_load_ps(buf + i), scale), shift);
         const __m512 y = _mm512_add_ps(_mm512_mul_ps(normed, _mm512_load_ps(w32 + i)),
                                        _mm512_load_ps(b32 + i));
-        store16(o + i, y, tail_mask(n - i));
+        kNative ? store16_native(o + i, y, tail_mask(n - i)) : store16(o + i, y, tail_mask(n - i));
       }
     }
+  }
+}
+
+template <typename T, bool kResidual>
+void layer_norm_avx512(const LayerNormArgs& a) {
+  if (sizeof(T) == 2 && cpu_has_avx512_bf16()) {
+    layer_norm_rows_avx512<T, kResidual, true>(a);
+  } else {
+    layer_norm_rows_avx512<T, kResidual, false>(a);
   }
 }
 #endif
@@ -328,11 +341,9 @@ void layer_norm(const LayerNormArgs& args) {
 #if defined(HERON_ELEMENTWISE_AVX512)
   if (args.hidden <= kBufferedHidden) {
     if (args.dtype == DType::kBFloat16) {
-      residual ? layer_norm_rows_avx512<uint16_t, true>(args)
-               : layer_norm_rows_avx512<uint16_t, false>(args);
+      residual ? layer_norm_avx512<uint16_t, true>(args) : layer_norm_avx512<uint16_t, false>(args);
     } else {
-      residual ? layer_norm_rows_avx512<float, true>(args)
-               : layer_norm_rows_avx512<float, false>(args);
+      residual ? layer_norm_avx512<float, true>(args) : layer_norm_avx512<float, false>(args);
     }
     return;
   }
