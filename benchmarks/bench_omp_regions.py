@@ -6,7 +6,8 @@ spinning while they wait, so they do not say how much of a token's wall time the
 This settles it with numbers before anything is changed:
 
 1. ``micro``: an empty ``omp parallel`` region, a near-empty one (each thread writes one value),
-   and an ``omp barrier`` inside one region, on ``--threads`` threads with libgomp's default
+   one whose ``if`` clause is false (what a row kernel below its threshold opens), and an
+   ``omp barrier`` inside one region, on ``--threads`` threads with libgomp's default
    settings (nothing in OMP_WAIT_POLICY / OMP_PROC_BIND), compiled at run time with the system's
    C compiler and called through ctypes; ns per region or barrier, medians of rounds.
 2. ``replay``: the bundled SmolLM2 Q4_1 1-sequence step graph (as ``bench_step_replay.py`` builds
@@ -61,6 +62,16 @@ double near_empty_regions(int n, int threads) {
   double t0 = now_ns();
   for (int i = 0; i < n; ++i) {
 #pragma omp parallel num_threads(threads)
+    { sink[omp_get_thread_num() * 16] += i; }
+  }
+  return (now_ns() - t0) / n;
+}
+/* ns per region whose if clause is false (one thread): what a row kernel below its parallel
+   threshold pays for `#pragma omp parallel for ... if (parallel)`. */
+double if_false_regions(int n, int threads) {
+  double t0 = now_ns();
+  for (int i = 0; i < n; ++i) {
+#pragma omp parallel num_threads(threads) if (i < 0)
     { sink[omp_get_thread_num() * 16] += i; }
   }
   return (now_ns() - t0) / n;
@@ -150,13 +161,14 @@ def _build(source: str, name: str, extra: list[str]) -> Path:
 def micro(threads: int, rounds: int) -> None:
     """Prints ns per empty / near-empty region and per barrier, medians of ``rounds``."""
     lib = ctypes.CDLL(str(_build(_MICRO, "micro", [])))
-    for fn in (lib.empty_regions, lib.near_empty_regions, lib.barriers):
+    for fn in (lib.empty_regions, lib.near_empty_regions, lib.if_false_regions, lib.barriers):
         fn.restype = ctypes.c_double
         fn.argtypes = [ctypes.c_int, ctypes.c_int]
     print(f"micro: {threads} threads, load average {os.getloadavg()[0]:.2f}")
     for label, fn, n in (
         ("empty parallel region", lib.empty_regions, 20000),
         ("near-empty parallel region", lib.near_empty_regions, 20000),
+        ("region with if(false)", lib.if_false_regions, 20000),
         ("barrier in one region", lib.barriers, 20000),
     ):
         fn(n, threads)  # warm
