@@ -190,7 +190,7 @@ void layer_norm_rows_avx512(const LayerNormArgs& a) {
         __m512 v = load16(xr + i, m);
         if (kResidual) {
           const __m512 sum_in = _mm512_add_ps(v, load16(rr + i, m));
-          v = kNative ? round_as16_native(sum_in, xr) : round_as16(sum_in, xr);
+          v = round_as16<kNative>(sum_in, xr);
         }
         _mm512_store_ps(buf + i, v);
         sum = _mm512_add_ps(sum, v);
@@ -209,7 +209,7 @@ void layer_norm_rows_avx512(const LayerNormArgs& a) {
         const __m512 normed = _mm512_add_ps(_mm512_mul_ps(_mm512_load_ps(buf + i), scale), shift);
         const __m512 y = _mm512_add_ps(_mm512_mul_ps(normed, _mm512_load_ps(w32 + i)),
                                        _mm512_load_ps(b32 + i));
-        kNative ? store16_native(o + i, y, tail_mask(n - i)) : store16(o + i, y, tail_mask(n - i));
+        store16<kNative>(o + i, y, tail_mask(n - i));
       }
     }
   }

@@ -58,30 +58,31 @@ inline bool cpu_has_avx512_bf16() {
   return has;
 }
 
-inline void store16(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
+// Either conversion (kNative: to_bf16_bits_native, for CPUs with AVX512-BF16; the same bits).
+template <bool kNative>
+inline __m256i bf16_bits(__m512 v) {
+  return kNative ? to_bf16_bits_native(v) : to_bf16_bits(v);
+}
 
+template <bool kNative = false>
+inline void store16(float* p, __m512 v, __mmask16 m) {
+  _mm512_mask_storeu_ps(p, m, v);
+}
+
+template <bool kNative = false>
 inline void store16(uint16_t* p, __m512 v, __mmask16 m) {
-  _mm256_mask_storeu_epi16(p, m, to_bf16_bits(v));
+  _mm256_mask_storeu_epi16(p, m, bf16_bits<kNative>(v));
 }
 
 // What a torch op with output dtype T stores for v, back in fp32 (identity for float).
-inline __m512 round_as16(__m512 v, const float*) { return v; }
+template <bool kNative = false>
+inline __m512 round_as16(__m512 v, const float*) {
+  return v;
+}
 
+template <bool kNative = false>
 inline __m512 round_as16(__m512 v, const uint16_t*) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16_bits(v)), 16));
-}
-
-// store16 and round_as16 with to_bf16_bits_native's conversion (the same bits).
-inline void store16_native(float* p, __m512 v, __mmask16 m) { store16(p, v, m); }
-
-inline void store16_native(uint16_t* p, __m512 v, __mmask16 m) {
-  _mm256_mask_storeu_epi16(p, m, to_bf16_bits_native(v));
-}
-
-inline __m512 round_as16_native(__m512 v, const float*) { return v; }
-
-inline __m512 round_as16_native(__m512 v, const uint16_t*) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16_bits_native(v)), 16));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16_bits<kNative>(v)), 16));
 }
 
 }  // namespace
