@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -130,9 +131,12 @@ def bench_heron(
         kwargs["data_parallel_size"] = dp
     llm = LLM(model_path(), dtype=dtype, **kwargs)
     llm.embed(sentences[:200], use_tqdm=False)  # warm-up (oneDNN primitives, allocator)
+    replicas = [r.process.pid for r in getattr(llm.llm_engine, "_replicas", [])]
+    cpu_before = [_cpu_seconds(pid) for pid in ["self", *replicas]]
     started = time.perf_counter()
     outs = llm.embed(sentences, use_tqdm=False)
     elapsed = time.perf_counter() - started
+    cpu = [_cpu_seconds(pid) - c for pid, c in zip(["self", *replicas], cpu_before)]
     tokens = sum(len(o.prompt_token_ids) for o in outs)
     core = getattr(llm.llm_engine, "core", None)  # a -dp front has replicas instead
     return {
@@ -147,7 +151,16 @@ def bench_heron(
         "tokens": tokens,
         "seconds": round(elapsed, 2),
         "sentences_per_s": round(len(sentences) / elapsed, 1),
+        "cpu_s": {"this process": round(cpu[0], 2)}
+        | {f"replica {i}": round(c, 2) for i, c in enumerate(cpu[1:])},
     }
+
+
+def _cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of a process (all its threads), from /proc: with ``--dp`` the
+    front's share is taken from the replicas on the same cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _clients(url: str, sentences: list[str], clients: int) -> tuple[float, list[float]]:

@@ -28,17 +28,23 @@ def _has_cpu() -> bool:
     return importlib.util.find_spec("heron_cpu") is not None
 
 
+def mean_pooling_llm(folder: Path, replicas: int = 2) -> LLM:
+    """The tiny encoder at ``folder`` in float32, mean pooling without normalising, on
+    ``replicas`` data-parallel replicas (1: one engine in this process)."""
+    return LLM(
+        str(folder),
+        dtype="float32",
+        data_parallel_size=replicas,
+        max_model_len=128,
+        pooler_config={"pooling_type": "MEAN", "normalize": False},
+    )
+
+
 def test_pooling_replicas_share_the_work_and_equal_hf(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder, hf = _encoder_dir(tmp_path, "bert")
-    llm = LLM(
-        str(folder),
-        dtype="float32",
-        data_parallel_size=2,
-        max_model_len=128,
-        pooler_config={"pooling_type": "MEAN", "normalize": False},
-    )
+    llm = mean_pooling_llm(folder)
     try:
         engine = llm.llm_engine
         assert isinstance(engine, DataParallelEngine)

@@ -72,6 +72,28 @@ def test_ragged_step_with_empty_prompts_and_threads(threads: int) -> None:
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("heads", [12, 3])
+def test_units_of_two_heads_give_the_same_bits_on_any_thread_count(heads: int) -> None:
+    """Keys and values are packed two heads of a sequence at a time (one where the head count is
+    odd) and the units shared out over threads: no output may depend on how many threads ran."""
+    lengths = [5, 200, 0, 33, 1, 64, 17, 120, 16]
+    _check(lengths, heads, 32, seed=heads)
+    gen = torch.Generator().manual_seed(11)
+    qkv = torch.randn(sum(lengths), 3 * heads * 32, generator=gen).bfloat16()
+    qsl = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = torch.empty(sum(lengths), heads * 32, dtype=torch.bfloat16)
+            ea.encoder_attention_eager(out, qkv, qsl, heads, 32, 0.18, path="amx")
+            outs.append(out)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_large_scores_stay_finite() -> None:
     """Scores far above exp's range: the row maximum is subtracted before exp, as in fp32."""
     _check([40, 3], 2, 32, seed=9)

@@ -186,6 +186,9 @@ class RayExecutor(MultiprocExecutor):
 
     def _kill_all(self) -> None:
         self._closing = True
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()  # done here: the exit hook must not reach Ray again
         _kill_actors(self._ray, getattr(self, "_actors", []), getattr(self, "_group", None))
 
 
@@ -204,6 +207,11 @@ def _forwarded_env() -> dict[str, str]:
 
 
 def _kill_actors(ray: Any, actors: list[Any], group: Any) -> None:
+    # ray.kill connects a process that is not (or no longer) connected: at interpreter exit that
+    # reconnection crashed the process now and then (SIGSEGV after the server had stopped). A
+    # driver that is not connected has nothing to kill: Ray ends an owner's actors with it.
+    if not ray.is_initialized():
+        return
     for actor in actors:
         with contextlib.suppress(Exception):
             ray.kill(actor)

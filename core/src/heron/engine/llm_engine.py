@@ -17,7 +17,7 @@ from heron.engine.output_processor import OutputProcessor, RequestOutputKind
 from heron.engine.stats_logger import EngineStats
 from heron.outputs import RequestOutput
 from heron.plugins import PluginHost
-from heron.pooling.frontend import PoolingFrontend, PreparedPooling
+from heron.pooling.frontend import PackedEmbedding, PoolingFrontend, PreparedPooling
 from heron.pooling.params import PoolingParams
 from heron.request import Request, RequestStatus
 from heron.sampling_params import SamplingParams
@@ -126,6 +126,15 @@ class LLMEngine:
         for request in prepared.requests:
             self.core.add_request(request)
 
+    def add_prepared_many(
+        self,
+        items: list[PreparedRequest] | list[PreparedPooling],
+        output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY,
+    ) -> None:
+        """:meth:`add_prepared` of each, in order (a data-parallel front sends them together)."""
+        for prepared in items:
+            self.add_prepared(prepared, output_kind)
+
     def add_request(
         self,
         request_id: str,
@@ -191,6 +200,19 @@ class LLMEngine:
         if processed.to_abort:
             self.core.finish_requests(processed.to_abort, RequestStatus.FINISHED_STOPPED)
         return processed.request_outputs
+
+    def poll(self) -> list[RequestOutput]:
+        """Outputs ready without waiting: none, since this engine computes only in
+        :meth:`step` (a data-parallel front returns what its replicas have sent)."""
+        return []
+
+    def step_packed(self) -> list[PackedEmbedding]:
+        """A pooling engine's :meth:`step` in the form a data-parallel replica sends its front:
+        (request id, float32 bytes) per finished embedding, no output objects built."""
+        if self.pooling is None:
+            raise RuntimeError("step_packed is for an engine that pools")
+        updates = self.core.step()
+        return self.pooling.packed_outputs(updates) if updates else []
 
     def has_unfinished_requests(self) -> bool:
         return self.core.has_unfinished_requests()

@@ -62,6 +62,11 @@ def _serve(engine: LLMEngine, conn: Connection) -> None:
             if kind == "add":
                 prepared, output_kind = payload
                 engine.add_prepared(prepared, output_kind)
+            elif kind == "add_pooling":  # a batch of embedding requests, as plain values
+                if engine.pooling is None:
+                    raise RuntimeError("embedding requests reached a replica that does not pool")
+                for wire in payload:
+                    engine.add_prepared(engine.pooling.from_wire(wire))
             elif kind == "abort":
                 engine.abort_request(payload)
             elif kind == "abort_all":
@@ -70,6 +75,11 @@ def _serve(engine: LLMEngine, conn: Connection) -> None:
                 engine.shutdown()
                 return
         if engine.has_unfinished_requests():
+            if engine.pooling is not None:  # embeddings go back packed; the front builds them
+                packed = engine.step_packed()
+                if packed or not engine.has_unfinished_requests():
+                    conn.send(("pooled", (packed, engine.stats())))
+                continue
             outputs = engine.step()
             if outputs or not engine.has_unfinished_requests():
                 conn.send(("outputs", (outputs, engine.stats())))

@@ -8,7 +8,8 @@ scheduler's pooled vectors into :class:`EmbeddingRequestOutput` s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from heron.pooling.config import PoolerConfig
 from heron.pooling.outputs import EmbeddingOutput, EmbeddingRequestOutput
 from heron.pooling.params import PoolingParams
 from heron.pooling.pooler import finish_embedding
+from heron.pooling.text_ids import TextIds
 from heron.request import Request
 from heron.sampling_params import SamplingParams
 from heron.sched.output import RequestUpdate
@@ -43,6 +45,44 @@ class PreparedPooling:
     request: Request
 
 
+PoolingWire = tuple[str, str | None, list[int], PoolingParams, float]
+"""A prepared pooling request as a data-parallel front sends it to a replica: its id, text, token
+ids, params and arrival time. Plain values unpickle several times faster than the dataclasses
+(a ``Request`` carries its ``SamplingParams``), and the replica rebuilds the rest
+(:meth:`PoolingFrontend.from_wire`)."""
+
+PackedEmbedding = tuple[str, bytes | None]
+"""A finished embedding as a replica sends it to its front: the request id and the vector's
+float32 bytes (None: aborted). The front, which holds the prompt, builds the output
+(:func:`unpack_embedding`): no prompt or token ids travel back, and unpacking 384 floats from
+bytes is cheaper than pickling and unpickling them as a list."""
+
+
+def to_wire(prepared: PreparedPooling) -> PoolingWire:
+    """What a replica needs to rebuild ``prepared`` (see :data:`PoolingWire`)."""
+    prompt = prepared.prompt
+    return (
+        prepared.request_id,
+        prompt.prompt,
+        prompt.prompt_token_ids,
+        prepared.params,
+        prepared.request.arrival_time,
+    )
+
+
+def unpack_embedding(
+    request_id: str, prompt: ProcessedPrompt, data: bytes | None
+) -> EmbeddingRequestOutput:
+    """The output a replica's :meth:`PoolingFrontend.outputs` would have built, from its
+    :data:`PackedEmbedding` (the same floats: float32 values widened to Python floats)."""
+    return EmbeddingRequestOutput(
+        request_id=request_id,
+        prompt=prompt.prompt,
+        prompt_token_ids=prompt.prompt_token_ids,
+        outputs=None if data is None else EmbeddingOutput(embedding=array("f", data).tolist()),
+    )
+
+
 class PoolingFrontend:
     def __init__(
         self,
@@ -54,11 +94,16 @@ class PoolingFrontend:
         hidden_size: int,
     ) -> None:
         self.tokenizer = tokenizer
+        self._text_ids = TextIds(tokenizer)
+        """Texts' ids straight from the fast tokenizer's Rust backend (the same ids)."""
         self.pooler = pooler
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self._pending: dict[str, PreparedPooling] = {}
+        self._sampling = SamplingParams(max_tokens=1)
+        """Every pooled request's placeholder sampling params (nothing samples; nothing writes
+        them), one object: building one per request cost ~13 us, and pickling it more."""
 
     @classmethod
     def for_core(cls, core: Any) -> PoolingFrontend | None:
@@ -98,7 +143,7 @@ class PoolingFrontend:
                 return self.process(prompt["prompt"], params)
             raise InvalidPromptError("an input dict needs 'prompt' or 'prompt_token_ids'")
         if isinstance(prompt, str):
-            ids = list(self.tokenizer(prompt, **self._tokenizer_kwargs(k))["input_ids"])
+            ids = self._text_ids.ids([prompt], k)[0]
             return self._checked(ProcessedPrompt(prompt=prompt, prompt_token_ids=ids))
         if isinstance(prompt, Sequence):
             return self._from_ids(prompt, None, k)
@@ -110,8 +155,9 @@ class PoolingFrontend:
         """:meth:`process` of every text input, each batch of texts in one tokenizer call.
 
         A fast tokenizer encodes a list in one pass; one call per text (its Python around the
-        Rust encoder) cost ~5 % of an offline embedding run. Texts are grouped by truncation
-        length; other inputs come back as they are, for :meth:`prepare` to process.
+        Rust encoder) cost ~5 % of an offline embedding run; :class:`TextIds` then takes only the
+        ids from the Rust backend. Texts are grouped by truncation length; other inputs come
+        back as they are, for :meth:`prepare` to process.
         """
         out = list(prompts)
         groups: dict[int | None, list[int]] = {}
@@ -121,22 +167,15 @@ class PoolingFrontend:
                 groups.setdefault(self._truncation(p), []).append(i)
         for k, indices in groups.items():
             texts = [prompts[i] for i in indices]
-            encoded = self.tokenizer(texts, **self._tokenizer_kwargs(k))["input_ids"]
+            encoded = self._text_ids.ids(texts, k)
             for i, text, ids in zip(indices, texts, encoded, strict=True):
-                out[i] = self._checked(ProcessedPrompt(prompt=text, prompt_token_ids=list(ids)))
+                out[i] = self._checked(ProcessedPrompt(prompt=text, prompt_token_ids=ids))
         return out
 
     def _truncation(self, params: PoolingParams) -> int | None:
         """The tokens a text or token list is cut to (``-1``: the model's length), or None."""
         k = params.truncate_prompt_tokens
         return self.max_model_len if k == -1 else k
-
-    @staticmethod
-    def _tokenizer_kwargs(k: int | None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"add_special_tokens": True}
-        if k is not None:
-            kwargs.update(truncation=True, max_length=k)
-        return kwargs
 
     def _from_ids(self, ids: Sequence[int], text: str | None, k: int | None) -> ProcessedPrompt:
         bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int)]
@@ -174,11 +213,26 @@ class PoolingFrontend:
         request = Request(
             request_id=request_id,
             prompt_token_ids=processed.prompt_token_ids,
-            sampling_params=SamplingParams(max_tokens=1),
+            sampling_params=self._sampling,
         )
         check_request(request)
         return PreparedPooling(
             request_id=request_id, prompt=processed, params=params, request=request
+        )
+
+    def from_wire(self, wire: PoolingWire) -> PreparedPooling:
+        """Rebuild a request the front prepared (and checked) from :func:`to_wire`'s values."""
+        request_id, text, ids, params, arrival_time = wire
+        return PreparedPooling(
+            request_id=request_id,
+            prompt=ProcessedPrompt(prompt=text, prompt_token_ids=ids),
+            params=params,
+            request=Request(
+                request_id=request_id,
+                prompt_token_ids=ids,
+                sampling_params=self._sampling,
+                arrival_time=arrival_time,
+            ),
         )
 
     def add(self, prepared: PreparedPooling) -> None:
@@ -189,23 +243,32 @@ class PoolingFrontend:
         return self._pending.pop(request_id, None) is not None
 
     # -- output ----------------------------------------------------------------------------------
-    def outputs(self, updates: list[RequestUpdate]) -> list[EmbeddingRequestOutput]:
-        """Finished requests' embeddings (an update without a vector is an abort's)."""
-        results = []
+    def _finished(self, updates: list[RequestUpdate]) -> Iterator[tuple[PreparedPooling, Any]]:
+        """Each finished request still waited for, with its final vector (None: an abort's)."""
         for update in updates:
             prepared = self._pending.pop(update.request.request_id, None)
             if prepared is None:
                 continue  # aborted by its caller: nobody waits for it
-            embedding = None
+            vector = None
             if update.pooled is not None:
                 vector = finish_embedding(update.pooled, self.pooler, prepared.params)
-                embedding = EmbeddingOutput(embedding=vector.tolist())
-            results.append(
-                EmbeddingRequestOutput(
-                    request_id=prepared.request_id,
-                    prompt=prepared.prompt.prompt,
-                    prompt_token_ids=prepared.prompt.prompt_token_ids,
-                    outputs=embedding,
-                )
+            yield prepared, vector
+
+    def packed_outputs(self, updates: list[RequestUpdate]) -> list[PackedEmbedding]:
+        """Finished requests' embeddings as a replica sends them (see :data:`PackedEmbedding`)."""
+        return [
+            (prepared.request_id, None if vector is None else vector.float().numpy().tobytes())
+            for prepared, vector in self._finished(updates)
+        ]
+
+    def outputs(self, updates: list[RequestUpdate]) -> list[EmbeddingRequestOutput]:
+        """Finished requests' embeddings (an update without a vector is an abort's)."""
+        return [
+            EmbeddingRequestOutput(
+                request_id=prepared.request_id,
+                prompt=prepared.prompt.prompt,
+                prompt_token_ids=prepared.prompt.prompt_token_ids,
+                outputs=None if vector is None else EmbeddingOutput(embedding=vector.tolist()),
             )
-        return results
+            for prepared, vector in self._finished(updates)
+        ]
