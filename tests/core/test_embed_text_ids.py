@@ -31,6 +31,13 @@ TEXTS = [
     " ".join(["heron"] * 300),  # past MiniLM's 512 positions
     "中文字符和日本語のテキスト、한국어 텍스트",
     "emoji 👩‍👩‍👧‍👦 flags 🇫🇷🇯🇵",
+    # Printable ASCII (the path without BERT's normalizer, lower-cased in Python) and its limits:
+    "ALL CAPS Sentence With Mixed Case, e-mail A.B@Example.COM, 3.14 and 1,000!",
+    "Tab\tand\nline\rbreaks\r\n  between   words ",
+    "special tokens in other cases: [cls] [Sep] [mask] [uNk] [pad]",
+    "a bell \x07 and a vertical tab \x0b and DEL \x7f are control characters",
+    "~`!@#$%^&*()_+-={}|[]\\:\";'<>?,./ punctuation",
+    "x" * 100 + "Y",  # 101 characters after lower-casing as well: [UNK]
 ]
 
 
@@ -49,6 +56,7 @@ def _hf(tokenizer, texts: list[str], k: int | None) -> list[list[int]]:  # type:
 def test_ids_equal_the_tokenizers_call(tokenizer) -> None:  # type: ignore[no-untyped-def]
     text_ids = TextIds(tokenizer)
     assert text_ids.direct  # MiniLM's fast tokenizer: the Rust backend is called directly
+    assert text_ids.skips_normalizer_on_ascii  # and its normalizer is BERT's
     # The bundled tokenizer.json pads and truncates to 128; the tokenizer's call clears that.
     assert tokenizer.backend_tokenizer.padding is not None
     for k in (None, 1, 2, 3, 7, 128, 512, None, 5):  # back and forth between truncations
@@ -68,6 +76,29 @@ def test_ids_equal_the_tokenizers_call(tokenizer) -> None:  # type: ignore[no-un
     # Pickled into a replica's facts and back: still direct, still the same ids.
     copy = pickle.loads(pickle.dumps(text_ids))
     assert copy.direct and copy.ids(TEXTS, 4) == _hf(tokenizer, TEXTS, 4)
+
+
+def test_which_texts_skip_the_normalizer(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    plain = TextIds(tokenizer)._plain
+    assert plain is not None
+    skipped = [text for text in TEXTS if plain.accepts(text)]
+    assert skipped == [
+        "a heron by the river",
+        "",
+        " ",
+        "HERON Heron heron, HeRoN!",
+        "supercalifragilisticexpialidocious antidisestablishmentarianism " * 3,
+        "x" * 150,
+        " ".join(["heron"] * 300),
+        "ALL CAPS Sentence With Mixed Case, e-mail A.B@Example.COM, 3.14 and 1,000!",
+        "Tab\tand\nline\rbreaks\r\n  between   words ",
+        "~`!@#$%^&*()_+-={}|[]\\:\";'<>?,./ punctuation",
+        "x" * 100 + "Y",
+    ]
+    # The whole batch split over both paths and put back in order; each text alone.
+    mixed = TEXTS * 3
+    assert TextIds(tokenizer).ids(mixed, None) == _hf(tokenizer, mixed, None)
+    assert TextIds(tokenizer).ids(skipped, 9) == _hf(tokenizer, skipped, 9)
 
 
 def test_other_tokenizers_keep_their_own_call(tokenizer) -> None:  # type: ignore[no-untyped-def]
