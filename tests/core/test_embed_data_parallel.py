@@ -4,7 +4,10 @@ vectors equal Hugging Face's; bad input is refused in the front."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,14 +43,23 @@ def mean_pooling_llm(folder: Path, replicas: int = 2) -> LLM:
     )
 
 
-def test_pooling_replicas_share_the_work_and_equal_hf(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextlib.contextmanager
+def bert_replicas(tmp_path: Path) -> Iterator[tuple[LLM, DataParallelEngine, Any]]:
+    """The tiny BERT on two mean-pooling replicas and its Hugging Face model; shut down after."""
     folder, hf = _encoder_dir(tmp_path, "bert")
     llm = mean_pooling_llm(folder)
     try:
         engine = llm.llm_engine
         assert isinstance(engine, DataParallelEngine)
+        yield llm, engine, hf
+    finally:
+        llm.shutdown()
+
+
+def test_pooling_replicas_share_the_work_and_equal_hf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with bert_replicas(tmp_path) as (llm, engine, hf):
         # Placement: each input goes to the replica with fewer unfinished inputs.
         for i, ids in enumerate(INPUTS):
             engine.add_prepared(engine.prepare_pooling(f"p{i}", ids, None))
@@ -92,5 +104,3 @@ def test_pooling_replicas_share_the_work_and_equal_hf(
         with pytest.raises(ValueError, match="outside the vocabulary"):
             llm.embed([*inputs, [5, 10_000]], use_tqdm=False)
         assert engine.replica_loads() == [0, 0] and not engine.has_unfinished_requests()
-    finally:
-        llm.shutdown()

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_embed_data_parallel import _small_kv_cache, mean_pooling_llm  # noqa: F401 (autouse)
+from test_embed_data_parallel import (  # noqa: F401 (_small_kv_cache: autouse)
+    _small_kv_cache,
+    bert_replicas,
+    mean_pooling_llm,
+)
 from test_embed_encoders import INPUTS, _encoder_dir
 
 import heron.engine.llm
 from heron import PoolingParams
-from heron.engine.data_parallel import DataParallelEngine
 from heron.pooling.config import PoolerConfig
 from heron.pooling.frontend import PoolingFrontend, to_wire, unpack_embedding
 from heron.sched.output import RequestUpdate
@@ -80,11 +83,7 @@ def test_packed_vectors_are_the_floats_of_the_outputs(normalize: bool) -> None:
 def test_replicas_get_one_message_per_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder, hf = _encoder_dir(tmp_path, "bert")
-    llm = mean_pooling_llm(folder)
-    try:
-        engine = llm.llm_engine
-        assert isinstance(engine, DataParallelEngine)
+    with bert_replicas(tmp_path) as (llm, engine, hf):
         sent: list[tuple[int, str, int]] = []
         send = engine._send
 
@@ -170,8 +169,6 @@ def test_replicas_get_one_message_per_chunk(
         while engine.has_unfinished_requests():
             done.extend(engine.step())
         assert [o.request_id for o in done] == ["x"] and engine.replica_loads() == [0, 0]
-    finally:
-        llm.shutdown()
 
 
 def test_one_engine_steps_between_chunks_alike(
