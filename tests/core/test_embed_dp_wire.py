@@ -151,7 +151,6 @@ def test_replicas_get_one_message_per_chunk(
                 torch.tensor(a.outputs.embedding), torch.tensor(b.outputs.embedding)
             )
         monkeypatch.setattr(engine, "add_prepared_many", add_many)
-        sent.clear()
         # An id already in use refuses the whole batch before anything is sent.
         sent.clear()
         first = engine.prepare_pooling("dup", INPUTS[0], None)

@@ -419,6 +419,14 @@ struct AmxScratch {
   void* memory;
 };
 
+// Head hh's packed keys and values in a unit's scratch, for a sequence of len tokens.
+inline uint16_t* unit_keys(const AmxScratch& sc, int64_t hh, int64_t len, int64_t d) {
+  return sc.kb + hh * round_up(len, 16) * d;
+}
+inline uint16_t* unit_values(const AmxScratch& sc, int64_t hh, int64_t len, int64_t d) {
+  return sc.vb + hh * round_up(len, 32) * d;
+}
+
 bool amx_scratch_alloc(AmxScratch* sc, int64_t max_len, int64_t d, int64_t heads) {
   const int64_t lp16 = round_up(max_len, 16);
   const int64_t lp32 = round_up(max_len, 32);
@@ -492,7 +500,7 @@ HERON_AMX_TARGET void amx_pack_kv(const EncoderAttentionArgs& a, const uint16_t*
     const uint16_t* k_rows = qkv + (start + blk * 16) * a.qkv_stride + a.k_offset + h0 * d;
     for (int64_t hh = 0; hh < heads; ++hh) {
       const uint16_t* k = k_rows + hh * d;
-      uint16_t* kb = sc.kb + hh * lp16 * d + blk * chunks * kTileElems;
+      uint16_t* kb = unit_keys(sc, hh, len, d) + blk * chunks * kTileElems;
       for (int64_t c = 0; c < chunks; ++c) {
         // Key n's 16 pairs of this chunk become column n of the tile (one dword per row).
         __m512i rows16[16];
@@ -511,8 +519,9 @@ HERON_AMX_TARGET void amx_pack_kv(const EncoderAttentionArgs& a, const uint16_t*
     for (int64_t hh = 0; hh < heads; ++hh) {
       const uint16_t* v0 = v_rows + hh * d;
       const uint16_t* v1 = v0 + a.qkv_stride;
-      uint32_t* dst = reinterpret_cast<uint32_t*>(sc.vb + hh * lp32 * d + (j / 32) * cols * kTileElems) +
-                      (j % 32) / 2 * 16;
+      uint32_t* dst =
+          reinterpret_cast<uint32_t*>(unit_values(sc, hh, len, d) + (j / 32) * cols * kTileElems) +
+          (j % 32) / 2 * 16;
       for (int64_t c = 0; c < cols; ++c) {
         const __m256i lo = j < len ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v0 + c * 16))
                                    : _mm256_setzero_si256();
@@ -749,8 +758,8 @@ bool run_amx(const EncoderAttentionArgs& a) {
       const int64_t len = a.starts[seq + 1] - start;
       amx_pack_kv(a, static_cast<const uint16_t*>(a.qkv), start, len, h0, unit_heads, sc);
       for (int64_t hh = 0; hh < unit_heads; ++hh) {
-        amx_attend_item(a, seq, h0 + hh, sc, sc.kb + hh * round_up(len, 16) * a.head_size,
-                        sc.vb + hh * round_up(len, 32) * a.head_size);
+        amx_attend_item(a, seq, h0 + hh, sc, unit_keys(sc, hh, len, a.head_size),
+                        unit_values(sc, hh, len, a.head_size));
       }
     }
     if (mine) {

@@ -75,11 +75,20 @@ def unpack_embedding(
 ) -> EmbeddingRequestOutput:
     """The output a replica's :meth:`PoolingFrontend.outputs` would have built, from its
     :data:`PackedEmbedding` (the same floats: float32 values widened to Python floats)."""
+    return _embedding_output(
+        request_id, prompt, None if data is None else array("f", data).tolist()
+    )
+
+
+def _embedding_output(
+    request_id: str, prompt: ProcessedPrompt, embedding: list[float] | None
+) -> EmbeddingRequestOutput:
+    """An embedding request's output (``embedding`` None: it was aborted)."""
     return EmbeddingRequestOutput(
         request_id=request_id,
         prompt=prompt.prompt,
         prompt_token_ids=prompt.prompt_token_ids,
-        outputs=None if data is None else EmbeddingOutput(embedding=array("f", data).tolist()),
+        outputs=None if embedding is None else EmbeddingOutput(embedding=embedding),
     )
 
 
@@ -264,11 +273,8 @@ class PoolingFrontend:
     def outputs(self, updates: list[RequestUpdate]) -> list[EmbeddingRequestOutput]:
         """Finished requests' embeddings (an update without a vector is an abort's)."""
         return [
-            EmbeddingRequestOutput(
-                request_id=prepared.request_id,
-                prompt=prepared.prompt.prompt,
-                prompt_token_ids=prepared.prompt.prompt_token_ids,
-                outputs=None if vector is None else EmbeddingOutput(embedding=vector.tolist()),
+            _embedding_output(
+                prepared.request_id, prepared.prompt, None if vector is None else vector.tolist()
             )
             for prepared, vector in self._finished(updates)
         ]
