@@ -91,13 +91,24 @@ class Embeddings(nn.Module):
         )
         self.LayerNorm = LayerNorm(hidden, cfg.layer_norm_eps, dtype, ops)
         self.position_offset = position_offset
+        self._position_rows: torch.Tensor | None = None
+
+    def prepare_for_inference(self) -> None:
+        """Every position's row plus token type 0's, once the weights are loaded, from the
+        first position a prompt uses (RoBERTa's start after the padding index)."""
+        positions = self.position_embeddings.weight[self.position_offset :]
+        self._position_rows = (positions + self.token_type_embeddings.weight[0]).contiguous()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # Every input is one segment (token type 0), as sentence-transformers encodes a text.
+        # Every input is one segment (token type 0), as sentence-transformers encodes a text. The
+        # position and type rows come summed (prepare_for_inference) and are added in the norm's
+        # pass: two [tokens, hidden] additions fewer (1 % of a MiniLM step).
+        rows = self._position_rows
+        if rows is None:
+            self.prepare_for_inference()
+            rows = self._position_rows
         x = F.embedding(input_ids, self.word_embeddings.weight)
-        x = x + F.embedding(positions + self.position_offset, self.position_embeddings.weight)
-        x = x + self.token_type_embeddings.weight[0]
-        return self.LayerNorm(x)
+        return self.LayerNorm(x, F.embedding(positions, rows))
 
 
 class SelfAttention(nn.Module):
@@ -280,6 +291,7 @@ class BertModel(nn.Module):
 
     def prepare_for_inference(self) -> None:
         prepare_linear_weights(self)
+        self.embeddings.prepare_for_inference()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         load_checkpoint(self, _renamed(weights))
