@@ -101,6 +101,36 @@ def test_which_texts_skip_the_normalizer(tokenizer) -> None:  # type: ignore[no-
     assert TextIds(tokenizer).ids(skipped, 9) == _hf(tokenizer, skipped, 9)
 
 
+def test_ascii_words_come_from_the_wordpiece_cache(tokenizer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """MiniLM's pipeline is BERT's: printable ASCII texts are split into words in Python and each
+    word's pieces cached; the ids stay the tokenizer's, for words cached, refetched after the
+    cache filled up, too long to cache, or unknown ([UNK]), at every truncation and side."""
+    from heron.pooling import text_ids as module
+
+    text_ids = TextIds(tokenizer)
+    words = text_ids._plain.words
+    assert words is not None and words.prefix == [101] and words.suffix == [102]
+    ascii_texts = [t for t in TEXTS if text_ids._plain.accepts(t)] + [
+        "Heron's 2nd-best day: 10:45pm, 99.5% (approx.) -- yes?!",
+        "mixedCASE123abc 42nd 3rd-party x86_64 e.g. i.e. U.S.A. don't",
+        "y" * 64 + " " + "z" * 65 + " " + "w" * 99,  # cached, not cached, and 99 characters
+        "unaffable unaffable unaffable",
+    ]
+    for k in (None, 1, 2, 3, 4, 7, 16, 512):
+        assert text_ids.ids(ascii_texts, k) == _hf(tokenizer, ascii_texts, k), k
+    assert "heron" in words._cache and "z" * 65 not in words._cache
+    monkeypatch.setattr(module._WordPieces, "MAX_WORDS", 8)  # the cache starts again when full
+    words._cache.clear()
+    assert text_ids.ids(ascii_texts * 2, None) == _hf(tokenizer, ascii_texts * 2, None)
+    assert len(words._cache) <= 8
+    tokenizer.truncation_side = "left"
+    try:
+        left = TextIds(tokenizer)
+        assert left.ids(ascii_texts, 6) == _hf(tokenizer, ascii_texts, 6)
+    finally:
+        tokenizer.truncation_side = "right"
+
+
 def test_other_tokenizers_keep_their_own_call(tokenizer) -> None:  # type: ignore[no-untyped-def]
     class Custom(type(tokenizer)):  # a class that changes how a call encodes
         def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]

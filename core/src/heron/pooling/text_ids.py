@@ -23,6 +23,13 @@ by Python (the same mapping on ASCII) and encoded by a second copy without the n
 same ids. Texts that could differ keep the full path: any other character, and any text in which
 an added token's content appears in any case (added tokens that skip normalisation are matched
 on the text as written, so lower-casing first could make or break a match).
+
+Where that copy is BERT's whole pipeline (``BertPreTokenizer``, ``WordPiece``, special tokens
+around the text), such a text is split into words by the pre-tokenizer's rule (runs of anything
+but whitespace and ASCII punctuation; each punctuation character alone) and each word's pieces
+come from a cache filled by the WordPiece model itself: a word's pieces never depend on its
+neighbours. Text repeats its words, and the Rust pipeline spent most of its time on the same ones
+again: 1.12 -> 0.23 CPU-s for the 10,000 sentences.
 """
 
 from __future__ import annotations
@@ -91,15 +98,20 @@ class TextIds:
         """Printable ASCII texts through the copy without the normalizer, the rest through the
         full backend, in the callers' order."""
         easy = [plain.accepts(text) for text in texts]
+        side = self.tokenizer.truncation_side
         if all(easy):
-            return _encode(plain.backend, [plain.normalized(t) for t in texts])
+            return plain.encode([plain.normalized(t) for t in texts], self._truncation, side)
         if not any(easy):
             return _encode(self._backend, list(texts))
         ids: list[list[int]] = [[] for _ in texts]
-        for path, subset in ((plain.backend, True), (self._backend, False)):
+        for subset in (True, False):
             where = [i for i, e in enumerate(easy) if e is subset]
-            chosen = [plain.normalized(texts[i]) if subset else texts[i] for i in where]
-            for i, got in zip(where, _encode(path, chosen), strict=True):
+            if subset:
+                chosen = [plain.normalized(texts[i]) for i in where]
+                encoded = plain.encode(chosen, self._truncation, side)
+            else:
+                encoded = _encode(self._backend, [texts[i] for i in where])
+            for i, got in zip(where, encoded, strict=True):
                 ids[i] = got
         return ids
 
@@ -129,6 +141,7 @@ class _PlainText:
     lowercase: bool
     added: re.Pattern[str] | None  # every added token's content, any case
     splits_on_whitespace: bool  # then tabs and line breaks, which the normalizer makes spaces, too
+    words: _WordPieces | None  # BERT's pre-tokenizer, WordPiece and template: words from a cache
 
     @classmethod
     def of(cls, backend: Any | None) -> _PlainText | None:
@@ -147,8 +160,14 @@ class _PlainText:
         plain.encode_special_tokens = backend.encode_special_tokens
         contents = sorted({t["content"] for t in spec.get("added_tokens", []) if t["content"]})
         added = re.compile("|".join(map(re.escape, contents)), re.IGNORECASE) if contents else None
-        splits = (spec.get("pre_tokenizer") or {}).get("type") in _WHITESPACE_SPLITTERS
-        return cls(plain, bool(normalizer.get("lowercase", True)), added, splits)
+        pre_tokenizer = (spec.get("pre_tokenizer") or {}).get("type")
+        splits = pre_tokenizer in _WHITESPACE_SPLITTERS
+        words = None
+        if pre_tokenizer == "BertPreTokenizer" and (spec.get("model") or {}).get("type") == (
+            "WordPiece"
+        ):
+            words = _WordPieces.of(plain)
+        return cls(plain, bool(normalizer.get("lowercase", True)), added, splits, words)
 
     def accepts(self, text: str) -> bool:
         """Printable ASCII holding no added token's content in any case."""
@@ -162,6 +181,83 @@ class _PlainText:
 
     def normalized(self, text: str) -> str:
         return text.lower() if self.lowercase else text
+
+    def encode(self, texts: list[str], max_length: int | None, side: str) -> list[list[int]]:
+        """Ids of accepted, normalized texts (the backend's truncation set to ``max_length``)."""
+        if self.words is None:
+            return _encode(self.backend, texts)
+        return self.words.encode(texts, max_length, side, self.backend)
+
+
+_BERT_WORD = re.compile(r"[^\s!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")
+"""BertPreTokenizer's pieces of ASCII text: it splits on whitespace (dropped) and around each
+punctuation character (kept alone); ASCII's punctuation is ``!``-``/``, ``:``-``@``, ``[``-`` ` ``
+and ``{``-``~``."""
+
+
+class _WordPieces:
+    """BERT's pipeline on printable ASCII text, with each word's WordPiece ids cached."""
+
+    MAX_WORDS = 1 << 16  # cached words; the cache starts again when full
+    MAX_CHARS = 64  # longer words are looked up every time (rare, and unbounded in size)
+
+    def __init__(self, model: Any, prefix: list[int], suffix: list[int]) -> None:
+        self.model = model
+        self.prefix = prefix
+        self.suffix = suffix
+        self._cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def of(cls, backend: Any) -> _WordPieces | None:
+        """The pipeline of ``backend`` (without normalizer or truncation) where its special tokens
+        go around the text's pieces, as BERT's template puts them; checked on probe texts."""
+        model = backend.model
+        piece = [t.id for t in model.tokenize("a")]
+        whole = backend.encode("a", add_special_tokens=True).ids
+        at = next((i for i in range(len(whole)) if whole[i : i + len(piece)] == piece), None)
+        if not piece or at is None:
+            return None
+        words = cls(model, whole[:at], whole[at + len(piece) :])
+        for probe in ("", "the heron, at 3.14am!", "x" * 120, "unaffable ~`{} z"):
+            if words._ids(probe) != backend.encode(probe, add_special_tokens=True).ids:
+                return None
+        return words
+
+    def _ids(self, text: str) -> list[int]:
+        cache = self._cache
+        ids = list(self.prefix)
+        for word in _BERT_WORD.findall(text):
+            pieces = cache.get(word)
+            if pieces is None:
+                pieces = [t.id for t in self.model.tokenize(word)]
+                if len(word) <= self.MAX_CHARS:
+                    if len(cache) >= self.MAX_WORDS:
+                        cache.clear()
+                    cache[word] = pieces
+            ids += pieces
+        ids += self.suffix
+        return ids
+
+    def encode(
+        self, texts: list[str], max_length: int | None, side: str, backend: Any
+    ) -> list[list[int]]:
+        """Each text's ids; one longer than ``max_length`` keeps its special tokens and loses
+        pieces on ``side`` (the backend's own truncation, which is set to ``max_length``), and
+        one that cannot keep them all goes through ``backend``."""
+        special = len(self.prefix) + len(self.suffix)
+        out = []
+        for text in texts:
+            ids = self._ids(text)
+            if max_length is not None and len(ids) > max_length:
+                if max_length <= special:
+                    ids = backend.encode(text, add_special_tokens=True).ids
+                else:
+                    keep = max_length - special
+                    body = ids[len(self.prefix) : len(ids) - len(self.suffix)]
+                    body = body[:keep] if side == "right" else body[len(body) - keep :]
+                    ids = self.prefix + body + self.suffix
+            out.append(ids)
+        return out
 
 
 def _private_backend(tokenizer: Any) -> Any | None:
