@@ -150,6 +150,21 @@ void layer_norm_rows(const LayerNormArgs& a) {
   }
 }
 
+// Rows read once, in order, from tensors a matmul or an earlier layer wrote (a MiniLM step's 6 MB
+// intermediate activation and 1.5 MB hidden states are in L3, not L2): the hardware prefetchers
+// alone left the loops waiting on those lines; asking for the row ~4 KB ahead took a third off
+// the GELU (1.0 -> 0.68 ms per [2048, 1536] call with its input in L3).
+constexpr int64_t kPrefetchBytes = 4096;
+
+inline int64_t rows_ahead(int64_t row_bytes) {
+  return row_bytes <= 0 ? 1 : (kPrefetchBytes + row_bytes - 1) / row_bytes;
+}
+
+inline void prefetch_row(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+}
+
 #if defined(HERON_ELEMENTWISE_AVX512)
 // Rows up to this long keep their (rounded) x + residual in a stack buffer between the passes.
 constexpr int64_t kBufferedHidden = 8192;
@@ -179,11 +194,17 @@ void layer_norm_rows_avx512(const LayerNormArgs& a) {
       _mm512_store_ps(w32 + i, load16(weight + i, m));
       _mm512_store_ps(b32 + i, load16(bias + i, m));
     }
+    const int64_t row_bytes = n * static_cast<int64_t>(sizeof(T));
+    const int64_t ahead = rows_ahead(row_bytes);
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < a.rows; ++row) {
       const T* xr = x + row * a.x_stride;
       const T* rr = kResidual ? residual + row * a.residual_stride : nullptr;
       T* o = out + row * a.out_stride;
+      if (row + ahead < a.rows) {  // -18 % with x and the residual in L3
+        prefetch_row(xr + ahead * a.x_stride, row_bytes);
+        if (kResidual) prefetch_row(rr + ahead * a.residual_stride, row_bytes);
+      }
       __m512 sum = _mm512_setzero_ps();
       for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask(n - i);
@@ -265,12 +286,14 @@ void gelu_rows_bf16(const GeluArgs& a) {
   const uint16_t* x = static_cast<const uint16_t*>(a.x);
   uint16_t* out = static_cast<uint16_t*>(a.out);
   const int64_t d = a.width;
+  [[maybe_unused]] const int64_t ahead = rows_ahead(d * 2);
   const bool parallel = a.num_threads > 1 && a.rows * d >= kParallelElements;
 #pragma omp parallel for num_threads(a.num_threads) if (parallel) schedule(static)
   for (int64_t row = 0; row < a.rows; ++row) {
     const uint16_t* xr = x + row * a.x_stride;
     uint16_t* o = out + row * a.out_stride;
 #if defined(HERON_ELEMENTWISE_AVX512)
+    if (row + ahead < a.rows) prefetch_row(xr + ahead * a.x_stride, d * 2);
     for (int64_t i = 0; i < d; i += 16) {
       const __mmask16 m = tail_mask(d - i);
       const __m512i idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, xr + i));
