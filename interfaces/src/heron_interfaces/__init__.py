@@ -19,7 +19,7 @@ from heron_interfaces.memory import MemoryProfiler, MemorySnapshot
 from heron_interfaces.platform import Capabilities, ConfigChange, Platform
 from heron_interfaces.registries import BackendRegistry, BackendSpec, ModelRegistry
 
-API_VERSION: tuple[int, int] = (1, 14)
+API_VERSION: tuple[int, int] = (1, 15)
 PROJECT_NAME = "heron"
 BACKENDS_ENTRY_POINT_GROUP = "heron.backends"
 PLUGINS_ENTRY_POINT_GROUP = "heron.plugins"

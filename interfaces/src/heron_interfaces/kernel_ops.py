@@ -35,6 +35,9 @@ Encoder layers (API 1.14): :meth:`KernelOps.layer_norm` (with the post-norm resi
 :meth:`KernelOps.gelu`, the rest of a BERT-style layer outside its matmuls; each may write into its
 input, which core passes only where nothing reads it again.
 
+Pooling (API 1.15): :meth:`KernelOps.mean_pool`, the float32 mean of each sequence's rows of a
+pooling step; :func:`mean_pool_reference` is what it computes.
+
 Importing this module imports torch, so ``heron_interfaces`` itself only names it lazily.
 """
 
@@ -218,6 +221,18 @@ class KernelOps:
             raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
         return torch.ops.aten.gelu_(x, approximate=approximate)
 
+    # -- pooling (API 1.15) -------------------------------------------------------------------------
+    def mean_pool(self, hidden: torch.Tensor, query_start_loc: torch.Tensor) -> torch.Tensor:
+        """API 1.15: the float32 mean of each sequence's rows of a pooling step.
+
+        ``hidden`` ``[tokens, width]`` (rows may be strided; rows past the last sequence are
+        padding and ignored), ``query_start_loc`` int32 ``[num_seqs + 1]`` on ``hidden``'s device,
+        each sequence non-empty. Returns ``[num_seqs, width]`` float32: each sum accumulated in
+        float32 from the rows as they are (no rounding to ``hidden``'s dtype), then divided by the
+        row count. This default is :func:`mean_pool_reference`.
+        """
+        return mean_pool_reference(hidden, query_start_loc)
+
     # -- normalisation ---------------------------------------------------------------------------
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """Statistics in float32, cast back to ``x``'s dtype before the weight multiply (as HF)."""
@@ -282,6 +297,18 @@ def moe_reference(
     return out
 
 
+def mean_pool_reference(hidden: torch.Tensor, query_start_loc: torch.Tensor) -> torch.Tensor:
+    """:meth:`KernelOps.mean_pool`'s definition: one segment sum over the step in float32."""
+    starts = query_start_loc[:-1].long()
+    ends = query_start_loc[1:].long()
+    lengths = ends - starts
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    sums = torch.zeros(len(lengths), hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+    if len(lengths):
+        sums.index_add_(0, segment, hidden[: int(ends[-1])].float())
+    return sums / lengths.unsqueeze(1).to(torch.float32)
+
+
 def encoder_attention_reference(
     qkv: torch.Tensor, query_start_loc: torch.Tensor, num_heads: int, head_size: int, scale: float
 ) -> torch.Tensor:
@@ -299,4 +326,10 @@ def encoder_attention_reference(
     return out
 
 
-__all__ = ["KernelOps", "StepGraph", "encoder_attention_reference", "moe_reference"]
+__all__ = [
+    "KernelOps",
+    "StepGraph",
+    "encoder_attention_reference",
+    "mean_pool_reference",
+    "moe_reference",
+]

@@ -824,6 +824,87 @@ bool run(const EncoderAttentionArgs& a, bool avx) {
 
 }  // namespace
 
+// ---- mean pooling --------------------------------------------------------------------------------
+// One pass over each sequence's rows with float32 accumulators; core's reference (a float32 copy
+// of the whole step and a scatter into its sums) cost 0.55 ms per 2,048-token MiniLM step.
+template <typename T>
+void mean_pool_portable(const MeanPoolArgs& a, int64_t s) {
+  const T* x = static_cast<const T*>(a.hidden);
+  float* out = a.out + s * a.width;
+  const int64_t b0 = a.starts[s], b1 = a.starts[s + 1];
+  for (int64_t i = 0; i < a.width; ++i) out[i] = 0.0f;
+  for (int64_t r = b0; r < b1; ++r) {
+    const T* row = x + r * a.stride;
+#pragma omp simd
+    for (int64_t i = 0; i < a.width; ++i) out[i] += to_float(row[i]);
+  }
+  const float inv = 1.0f / static_cast<float>(b1 - b0);
+  for (int64_t i = 0; i < a.width; ++i) out[i] = b1 > b0 ? out[i] * inv : out[i] / 0.0f;
+}
+
+#if defined(HERON_ENCODER_X86)
+#define HERON_POOL_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+HERON_POOL_TARGET inline __m512 load_row16(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+HERON_POOL_TARGET inline __m512 load_row16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+
+// Eight vectors (128 columns) of accumulators in registers per pass over the rows.
+template <typename T>
+HERON_POOL_TARGET void mean_pool_avx512(const MeanPoolArgs& a, int64_t s) {
+  const T* x = static_cast<const T*>(a.hidden);
+  float* out = a.out + s * a.width;
+  const int64_t b0 = a.starts[s], b1 = a.starts[s + 1];
+  const float inv = 1.0f / static_cast<float>(b1 - b0);
+  for (int64_t c0 = 0; c0 < a.width; c0 += 128) {
+    __m512 acc[8];
+    __mmask16 m[8];
+    for (int k = 0; k < 8; ++k) {
+      acc[k] = _mm512_setzero_ps();
+      const int64_t left = a.width - c0 - 16 * k;
+      m[k] = left >= 16 ? 0xffff : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+    }
+    for (int64_t r = b0; r < b1; ++r) {
+      const T* row = x + r * a.stride + c0;
+      for (int k = 0; k < 8; ++k) acc[k] = _mm512_add_ps(acc[k], load_row16(row + 16 * k, m[k]));
+    }
+    for (int k = 0; k < 8; ++k) {
+      _mm512_mask_storeu_ps(out + c0 + 16 * k, m[k], _mm512_mul_ps(acc[k], _mm512_set1_ps(inv)));
+    }
+  }
+}
+#endif
+
+void mean_pool(const MeanPoolArgs& a) {
+#if defined(HERON_ENCODER_X86)
+  static const bool avx512bw = avx512_supported() && __builtin_cpu_supports("avx512bw") &&
+                               __builtin_cpu_supports("avx512vl");
+  const bool avx = avx512bw && !a.portable;
+#else
+  const bool avx = false;
+#endif
+  const bool parallel = a.num_threads > 1 && a.num_seqs > 1;
+#pragma omp parallel for num_threads(a.num_threads) if (parallel) schedule(dynamic, 1)
+  for (int64_t s = 0; s < a.num_seqs; ++s) {
+#if defined(HERON_ENCODER_X86)
+    if (avx && a.starts[s + 1] > a.starts[s]) {
+      if (a.bf16) {
+        mean_pool_avx512<uint16_t>(a, s);
+      } else {
+        mean_pool_avx512<float>(a, s);
+      }
+      continue;
+    }
+#endif
+    (void)avx;
+    if (a.bf16) {
+      mean_pool_portable<uint16_t>(a, s);
+    } else {
+      mean_pool_portable<float>(a, s);
+    }
+  }
+}
+
 bool avx512_supported() {
 #if defined(HERON_ENCODER_X86)
   static const bool supported = cpu_has_avx512();

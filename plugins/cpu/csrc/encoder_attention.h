@@ -44,5 +44,21 @@ bool amx_supported();
 // Returns the path that ran (kAvx512 or kPortable); std::bad_alloc when scratch memory is short.
 Path encoder_attention(const EncoderAttentionArgs& args, Path path);
 
+// The float32 mean of each sequence's rows of a pooling step (KernelOps.mean_pool, API 1.15):
+// sums in float32 from the rows as they are, then divided by the row count.
+struct MeanPoolArgs {
+  const void* hidden;     // [tokens, width], row stride `stride` elements
+  float* out;             // [num_seqs, width], contiguous
+  const int32_t* starts;  // [num_seqs + 1]: sequence s is rows [starts[s], starts[s + 1])
+  int64_t num_seqs;
+  int64_t width;
+  int64_t stride;
+  bool bf16;  // false: float32 elements; true: bfloat16 bit patterns (uint16)
+  int num_threads;
+  bool portable;  // the plain C++ loop even where the CPU has AVX-512 (HERON_CPU_ISA=portable)
+};
+
+void mean_pool(const MeanPoolArgs& args);
+
 }  // namespace encoder
 }  // namespace heron_cpu

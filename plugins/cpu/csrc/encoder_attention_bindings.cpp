@@ -64,6 +64,38 @@ int encoder_attention(uintptr_t out, uintptr_t qkv, uintptr_t starts, int64_t nu
   return static_cast<int>(heron_cpu::encoder::encoder_attention(args, static_cast<Path>(path)));
 }
 
+// Checks the sequence bounds like encoder_attention; the Python wrapper checks the tensors.
+void mean_pool(uintptr_t out, uintptr_t hidden, uintptr_t starts, int64_t num_tokens,
+               int64_t num_seqs, int64_t width, int64_t stride, int dtype, int num_threads,
+               bool portable) {
+  if (num_seqs < 0 || num_tokens < 0 || width < 0) throw py::value_error("mean_pool: negative size");
+  if (stride < width) throw py::value_error("mean_pool: hidden rows overlap");
+  if (dtype != 0 && dtype != 1) {
+    throw py::value_error("mean_pool: dtype code must be 0 (float32) or 1 (bfloat16)");
+  }
+  const auto* bounds = reinterpret_cast<const int32_t*>(starts);
+  if (bounds[0] < 0 || bounds[num_seqs] > num_tokens) {
+    throw py::value_error("mean_pool: query_start_loc spans rows outside hidden");
+  }
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    if (bounds[s + 1] < bounds[s]) {
+      throw py::value_error("mean_pool: query_start_loc decreases at sequence " +
+                            std::to_string(s));
+    }
+  }
+  const heron_cpu::encoder::MeanPoolArgs args{reinterpret_cast<const void*>(hidden),
+                                              reinterpret_cast<float*>(out),
+                                              bounds,
+                                              num_seqs,
+                                              width,
+                                              stride,
+                                              dtype == 1,
+                                              num_threads > 0 ? num_threads : 1,
+                                              portable};
+  heron_cpu::replay::GilRelease release;
+  heron_cpu::encoder::mean_pool(args);
+}
+
 }  // namespace
 
 void heron_cpu_register_encoder_attention(py::module_& m) {
@@ -79,4 +111,8 @@ void heron_cpu_register_encoder_attention(py::module_& m) {
   m.def("encoder_attention_amx", &heron_cpu::encoder::amx_supported,
         "Whether this CPU runs encoder_attention's AMX-BF16 loops (bfloat16, head_size % 32 == 0).");
   heron_cpu::replay::add_raw<&encoder_attention>(m, "encoder_attention");
+  m.def("mean_pool", &mean_pool, py::arg("out"), py::arg("hidden"), py::arg("starts"),
+        py::arg("num_tokens"), py::arg("num_seqs"), py::arg("width"), py::arg("stride"),
+        py::arg("dtype"), py::arg("num_threads"), py::arg("portable"),
+        "The float32 mean of each sequence's rows (sums in float32), into out [num_seqs, width].");
 }

@@ -135,3 +135,35 @@ def test_bad_arguments_name_the_parameter() -> None:
         )
     with pytest.raises(ValueError, match="contiguous last dimension"):
         ea.encoder_attention_eager(out, qkv.t().contiguous().t(), starts, 2, 32, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("width", [1, 15, 130, 384])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mean_pool_loops_match_the_reference(dtype, width: int, threads: int) -> None:
+    """KernelOps.mean_pool (API 1.15) on both compiled loops: widths with a tail of 16 lanes and
+    more than one pass of 128 columns, strided rows, padding rows after the last sequence."""
+    from heron_cpu import _C
+    from heron_interfaces.kernel_ops import mean_pool_reference
+
+    lengths = [1, 7, 130, 2, 33]
+    starts = [0, *itertools.accumulate(lengths)]
+    gen = torch.Generator().manual_seed(width)
+    hidden = (torch.randn(starts[-1] + 3, width + 5, generator=gen) * 3).to(dtype)[:, :width]
+    hidden[starts[-1] :] = 1000
+    qsl = torch.tensor(starts, dtype=torch.int32)
+    want = mean_pool_reference(hidden, qsl)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = ea.mean_pool(hidden, qsl)
+        portable = torch.empty_like(want)
+        _C.mean_pool(
+            portable.data_ptr(), hidden.data_ptr(), qsl.data_ptr(), hidden.shape[0],
+            len(lengths), width, hidden.stride(0), int(dtype == torch.bfloat16), threads, True,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(portable, want, rtol=1e-6, atol=1e-6)
+    assert ea.mean_pool(hidden, qsl.long()) is None  # not int32: core's reference instead

@@ -12,13 +12,17 @@ import torch.nn.functional as F
 
 from heron.pooling.config import PoolerConfig
 from heron.pooling.params import PoolingParams
+from heron_interfaces.kernel_ops import KernelOps
 
 
-def pool(hidden: torch.Tensor, query_start_loc: torch.Tensor, pooling_type: str) -> torch.Tensor:
+def pool(
+    hidden: torch.Tensor, query_start_loc: torch.Tensor, pooling_type: str, ops: KernelOps
+) -> torch.Tensor:
     """``[num_seqs, hidden]`` float32 pooled rows of ``hidden`` ``[num_tokens, hidden]``.
 
     Sequence ``i`` owns rows ``query_start_loc[i]:query_start_loc[i+1]`` and they must be its
-    whole prompt (the pooling scheduler computes a prompt in one step).
+    whole prompt (the pooling scheduler computes a prompt in one step). The mean is the backend's
+    ``KernelOps.mean_pool`` (heron_interfaces 1.15; the reference is one segment sum in float32).
     """
     starts = query_start_loc[:-1].long()
     ends = query_start_loc[1:].long()
@@ -27,13 +31,7 @@ def pool(hidden: torch.Tensor, query_start_loc: torch.Tensor, pooling_type: str)
     if pooling_type == "LAST":
         return hidden[ends - 1].float()
     if pooling_type == "MEAN":
-        lengths = ends - starts
-        segment = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
-        sums = torch.zeros(
-            len(lengths), hidden.shape[-1], dtype=torch.float32, device=hidden.device
-        )
-        sums.index_add_(0, segment, hidden[: int(ends[-1])].float())
-        return sums / lengths.unsqueeze(1).to(torch.float32)
+        return ops.mean_pool(hidden, query_start_loc)
     raise ValueError(f"pooling_type must be one of MEAN, CLS, LAST; got {pooling_type!r}")
 
 

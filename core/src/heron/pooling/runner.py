@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from heron.pooling.config import PoolerConfig
@@ -35,8 +36,8 @@ class PoolingModelRunner(TorchModelRunner):
                     f"prompt in one step, got tokens {s.start}..{s.start + s.num_new_tokens} of "
                     f"{s.request.num_tokens}"
                 )
-        qsl = torch.from_numpy(inputs.query_start_loc).to(hidden.device)
-        pooled = pool(hidden, qsl, self.pooler.pooling_type).cpu()
+        qsl = torch.from_numpy(inputs.query_start_loc.astype(np.int32)).to(hidden.device)
+        pooled = pool(hidden, qsl, self.pooler.pooling_type, self.kernel_ops).cpu()
         result = RunnerOutput()
         for i, s in enumerate(out.scheduled):
             result.pooled[s.request.request_id] = pooled[i]
@@ -59,7 +60,8 @@ class PoolingModelRunner(TorchModelRunner):
         kept, self.kv_caches = self.kv_caches, scratch
         try:
             hidden = self._model_forward(inputs.input_ids, inputs.positions, inputs.metadata)
-            pool(hidden, torch.from_numpy(inputs.query_start_loc).to(hidden.device), "MEAN")
+            qsl = torch.from_numpy(inputs.query_start_loc.astype(np.int32)).to(hidden.device)
+            pool(hidden, qsl, "MEAN", self.kernel_ops)
             self.platform.synchronize()
         finally:
             self.kv_caches = kept

@@ -143,6 +143,38 @@ def test_layer_norm_matches_reference(
     _assert_matches(out, expected, "layer_norm")
 
 
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("lengths", [[1], [7, 1, 130, 2], [33] * 40])
+def test_mean_pool_matches_reference(
+    kernel_ops: KernelOps,
+    reference_ops: KernelOps,
+    capabilities: Capabilities,
+    backend_device,
+    dtype_name: str,
+    lengths: list[int],
+) -> None:
+    """API 1.15: each sequence's float32 mean, over strided rows, padding rows after the last
+    sequence ignored (a step padded to a row multiple), sums kept in float32."""
+    import itertools
+
+    import torch
+
+    dtype = _dtype(capabilities, dtype_name)
+    gen = torch.Generator().manual_seed(len(lengths))
+    starts = [0, *itertools.accumulate(lengths)]
+    rows = starts[-1] + 5  # padding rows: large values that must not reach any mean
+    wide = (torch.randn(rows, 400, generator=gen) * 3 + 1).to(dtype)
+    wide[starts[-1] :] = 1000
+    hidden = wide[:, :384]
+    qsl = torch.tensor(starts, dtype=torch.int32)
+    out = kernel_ops.mean_pool(hidden.to(backend_device), qsl.to(backend_device))
+    expected = reference_ops.mean_pool(hidden, qsl)
+    exact = torch.stack([hidden[a:b].double().mean(0) for a, b in itertools.pairwise(starts)])
+    assert out.dtype == torch.float32 and tuple(out.shape) == (len(lengths), 384)
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.cpu().double(), exact, rtol=1e-5, atol=1e-5)
+
+
 def _gelu_exact(x: torch.Tensor, approximate: str) -> torch.Tensor:
     """GELU in float64 in forms without cancellation in either tail, rounded to ``x``'s dtype."""
     import torch

@@ -21,7 +21,7 @@ import torch
 from heron_cpu import _kernels
 from heron_cpu._kernels import _C
 
-__all__ = ["PATHS", "encoder_attention", "encoder_attention_eager", "kernel_paths"]
+__all__ = ["PATHS", "encoder_attention", "encoder_attention_eager", "kernel_paths", "mean_pool"]
 
 PATHS: dict[str, int] = {"auto": 0, "avx512": 1, "portable": 2, "amx": 3}
 """Loop selectors for ``path=``: ``amx`` falls back as ``auto`` does where it cannot run (float32,
@@ -99,6 +99,41 @@ def encoder_attention_eager(
             code,
         )
     return _NAMES[ran]
+
+
+def mean_pool(hidden: torch.Tensor, query_start_loc: torch.Tensor) -> torch.Tensor | None:
+    """``KernelOps.mean_pool`` (API 1.15) by the compiled loop: float32 sums straight from the
+    rows (AVX-512 where the CPU has it), or None for inputs it does not take (another dtype or
+    device, a strided last dimension, a ``query_start_loc`` that is not int32 on the CPU)."""
+    if (
+        not hidden.is_cpu
+        or hidden.dtype not in _DTYPES
+        or hidden.ndim != 2
+        or (hidden.shape[0] > 1 and hidden.stride(0) < hidden.shape[1])
+        or (hidden.shape[1] > 1 and hidden.stride(1) != 1)
+        or query_start_loc.dtype != torch.int32
+        or not query_start_loc.is_cpu
+        or query_start_loc.ndim != 1
+        or query_start_loc.shape[0] < 1
+        or not query_start_loc.is_contiguous()
+    ):
+        return None
+    num_seqs = query_start_loc.shape[0] - 1
+    out = torch.empty((num_seqs, hidden.shape[1]), dtype=torch.float32)
+    if num_seqs and hidden.shape[1]:
+        _C.mean_pool(
+            out.data_ptr(),
+            hidden.data_ptr(),
+            query_start_loc.data_ptr(),
+            hidden.shape[0],
+            num_seqs,
+            hidden.shape[1],
+            hidden.stride(0) if hidden.shape[0] > 1 else hidden.shape[1],
+            _DTYPES[hidden.dtype],
+            torch.get_num_threads(),
+            _kernels.isa() == "portable",
+        )
+    return out
 
 
 def _check_rows(name: str, t: torch.Tensor, dtype: torch.dtype | None, min_cols: int) -> None:
