@@ -53,6 +53,15 @@ def _hf(tokenizer, texts: list[str], k: int | None) -> list[list[int]]:  # type:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=True, **kwargs)["input_ids"]]
 
 
+def _left_truncated(tokenizer, texts: list[str], k: int) -> tuple[list, list]:  # type: ignore[no-untyped-def]
+    """A new TextIds' ids and the tokenizer's own, with the tokenizer truncating on the left."""
+    tokenizer.truncation_side = "left"
+    try:
+        return TextIds(tokenizer).ids(texts, k), _hf(tokenizer, texts, k)
+    finally:
+        tokenizer.truncation_side = "right"
+
+
 def test_ids_equal_the_tokenizers_call(tokenizer) -> None:  # type: ignore[no-untyped-def]
     text_ids = TextIds(tokenizer)
     assert text_ids.direct  # MiniLM's fast tokenizer: the Rust backend is called directly
@@ -67,12 +76,8 @@ def test_ids_equal_the_tokenizers_call(tokenizer) -> None:  # type: ignore[no-un
     tokenizer(TEXTS, padding="max_length", truncation=True, max_length=9)
     assert text_ids.ids(TEXTS, None) == _hf(tokenizer, TEXTS, None)
     # Left-side truncation follows the tokenizer.
-    tokenizer.truncation_side = "left"
-    try:
-        left = TextIds(tokenizer)
-        assert left.ids(TEXTS, 6) == _hf(tokenizer, TEXTS, 6)
-    finally:
-        tokenizer.truncation_side = "right"
+    got, want = _left_truncated(tokenizer, TEXTS, 6)
+    assert got == want
     # Pickled into a replica's facts and back: still direct, still the same ids.
     copy = pickle.loads(pickle.dumps(text_ids))
     assert copy.direct and copy.ids(TEXTS, 4) == _hf(tokenizer, TEXTS, 4)
@@ -123,12 +128,8 @@ def test_ascii_words_come_from_the_wordpiece_cache(tokenizer, monkeypatch) -> No
     words._cache.clear()
     assert text_ids.ids(ascii_texts * 2, None) == _hf(tokenizer, ascii_texts * 2, None)
     assert len(words._cache) <= 8
-    tokenizer.truncation_side = "left"
-    try:
-        left = TextIds(tokenizer)
-        assert left.ids(ascii_texts, 6) == _hf(tokenizer, ascii_texts, 6)
-    finally:
-        tokenizer.truncation_side = "right"
+    got, want = _left_truncated(tokenizer, ascii_texts, 6)
+    assert got == want
 
 
 def test_other_tokenizers_keep_their_own_call(tokenizer) -> None:  # type: ignore[no-untyped-def]

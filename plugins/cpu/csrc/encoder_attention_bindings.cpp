@@ -18,6 +18,22 @@ namespace {
 using heron_cpu::encoder::EncoderAttentionArgs;
 using heron_cpu::encoder::Path;
 
+// The sequence bounds a kernel indexes rows with: within the tensor's rows and not decreasing.
+const int32_t* checked_bounds(const std::string& kernel, uintptr_t starts, int64_t num_seqs,
+                              int64_t num_rows, const std::string& tensor) {
+  const auto* bounds = reinterpret_cast<const int32_t*>(starts);
+  if (bounds[0] < 0 || bounds[num_seqs] > num_rows) {
+    throw py::value_error(kernel + ": query_start_loc spans rows outside " + tensor);
+  }
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    if (bounds[s + 1] < bounds[s]) {
+      throw py::value_error(kernel + ": query_start_loc decreases at sequence " +
+                            std::to_string(s));
+    }
+  }
+  return bounds;
+}
+
 int encoder_attention(uintptr_t out, uintptr_t qkv, uintptr_t starts, int64_t num_tokens,
                       int64_t num_seqs, int64_t num_heads, int64_t head_size, int64_t qkv_stride,
                       int64_t k_offset, int64_t v_offset, int64_t out_stride, double scale,
@@ -37,16 +53,7 @@ int encoder_attention(uintptr_t out, uintptr_t qkv, uintptr_t starts, int64_t nu
   if (path < static_cast<int>(Path::kAuto) || path > static_cast<int>(Path::kAmx)) {
     throw py::value_error("encoder_attention: unknown path " + std::to_string(path));
   }
-  const auto* bounds = reinterpret_cast<const int32_t*>(starts);
-  if (bounds[0] < 0 || bounds[num_seqs] > num_tokens) {
-    throw py::value_error("encoder_attention: query_start_loc spans tokens outside qkv");
-  }
-  for (int64_t s = 0; s < num_seqs; ++s) {
-    if (bounds[s + 1] < bounds[s]) {
-      throw py::value_error("encoder_attention: query_start_loc decreases at sequence " +
-                            std::to_string(s));
-    }
-  }
+  const int32_t* bounds = checked_bounds("encoder_attention", starts, num_seqs, num_tokens, "qkv");
   const EncoderAttentionArgs args{reinterpret_cast<const void*>(qkv),
                                   reinterpret_cast<void*>(out),
                                   bounds,
@@ -73,16 +80,7 @@ void mean_pool(uintptr_t out, uintptr_t hidden, uintptr_t starts, int64_t num_to
   if (dtype != 0 && dtype != 1) {
     throw py::value_error("mean_pool: dtype code must be 0 (float32) or 1 (bfloat16)");
   }
-  const auto* bounds = reinterpret_cast<const int32_t*>(starts);
-  if (bounds[0] < 0 || bounds[num_seqs] > num_tokens) {
-    throw py::value_error("mean_pool: query_start_loc spans rows outside hidden");
-  }
-  for (int64_t s = 0; s < num_seqs; ++s) {
-    if (bounds[s + 1] < bounds[s]) {
-      throw py::value_error("mean_pool: query_start_loc decreases at sequence " +
-                            std::to_string(s));
-    }
-  }
+  const int32_t* bounds = checked_bounds("mean_pool", starts, num_seqs, num_tokens, "hidden");
   const heron_cpu::encoder::MeanPoolArgs args{reinterpret_cast<const void*>(hidden),
                                               reinterpret_cast<float*>(out),
                                               bounds,
