@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from heron.pooling.config import PoolerConfig
@@ -36,8 +35,7 @@ class PoolingModelRunner(TorchModelRunner):
                     f"prompt in one step, got tokens {s.start}..{s.start + s.num_new_tokens} of "
                     f"{s.request.num_tokens}"
                 )
-        qsl = torch.from_numpy(inputs.query_start_loc.astype(np.int32)).to(hidden.device)
-        pooled = pool(hidden, qsl, self.pooler.pooling_type, self.kernel_ops).cpu()
+        pooled = pool(hidden, _bounds(inputs), self.pooler.pooling_type, self.kernel_ops).cpu()
         result = RunnerOutput()
         for i, s in enumerate(out.scheduled):
             result.pooled[s.request.request_id] = pooled[i]
@@ -60,12 +58,17 @@ class PoolingModelRunner(TorchModelRunner):
         kept, self.kv_caches = self.kv_caches, scratch
         try:
             hidden = self._model_forward(inputs.input_ids, inputs.positions, inputs.metadata)
-            qsl = torch.from_numpy(inputs.query_start_loc.astype(np.int32)).to(hidden.device)
-            pool(hidden, qsl, "MEAN", self.kernel_ops)
+            pool(hidden, _bounds(inputs), "MEAN", self.kernel_ops)
             self.platform.synchronize()
         finally:
             self.kv_caches = kept
         return sum(t.numel() * t.element_size() for t in scratch)
+
+
+def _bounds(inputs: StepInputs) -> torch.Tensor:
+    """The step's int32 ``query_start_loc`` on its device, real sequences only: the metadata's
+    own (a padded step's extra sequences are empty and come after them), no host copy."""
+    return inputs.metadata.query_start_loc[: len(inputs.query_start_loc)]
 
 
 def runner_class(args: Any) -> tuple[type[TorchModelRunner], dict[str, Any]]:

@@ -186,7 +186,7 @@ class _PlainText:
         """Ids of accepted, normalized texts (the backend's truncation set to ``max_length``)."""
         if self.words is None:
             return _encode(self.backend, texts)
-        return self.words.encode(texts, max_length, side, self.backend)
+        return self.words.encode(texts, max_length, side)
 
 
 _BERT_WORD = re.compile(r"[^\s!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")
@@ -201,8 +201,9 @@ class _WordPieces:
     MAX_WORDS = 1 << 16  # cached words; the cache starts again when full
     MAX_CHARS = 64  # longer words are looked up every time (rare, and unbounded in size)
 
-    def __init__(self, model: Any, prefix: list[int], suffix: list[int]) -> None:
-        self.model = model
+    def __init__(self, backend: Any, prefix: list[int], suffix: list[int]) -> None:
+        self.backend = backend
+        self.model = backend.model
         self.prefix = prefix
         self.suffix = suffix
         self._cache: dict[str, list[int]] = {}
@@ -217,7 +218,7 @@ class _WordPieces:
         at = next((i for i in range(len(whole)) if whole[i : i + len(piece)] == piece), None)
         if not piece or at is None:
             return None
-        words = cls(model, whole[:at], whole[at + len(piece) :])
+        words = cls(backend, whole[:at], whole[at + len(piece) :])
         for probe in ("", "the heron, at 3.14am!", "x" * 120, "unaffable ~`{} z"):
             if words._ids(probe) != backend.encode(probe, add_special_tokens=True).ids:
                 return None
@@ -238,19 +239,17 @@ class _WordPieces:
         ids += self.suffix
         return ids
 
-    def encode(
-        self, texts: list[str], max_length: int | None, side: str, backend: Any
-    ) -> list[list[int]]:
+    def encode(self, texts: list[str], max_length: int | None, side: str) -> list[list[int]]:
         """Each text's ids; one longer than ``max_length`` keeps its special tokens and loses
         pieces on ``side`` (the backend's own truncation, which is set to ``max_length``), and
-        one that cannot keep them all goes through ``backend``."""
+        one that cannot keep them all goes through the backend."""
         special = len(self.prefix) + len(self.suffix)
         out = []
         for text in texts:
             ids = self._ids(text)
             if max_length is not None and len(ids) > max_length:
                 if max_length <= special:
-                    ids = backend.encode(text, add_special_tokens=True).ids
+                    ids = self.backend.encode(text, add_special_tokens=True).ids
                 else:
                     keep = max_length - special
                     body = ids[len(self.prefix) : len(ids) - len(self.suffix)]
